@@ -1,0 +1,48 @@
+"""The `wsi-pipeline` command line: one group, one module per subcommand.
+
+Subcommands are imported only when invoked, so `wsi-pipeline --help` does not pay for
+importing torch, dask and OpenSlide.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+from wsi_pipeline import __version__
+
+_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("wsi_pipeline.cli.run", "Segment and classify nuclei in one slide or a cohort."),
+    "predict-tiles": ("wsi_pipeline.cli.predict_tiles", "Segment nuclei in plain images (tile mode)."),
+    "evaluate": ("wsi_pipeline.cli.evaluate", "Score predicted instances against ground truth."),
+    "train": ("wsi_pipeline.cli.train", "Train the multi-task network."),
+    "convert": ("wsi_pipeline.cli.convert", "Convert annotated datasets to the common layout."),
+    "summarize": ("wsi_pipeline.cli.summarize", "Cohort-level statistics from finished runs."),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _SUBCOMMANDS:
+            return None
+        module = importlib.import_module(_SUBCOMMANDS[name][0])
+        return module.command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help_) for name, (_, help_) in sorted(_SUBCOMMANDS.items())]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup)
+@click.version_option(__version__, prog_name="wsi-pipeline")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """Find, outline and classify every nucleus in H&E whole-slide images."""
+    level = logging.WARNING - 10 * min(verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
