@@ -1,0 +1,136 @@
+"""One-file checkpoints that carry everything needed to use the model correctly.
+
+Besides the weights, a checkpoint records the architecture, class names and colours, the
+pixel size the model was trained at (slides are resampled to it), training metadata and the
+package version; the file's sha256 identifies the model in every output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+
+from wsi_pipeline import __version__
+from wsi_pipeline.model.config import ModelConfig
+from wsi_pipeline.model.network import MultiTaskNet
+
+FORMAT = "wsi-pipeline-checkpoint/1"
+DEFAULT_COLORS = ("#000000", "#ffbf00", "#ff0000", "#00c800", "#0000ff", "#c800c8", "#00c8c8")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used, with the file named in the message."""
+
+
+@dataclass
+class LoadedModel:
+    net: MultiTaskNet
+    config: ModelConfig
+    class_names: tuple[str, ...]
+    class_colors: tuple[str, ...]
+    mpp: float
+    sha256: str
+    path: Path
+    meta: dict = field(default_factory=dict)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(
+    path: str | Path,
+    net: MultiTaskNet,
+    *,
+    class_names: tuple[str, ...] | list[str],
+    mpp: float,
+    class_colors: tuple[str, ...] | list[str] | None = None,
+    meta: dict | None = None,
+    half: bool = False,
+) -> str:
+    """Write atomically; returns the file's sha256. `half` stores float weights as fp16."""
+    if len(class_names) != net.config.n_types:
+        raise ValueError(f"{len(class_names)} class names for a model with {net.config.n_types} types")
+    colors = tuple(class_colors or DEFAULT_COLORS[: len(class_names)])
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+        for k, v in net.state_dict().items()
+    }
+    payload = {
+        "format": FORMAT,
+        "state_dict": state,
+        "model_config": net.config.model_dump(),
+        "class_names": list(class_names),
+        "class_colors": list(colors),
+        "mpp": float(mpp),
+        "meta": meta or {},
+        "wsi_pipeline_version": __version__,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return file_sha256(path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the network in eval mode; any mismatch is a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a wsi-pipeline checkpoint (format {FORMAT} expected)")
+    try:
+        config = ModelConfig(**payload["model_config"])
+    except ValidationError as exc:
+        raise CheckpointError(f"{path}: invalid model config: {exc}") from exc
+    net = MultiTaskNet.from_config(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: weights do not match the config {config.model_dump()}: {exc}"
+        ) from exc
+    names = tuple(payload["class_names"])
+    if len(names) != config.n_types:
+        raise CheckpointError(f"{path}: {len(names)} class names but n_types={config.n_types}")
+    net.to(map_location).eval()
+    return LoadedModel(
+        net=net,
+        config=config,
+        class_names=names,
+        class_colors=tuple(payload["class_colors"]),
+        mpp=float(payload["mpp"]),
+        sha256=file_sha256(path),
+        path=path,
+        meta=dict(payload.get("meta", {})),
+    )
+
+
+def default_checkpoint_path() -> Path:
+    """The weights shipped inside the package; a clear error where none are shipped."""
+    path = Path(__file__).resolve().parents[1] / "weights" / "default.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no default weights shipped yet: pass --checkpoint")
+    return path

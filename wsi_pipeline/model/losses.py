@@ -1,0 +1,129 @@
+r"""Training losses of the three branches.
+
+NS: cross-entropy + soft Dice. HV: MSE + MSGE (HoVer-Net: mean squared error of the Sobel
+gradients, inside nuclei only, where the sharp sign flips between touching nuclei live).
+NC: cost-sensitive cross-entropy + soft Dice, where the cost-sensitive term is the expected
+misclassification cost under a penalty matrix W (patent CN114627142A):
+
+    L_cs = CE + λ · mean_i Σ_k softmax(ŷ_i)_k · W[y_i, k]
+
+W has a zero diagonal, so all probability on the true class costs nothing; a rare true class
+gets a larger row of W, so putting its probability on another class costs more.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def cost_sensitive_ce(
+    logits: torch.Tensor, target: torch.Tensor, cost_matrix: torch.Tensor, lam: float
+) -> torch.Tensor:
+    """CE plus λ × expected misclassification cost.
+
+    logits: (N, C) or (B, C, H, W); target: (N,) or (B, H, W) class ids; cost_matrix: (C, C),
+    row = true class, column = predicted class.
+    """
+    ce = F.cross_entropy(logits, target)
+    if lam == 0:
+        return ce
+    prob = torch.softmax(logits.float(), dim=1)
+    cost = cost_matrix.to(prob)[target]  # (N, C) or (B, H, W, C)
+    if prob.dim() > 2:
+        cost = cost.movedim(-1, 1)
+    penalty = (prob * cost).sum(dim=1).mean()
+    return ce + lam * penalty
+
+
+def cost_matrix_from_counts(counts: np.ndarray | list[float], power: float = 0.5) -> np.ndarray:
+    r"""Penalty matrix from class sample counts (pixels or instances).
+
+    w_c = (n_max / n_c)^p, normalised so max_c w_c = 1; W[i, j] = w_i for i ≠ j, W[i, i] = 0.
+    With p = 0.5 a class 100× rarer than the most frequent costs 10× more to misclassify.
+    Classes with no samples get the largest cost (they cannot be learned from this set,
+    but predicting away from them should not be encouraged either).
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    if n.ndim != 1 or n.size < 2:
+        raise ValueError(f"need one count per class (>= 2 classes), got {n.shape}")
+    if np.any(n < 0):
+        raise ValueError("class counts must be non-negative")
+    n_max = n.max()
+    if n_max == 0:
+        raise ValueError("all class counts are zero")
+    safe = np.where(n > 0, n, n[n > 0].min())
+    w = (n_max / safe) ** power
+    w /= w.max()
+    matrix = np.repeat(w[:, None], n.size, axis=1)
+    np.fill_diagonal(matrix, 0.0)
+    return matrix
+
+
+def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """1 - mean Dice over the non-background classes, from softmax probabilities."""
+    n_classes = logits.shape[1]
+    prob = torch.softmax(logits.float(), dim=1)[:, 1:]
+    onehot = F.one_hot(target, n_classes).movedim(-1, 1).float()[:, 1:]
+    inter = (prob * onehot).sum(dim=(0, 2, 3))
+    denom = prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
+    return 1 - ((2 * inter + eps) / (denom + eps)).mean()
+
+
+def _sobel_kernels(size: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """HoVer-Net's normalised Sobel kernels (d/dx, d/dy)."""
+    r = torch.arange(-(size // 2), size // 2 + 1, dtype=torch.float32)
+    h, v = torch.meshgrid(r, r, indexing="xy")  # h varies along x (columns), v along y (rows)
+    denom = h * h + v * v
+    denom[size // 2, size // 2] = 1.0
+    return h / denom, v / denom
+
+
+def hv_gradients(hv: torch.Tensor) -> torch.Tensor:
+    """d(H)/dx and d(V)/dy of a (B, 2, H, W) HV map, same shape."""
+    kx, ky = _sobel_kernels()
+    weight = torch.stack([kx, ky]).unsqueeze(1).to(hv)
+    return F.conv2d(hv, weight, padding=2, groups=2)
+
+
+def msge(pred_hv: torch.Tensor, true_hv: torch.Tensor, nucleus: torch.Tensor) -> torch.Tensor:
+    """Mean squared gradient error of the HV maps inside nuclei (HoVer-Net)."""
+    mask = nucleus.unsqueeze(1).to(pred_hv).expand_as(pred_hv)
+    diff = (hv_gradients(pred_hv.float()) - hv_gradients(true_hv.float())) ** 2
+    return (diff * mask).sum() / (mask.sum() + 1e-8)
+
+
+class LossConfig(BaseModel):
+    """Weights of the loss terms (HoVer-Net's defaults for NS/HV) and the cost-sensitive λ."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ns_ce: float = 1.0
+    ns_dice: float = 1.0
+    hv_mse: float = 1.0
+    hv_msge: float = 1.0
+    nc_ce: float = 1.0
+    nc_dice: float = 1.0
+    lam: float = Field(0.2, ge=0, description="Weight of the expected misclassification cost.")
+
+
+def multitask_loss(
+    out: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    cost_matrix: torch.Tensor,
+    cfg: LossConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and every term (for logging)."""
+    ns, nc = batch["ns"], batch["nc"]
+    terms = {
+        "ns_ce": F.cross_entropy(out["ns"].float(), ns),
+        "ns_dice": soft_dice(out["ns"], ns),
+        "hv_mse": F.mse_loss(out["hv"].float(), batch["hv"]),
+        "hv_msge": msge(out["hv"], batch["hv"], ns),
+        "nc_ce": cost_sensitive_ce(out["nc"].float(), nc, cost_matrix, cfg.lam),
+        "nc_dice": soft_dice(out["nc"], nc),
+    }
+    total = sum(getattr(cfg, name) * value for name, value in terms.items())
+    return total, {name: float(value.detach()) for name, value in terms.items()}
