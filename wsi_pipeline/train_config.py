@@ -1,0 +1,67 @@
+"""Configuration of a training run (configs/train_*.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from wsi_pipeline.data.augment import AugmentConfig
+from wsi_pipeline.model.config import ModelConfig
+from wsi_pipeline.model.losses import LossConfig
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["consep_patches", "common"] = "consep_patches"
+    root: Path = Path("../shared/data/consep_patches/train")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of source tiles held out.")
+    split_seed: int = 0
+    on_error: Literal["fail", "skip"] = "fail"
+
+
+class CostConfig(BaseModel):
+    """Penalty matrix W of the cost-sensitive loss: given, or from training-set class counts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    matrix: list[list[float]] | None = Field(None, description="Explicit W (n_types × n_types).")
+    counts: Literal["pixels", "instances"] = "pixels"
+    power: float = Field(0.5, gt=0, description="w_c = (n_max / n_c)^power.")
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    step_epochs: int = Field(25, ge=1, description="Step schedule: LR × 0.1 every this many epochs.")
+    min_lr: float = Field(1e-5, ge=0)
+    freeze_encoder_epochs: int = Field(
+        0, ge=0, description="Paper's phase 1 (frozen encoders); useful only with pretrained encoders."
+    )
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    out_dir: Path = Path("runs/train")
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    num_workers: int = Field(1, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="bf16 autocast on capable CPUs, fp16/bf16 on CUDA.")
+    channels_last: bool = True
+    mpp: float = Field(0.25, gt=0, description="Pixel size of the training data (µm/px).")
+    val_every: int = Field(1, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="For smoke tests.")
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    cost: CostConfig = CostConfig()
+    optim: OptimConfig = OptimConfig()
+    augment: AugmentConfig = AugmentConfig()
+    data: DataConfig = DataConfig()
