@@ -1,0 +1,87 @@
+"""Oracle slide maps for post-processing tests: real CoNSeP labels tiled into a mosaic.
+
+`ns` = nucleus mask, `hv` = HoVer-Net HV targets of the mosaic instance map, `nc` = one-hot
+type map — what a perfect network would write into maps.zarr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+from PIL import Image
+
+from wsi_pipeline.targets import hv_maps
+
+CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
+COLORS = ("#000000", "#ffa500", "#ff0000", "#00a000", "#0000ff")
+MPP = 0.25
+
+
+def consep_mosaic(consep_train: Path, n_side: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(inst, types) of n_side × n_side CoNSeP patches laid edge to edge, ids made unique."""
+    names = sorted(p.stem for p in (consep_train / "inst").glob("*.npy"))[start:]
+    size = 256 * n_side
+    inst = np.zeros((size, size), dtype=np.int32)
+    types = np.zeros((size, size), dtype=np.uint8)
+    next_id = 0
+    for k in range(n_side * n_side):
+        name = names[k]
+        r, c = divmod(k, n_side)
+        win = np.s_[r * 256 : (r + 1) * 256, c * 256 : (c + 1) * 256]
+        patch = np.load(consep_train / "inst" / f"{name}.npy")
+        ids, local = np.unique(patch, return_inverse=True)
+        local = local.reshape(patch.shape).astype(np.int32)
+        if ids[0] != 0:
+            local += 1
+        inst[win] = np.where(local > 0, local + next_id, 0)
+        next_id += int(local.max())
+        types[win] = np.asarray(Image.open(consep_train / "seg_mask" / f"{name}.png"))
+    return inst, types
+
+
+def write_oracle_maps(
+    path: Path,
+    inst: np.ndarray,
+    types: np.ndarray,
+    chunk: int,
+    *,
+    inferred: np.ndarray | None = None,
+    scale: float = 0.5,
+    slide: dict | None = None,
+) -> Path:
+    """Write a maps.zarr group in the layout of the WSI contract from oracle maps."""
+    h, w = inst.shape
+    ns = (inst > 0).astype(np.float16)
+    hv = hv_maps(inst).astype(np.float16)
+    nc = np.zeros((len(CLASSES), h, w), dtype=np.uint8)
+    for k in range(len(CLASSES)):
+        nc[k] = np.where(types == k, 255, 0)
+    if inferred is None:
+        inferred = np.ones((h, w), dtype=bool)
+    else:
+        ns = np.where(inferred, ns, 0).astype(np.float16)
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.create_array("ns", data=ns, chunks=(chunk, chunk))
+    group.create_array("hv", data=hv, chunks=(2, chunk, chunk))
+    group.create_array("nc", data=nc, chunks=(len(CLASSES), chunk, chunk))
+    group.create_array("inferred", data=inferred, chunks=(chunk, chunk))
+    level0 = [int(round(w * scale)), int(round(h * scale))]
+    group.attrs.update(
+        {
+            "mpp": MPP,
+            "slide_mpp": MPP / scale,
+            "scale": scale,
+            "level0_size": level0,
+            "map_size": [w, h],
+            "class_names": list(CLASSES),
+            "class_colors": list(COLORS),
+            "model_sha256": "0" * 64,
+            "config": {"oracle": True},
+            "wsi_pipeline_version": "test",
+            "slide": slide or {"path": "/nonexistent/slide.svs", "size": 0, "mtime": 0.0},
+            "tissue_mm2": float(inferred.sum()) * MPP**2 / 1e6,
+        }
+    )
+    return path

@@ -1,0 +1,237 @@
+"""Chunk windows over the slide maps: a core that owns nuclei, plus a halo that gives context.
+
+The maps are segmented one window at a time so memory does not grow with the slide. Each
+window is its zarr chunk (the *core*) widened by a halo on every side, clipped to the map.
+The halo must exceed the largest nucleus plus the reach of the watershed, so that a nucleus
+whose centroid lies in the core is segmented exactly as a whole-map segmentation would.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import shapely
+import zarr
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import ndimage as ndi
+from skimage import measure
+
+from wsi_pipeline.postproc import segment_instances
+from wsi_pipeline.postproc.seams import nucleus_ids, owned_nuclei
+
+
+class ChunkingConfig(BaseModel):
+    """How the slide maps are cut into work units and how the nucleus table is written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    halo_um: float = Field(
+        32.0,
+        gt=0,
+        description="Context around each chunk. Must exceed the largest nucleus (plus a neighbour "
+        "it may merge with in watershed step 2) so owned nuclei are segmented as on the full map.",
+    )
+    workers: int = Field(2, ge=1, description="Threads when no Dask client is given.")
+    row_group_rows: int = Field(65536, ge=1024, description="Parquet row-group size (rows).")
+    simplify_px: float = Field(
+        0.5, ge=0, description="Polygon simplification tolerance in map pixels (0 = exact outline)."
+    )
+
+
+@dataclass(frozen=True)
+class ChunkWindow:
+    """One unit of post-processing work, in map pixels (rows, cols), half-open intervals."""
+
+    index: int  # row-major position in the chunk grid; fixes the output row order
+    core_r0: int
+    core_r1: int
+    core_c0: int
+    core_c1: int
+    win_r0: int
+    win_r1: int
+    win_c0: int
+    win_c1: int
+
+    @property
+    def window(self) -> tuple[slice, slice]:
+        return slice(self.win_r0, self.win_r1), slice(self.win_c0, self.win_c1)
+
+    @property
+    def core(self) -> tuple[slice, slice]:
+        return slice(self.core_r0, self.core_r1), slice(self.core_c0, self.core_c1)
+
+
+def chunk_windows(
+    map_hw: tuple[int, int], chunk_hw: tuple[int, int], halo_px: int
+) -> list[ChunkWindow]:
+    """Tile a (H, W) map into chunk cores of `chunk_hw`, each padded by `halo_px` (clipped)."""
+    h, w = map_hw
+    ch, cw = chunk_hw
+    if ch <= 0 or cw <= 0 or halo_px < 0:
+        raise ValueError(f"bad chunk {chunk_hw} or halo {halo_px}")
+    out: list[ChunkWindow] = []
+    for r0 in range(0, h, ch):
+        for c0 in range(0, w, cw):
+            r1, c1 = min(r0 + ch, h), min(c0 + cw, w)
+            out.append(
+                ChunkWindow(
+                    index=len(out),
+                    core_r0=r0,
+                    core_r1=r1,
+                    core_c0=c0,
+                    core_c1=c1,
+                    win_r0=max(0, r0 - halo_px),
+                    win_r1=min(h, r1 + halo_px),
+                    win_c0=max(0, c0 - halo_px),
+                    win_c1=min(w, c1 + halo_px),
+                )
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class MapsContext:
+    """What a chunk task needs besides its window: small and picklable for Dask workers."""
+
+    maps_path: str
+    map_hw: tuple[int, int]
+    mpp: float  # model (map) microns per pixel
+    slide_mpp: float  # level-0 microns per pixel
+    scale: float  # level-0 pixels per map pixel
+    origin_xy: tuple[float, float]  # level-0 position of map pixel (0, 0)
+    class_names: tuple[str, ...]
+    simplify_px: float  # polygon simplification tolerance, map pixels
+
+
+def prob_column(class_name: str) -> str:
+    """`prob_<class>` column name: lower case, non-alphanumerics folded to `_`."""
+    return "prob_" + re.sub(r"[^0-9a-z]+", "_", class_name.lower()).strip("_")
+
+
+def nuclei_schema(class_names: tuple[str, ...]) -> pa.Schema:
+    """Column layout of nuclei.parquet (names fixed by issue 5; other tools read them)."""
+    fields = [
+        ("nucleus_id", pa.int64()),
+        ("x", pa.float64()),
+        ("y", pa.float64()),
+        ("x_um", pa.float64()),
+        ("y_um", pa.float64()),
+        ("area_um2", pa.float32()),
+        ("perimeter_um", pa.float32()),
+        ("eccentricity", pa.float32()),
+        ("solidity", pa.float32()),
+        ("type_id", pa.int16()),
+        ("type_name", pa.string()),
+        ("type_prob", pa.float32()),
+    ]
+    fields += [(prob_column(name), pa.float32()) for name in class_names]
+    fields.append(("geometry", pa.binary()))
+    return pa.schema(fields)
+
+
+def _read_window(ctx: MapsContext, win: ChunkWindow):
+    group = zarr.open_group(ctx.maps_path, mode="r")
+    rs, cs = win.window
+    if not np.any(group["inferred"][rs, cs]):
+        return None
+    ns = np.asarray(group["ns"][rs, cs], dtype=np.float32)
+    hv = np.asarray(group["hv"][:, rs, cs], dtype=np.float32)
+    nc = np.asarray(group["nc"][:, rs, cs], dtype=np.float32) / np.float32(255.0)
+    return ns, hv, nc
+
+
+def _outlines(inst_map: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+    """Outer contour of each label, (K, 2) (row, col) in window pixels, through pixel centres.
+
+    One small contour trace per nucleus on its bounding box: cost scales with the nuclei,
+    not with the pixels of the window.
+    """
+    boxes = ndi.find_objects(inst_map)
+    out = []
+    for lab in labels:
+        rs, cs = boxes[lab - 1]
+        mask = np.pad(inst_map[rs, cs] == lab, 1)
+        contours = measure.find_contours(mask.astype(np.uint8), 0.5, fully_connected="high")
+        ring = max(contours, key=len)
+        out.append(ring + np.array([rs.start - 1, cs.start - 1], dtype=np.float64))
+    return out
+
+
+def _shape_features(inst_map: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Perimeter (px), eccentricity and solidity of the kept labels, via regionprops."""
+    keep = np.zeros(int(inst_map.max()) + 1, dtype=inst_map.dtype)
+    keep[labels] = labels
+    props = measure.regionprops_table(
+        keep[inst_map], properties=("label", "perimeter", "eccentricity", "solidity")
+    )
+    order = np.searchsorted(props["label"], labels)
+    return {k: np.asarray(props[k])[order] for k in ("perimeter", "eccentricity", "solidity")}
+
+
+def empty_table(class_names: tuple[str, ...]) -> pa.Table:
+    return nuclei_schema(class_names).empty_table()
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    index: int
+    table: pa.Table
+    inferred: bool  # False: no inferred pixel in the window, skipped unsegmented
+    n_edge_cut: int
+
+
+def process_chunk(ctx: MapsContext, win: ChunkWindow) -> ChunkResult:
+    """Segment one window and return the rows of the nuclei this chunk owns."""
+    maps = _read_window(ctx, win)
+    if maps is None:
+        return ChunkResult(win.index, empty_table(ctx.class_names), False, 0)
+    ns, hv, nc = maps
+    seg = segment_instances(ns, hv, nc, mpp=ctx.mpp)
+    inst_map = np.ascontiguousarray(seg.inst_map)
+    owned = owned_nuclei(inst_map, win, ctx.map_hw)
+    if owned.labels.size == 0:
+        return ChunkResult(win.index, empty_table(ctx.class_names), True, owned.n_edge_cut)
+    lab = owned.labels
+    scale = ctx.scale
+    ox, oy = ctx.origin_xy
+    cent = owned.centroid_rc
+    x = ox + cent[:, 1] * scale
+    y = oy + cent[:, 0] * scale
+    shape = _shape_features(inst_map, lab)
+    rings = _outlines(inst_map, lab)
+    polys = [
+        shapely.Polygon(
+            np.stack(
+                [ox + (ring[:, 1] + win.win_c0) * scale, oy + (ring[:, 0] + win.win_r0) * scale],
+                axis=1,
+            )
+        )
+        for ring in rings
+    ]
+    polys = shapely.simplify(np.asarray(polys, dtype=object), ctx.simplify_px * scale)
+    polys = np.where(shapely.is_valid(polys), polys, shapely.make_valid(polys))
+    types = np.asarray(seg.types)[lab - 1].astype(np.int16)
+    type_probs = np.asarray(seg.type_probs, dtype=np.float32)[lab - 1]
+    cols = {
+        "nucleus_id": nucleus_ids(owned, ctx.map_hw[1]),
+        "x": x,
+        "y": y,
+        "x_um": x * ctx.slide_mpp,
+        "y_um": y * ctx.slide_mpp,
+        "area_um2": (owned.n_px * ctx.mpp**2).astype(np.float32),
+        "perimeter_um": (shape["perimeter"] * ctx.mpp).astype(np.float32),
+        "eccentricity": shape["eccentricity"].astype(np.float32),
+        "solidity": shape["solidity"].astype(np.float32),
+        "type_id": types,
+        "type_name": np.asarray(ctx.class_names, dtype=object)[types],
+        "type_prob": type_probs[np.arange(lab.size), types],
+    }
+    for k, name in enumerate(ctx.class_names):
+        cols[prob_column(name)] = type_probs[:, k]
+    cols["geometry"] = shapely.to_wkb(polys)
+    order = np.argsort(cols["nucleus_id"], kind="stable")
+    table = pa.table(cols, schema=nuclei_schema(ctx.class_names)).take(order)
+    return ChunkResult(win.index, table, True, owned.n_edge_cut)
