@@ -57,8 +57,13 @@ def save_checkpoint(
     class_colors: tuple[str, ...] | list[str] | None = None,
     meta: dict | None = None,
     half: bool = False,
+    train_state: dict | None = None,
 ) -> str:
-    """Write atomically; returns the file's sha256. `half` stores float weights as fp16."""
+    """Write atomically; returns the file's sha256.
+
+    `half` stores float weights as fp16 (shipping); `train_state` (optimizer, scheduler, epoch,
+    RNG) makes the file a resumable training checkpoint.
+    """
     if len(class_names) != net.config.n_types:
         raise ValueError(f"{len(class_names)} class names for a model with {net.config.n_types} types")
     colors = tuple(class_colors or DEFAULT_COLORS[: len(class_names)])
@@ -76,6 +81,8 @@ def save_checkpoint(
         "meta": meta or {},
         "wsi_pipeline_version": __version__,
     }
+    if train_state is not None:
+        payload["train_state"] = train_state
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -1,0 +1,274 @@
+"""Training loop: from-scratch multi-task training that resumes exactly after interruption.
+
+A run directory holds `last.pt` (weights + optimizer + scheduler + RNG + history: everything
+to continue), `best.pt` (weights of the best validation epoch), `history.csv` and
+`curves.png`. Both .pt files are ordinary checkpoints (`load_checkpoint` reads them).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from wsi_pipeline.data import Augmenter, NucleusDataset, Sample, read_consep_patches, split_by_group
+from wsi_pipeline.model import MultiTaskNet, save_checkpoint
+from wsi_pipeline.model.losses import cost_matrix_from_counts, multitask_loss
+from wsi_pipeline.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    best_epoch: int
+    best_score: float
+    history: list[dict]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the hardware runs it natively; None means full fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    capability = torch.backends.cpu.get_cpu_capability()
+    return torch.bfloat16 if "AVX512" in capability or "AMX" in capability else None
+
+
+def class_counts(samples: list[Sample], n_types: int, mode: str) -> np.ndarray:
+    """Pixels (or instances) per class over the training set, class 0 = background."""
+    counts = np.zeros(n_types, dtype=np.float64)
+    for s in samples:
+        if s.type_map is None:
+            continue
+        if mode == "pixels":
+            counts += np.bincount(s.type_map.ravel(), minlength=n_types)[:n_types]
+        else:
+            ids, first = np.unique(s.inst_map, return_index=True)
+            types = s.type_map.ravel()[first[ids > 0]]
+            counts += np.bincount(types, minlength=n_types)[:n_types]
+            counts[0] += int((s.inst_map == 0).any())
+    return counts
+
+
+def cost_matrix(cfg: TrainConfig, train: list[Sample]) -> tuple[np.ndarray, dict]:
+    n = cfg.model.n_types
+    if cfg.cost.matrix is not None:
+        w = np.asarray(cfg.cost.matrix, dtype=np.float64)
+        if w.shape != (n, n) or np.any(np.diag(w) != 0) or np.any(w < 0):
+            raise ValueError(f"cost.matrix must be {n}×{n}, non-negative, with a zero diagonal")
+        return w, {"source": "config"}
+    counts = class_counts(train, n, cfg.cost.counts)
+    w = cost_matrix_from_counts(counts, cfg.cost.power)
+    info = {
+        "source": f"training-set {cfg.cost.counts} counts",
+        "formula": f"w_c = (n_max/n_c)^{cfg.cost.power} / max; W[i,j] = w_i (i != j), W[i,i] = 0",
+        "counts": counts.tolist(),
+    }
+    return w, info
+
+
+def load_samples(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    root = Path(cfg.data.root)
+    if cfg.data.format == "consep_patches":
+        samples = read_consep_patches(root, on_error=cfg.data.on_error)
+    else:
+        from wsi_pipeline.data import read_common
+
+        samples = read_common(root)
+    if not samples:
+        raise ValueError(f"{root}: no training samples found")
+    return split_by_group(samples, cfg.data.val_fraction, cfg.data.split_seed)
+
+
+def _lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    o = cfg.optim
+    if o.schedule == "constant":
+        return 1.0
+    if o.schedule == "step":
+        return 0.1 ** (epoch // o.step_epochs)
+    floor = o.min_lr / o.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+def _set_encoders_trainable(net: MultiTaskNet, trainable: bool) -> None:
+    for enc in net.encoders.values():
+        for p in enc.parameters():
+            p.requires_grad_(trainable)
+
+
+def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if channels_last:
+        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def _validate(net, loader, device, amp, cw, cfg) -> dict[str, float]:
+    net.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        for batch in loader:
+            batch = _to_device(batch, device, cfg.channels_last)
+            total, terms = multitask_loss(net(batch["image"]), batch, cw, cfg.loss)
+            k = batch["image"].shape[0]
+            for name, value in {"loss": float(total), **terms}.items():
+                sums[name] = sums.get(name, 0.0) + value * k
+            n += k
+    return {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    tmp = run_dir / ".history.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, run_dir / "history.csv")
+    _plot_curves(run_dir, history)
+
+
+def _plot_curves(run_dir: Path, history: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    score_keys = [k for k in ("val_pq", "val_mpq", "val_f_d") if k in history[-1]]
+    fig, axes = plt.subplots(1, 2 if score_keys else 1, figsize=(10 if score_keys else 5, 4))
+    axes = np.atleast_1d(axes)
+    for key in ("train_loss", "val_loss"):
+        axes[0].plot(epochs, [row.get(key, np.nan) for row in history], label=key)
+    axes[0].set_xlabel("epoch")
+    axes[0].set_title("loss")
+    axes[0].legend()
+    for key in score_keys:
+        axes[1].plot(epochs, [row.get(key, np.nan) for row in history], label=key)
+    if score_keys:
+        axes[1].set_xlabel("epoch")
+        axes[1].set_title("validation")
+        axes[1].legend()
+    fig.tight_layout()
+    tmp = run_dir / ".curves.png.tmp.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, run_dir / "curves.png")
+
+
+def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> TrainResult:
+    """Train (or continue training) into `cfg.out_dir`."""
+    from tqdm import tqdm
+
+    run_dir = Path(cfg.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    amp = autocast_dtype(device) if cfg.amp else None
+    torch.manual_seed(cfg.seed)
+
+    train_samples, val_samples = load_samples(cfg)
+    class_names = train_samples[0].class_names
+    if len(class_names) != cfg.model.n_types:
+        raise ValueError(
+            f"data has {len(class_names)} classes {class_names} but model.n_types={cfg.model.n_types}"
+        )
+    w, cost_info = cost_matrix(cfg, train_samples)
+    log.info("cost matrix (%s):\n%s", cost_info.get("formula", cost_info["source"]), np.round(w, 3))
+    cw = torch.as_tensor(w, dtype=torch.float32, device=device)
+
+    net = MultiTaskNet.from_config(cfg.model).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: _lr_factor(cfg, e))
+
+    start_epoch, history, best = 0, [], (-math.inf, -1)
+    last_path = run_dir / "last.pt"
+    if resume and last_path.is_file():
+        state = torch.load(last_path, map_location=device, weights_only=True)
+        net.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["train_state"]["optimizer"])
+        sched.load_state_dict(state["train_state"]["scheduler"])
+        torch.set_rng_state(state["train_state"]["rng"]["torch"])
+        start_epoch = int(state["train_state"]["epoch"])
+        history = list(state["train_state"]["history"])
+        best = tuple(state["train_state"]["best"])
+        log.info("resumed from %s at epoch %d", last_path, start_epoch)
+
+    train_ds = NucleusDataset(train_samples, Augmenter(cfg.augment), seed=cfg.seed)
+    val_ds = NucleusDataset(val_samples, None)
+    gen = torch.Generator()
+    loader_kw = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                     persistent_workers=cfg.num_workers > 0)
+    train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, drop_last=True,
+                              generator=gen, **loader_kw)
+    val_loader = DataLoader(val_ds, cfg.batch_size, shuffle=False, **loader_kw) if val_samples else None
+    log.info("training on %d patches, validating on %d (groups never shared); device %s, amp %s",
+             len(train_samples), len(val_samples), device, amp)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        train_ds.set_epoch(epoch)
+        gen.manual_seed(cfg.seed * 100003 + epoch)
+        _set_encoders_trainable(net, epoch >= cfg.optim.freeze_encoder_epochs)
+        net.train()
+        sums: dict[str, float] = {}
+        steps = 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                   leave=False)
+        for batch in bar:
+            batch = _to_device(batch, device, cfg.channels_last)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                out = net(batch["image"])
+            total, terms = multitask_loss(out, batch, cw, cfg.loss)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            for name, value in {"loss": float(total.detach()), **terms}.items():
+                sums[name] = sums.get(name, 0.0) + value
+            steps += 1
+            bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}")
+            if cfg.max_steps_per_epoch and steps >= cfg.max_steps_per_epoch:
+                break
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
+               **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()}}
+        if val_loader is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+            row.update(_validate(net, val_loader, device, amp, cw, cfg))
+        sched.step()
+        row["seconds"] = time.time() - t0
+        history.append(row)
+        score = -row.get("val_loss", row["train_loss"])
+        meta = {"train_config": cfg.model_dump(mode="json"), "cost_matrix": w.tolist(),
+                "cost_info": cost_info, "epoch": epoch + 1, "metrics": row,
+                "device": str(device), "amp": str(amp)}
+        if score > best[0]:
+            best = (score, epoch + 1)
+            save_checkpoint(run_dir / "best.pt", net, class_names=class_names, mpp=cfg.mpp, meta=meta)
+        train_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                       "rng": {"torch": torch.get_rng_state()}, "epoch": epoch + 1, "history": history, "best": list(best)}
+        save_checkpoint(last_path, net, class_names=class_names, mpp=cfg.mpp, meta=meta,
+                        train_state=train_state)
+        _write_history(run_dir, history)
+        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
+    return TrainResult(run_dir, len(history), int(best[1]), float(best[0]), history)
