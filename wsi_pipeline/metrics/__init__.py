@@ -1,0 +1,29 @@
+"""Segmentation, detection and classification scores with the published reference definitions."""
+
+from wsi_pipeline.metrics.dataset import DatasetEvaluator, Instances, instance_scores
+from wsi_pipeline.metrics.detection import TypeCounts, pair_centroids, radius_px
+from wsi_pipeline.metrics.instance import (
+    PQResult,
+    aji,
+    aji_plus,
+    dice,
+    overlap,
+    panoptic_quality,
+    remap_labels,
+)
+
+__all__ = [
+    "DatasetEvaluator",
+    "Instances",
+    "PQResult",
+    "TypeCounts",
+    "aji",
+    "aji_plus",
+    "dice",
+    "instance_scores",
+    "overlap",
+    "pair_centroids",
+    "panoptic_quality",
+    "radius_px",
+    "remap_labels",
+]

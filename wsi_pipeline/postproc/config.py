@@ -1,0 +1,68 @@
+"""Parameters of the two-step watershed; every size is physical (µm, µm²) and converted with mpp."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PostprocConfig(BaseModel):
+    """Post-processing parameters. Defaults were tuned on CoNSeP oracle and degraded maps
+    (``benchmarks/postproc_oracle.py``) and hold at 0.25 and 0.5 µm/px."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # --- step 1: foreground and HV edges
+    ns_threshold: float = Field(0.5, gt=0, lt=1, description="Nucleus probability cut for the foreground.")
+    min_object_area_um2: float = Field(
+        1.0, ge=0, description="Foreground blobs and final instances smaller than this are dropped."
+    )
+    hv_smooth_sigma_um: float = Field(
+        0.0, ge=0, description="Gaussian smoothing of the HV maps (inside the foreground) before the Sobel step."
+    )
+    edge_threshold: float = Field(
+        0.2,
+        gt=0,
+        description=(
+            "A pixel is an edge where H falls along x or V falls along y by more than this per pixel"
+            " (HV values span [-1, 1] per nucleus, so a border between nuclei falls by ~1-2)."
+        ),
+    )
+    min_marker_area_um2: float = Field(
+        0.5, ge=0, description="Marker fragments smaller than this are discarded (their pixels are flooded)."
+    )
+
+    # --- step 2: evidence-based merge, then distance-transform watershed of merged objects
+    merge_centre_tolerance: float = Field(
+        0.5,
+        ge=0,
+        description=(
+            "Two adjacent pieces are one nucleus only if the centres their HV maps point to lie"
+            " closer than this fraction of the merged object's equivalent radius."
+        ),
+    )
+    merge_min_contact: float = Field(
+        0.3,
+        ge=0,
+        description="Shared border must be at least this fraction of the smaller piece's equivalent diameter.",
+    )
+    merge_min_border_ns: float = Field(
+        0.5, ge=0, le=1, description="Mean nucleus probability along the shared border must reach this."
+    )
+    split_peak_height_um: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "Distance-transform maxima of a merged object must stand this high above the saddle"
+            " between them to seed separate nuclei in the second watershed."
+        ),
+    )
+
+    def px(self, microns: float, mpp: float) -> float:
+        """Length in µm → pixels."""
+        return microns / mpp
+
+    def px2(self, square_microns: float, mpp: float) -> int:
+        """Area in µm² → whole pixels (at least 0)."""
+        return int(math.floor(square_microns / (mpp * mpp)))

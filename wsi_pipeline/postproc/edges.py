@@ -1,0 +1,54 @@
+"""HV edge map: where the horizontal map falls along x or the vertical map falls along y.
+
+Inside one nucleus the H map rises from -1 to 1 left to right and V from top to bottom, so
+any *fall* marks a border between two nuclei (HoVer-Net, Graham et al. 2019). The
+derivative is a Sobel operator restricted to the foreground: differences are only taken
+between two foreground pixels, so the step from a nucleus to the background (H = 0) is not
+mistaken for a border and small nuclei keep their markers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+def _masked_derivative(f: np.ndarray, mask: np.ndarray, axis: int) -> np.ndarray:
+    """Central difference along ``axis`` using only foreground neighbours (one-sided at the rim)."""
+    d = np.diff(f, axis=axis)
+    valid = np.logical_and(np.take(mask, range(0, f.shape[axis] - 1), axis), np.take(mask, range(1, f.shape[axis]), axis))
+    d = np.where(valid, d, 0.0)
+    pad_before = [(0, 0)] * f.ndim
+    pad_after = [(0, 0)] * f.ndim
+    pad_before[axis] = (1, 0)
+    pad_after[axis] = (0, 1)
+    fwd, fwd_n = np.pad(d, pad_after), np.pad(valid, pad_after)
+    bwd, bwd_n = np.pad(d, pad_before), np.pad(valid, pad_before)
+    count = fwd_n.astype(np.float32) + bwd_n
+    return (fwd + bwd) / np.maximum(count, 1.0)
+
+
+def _smooth_inside(f: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing normalised by the foreground weight, so background zeros do not bleed in."""
+    if sigma <= 0:
+        return f
+    w = mask.astype(np.float32)
+    num = ndi.gaussian_filter(f * w, sigma, mode="nearest")
+    den = ndi.gaussian_filter(w, sigma, mode="nearest")
+    return np.where(mask, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
+
+
+def hv_edges(hv: np.ndarray, mask: np.ndarray, sigma_px: float = 0.0) -> np.ndarray:
+    """Edge strength (H, W): the larger of the H fall along x and the V fall along y, per pixel.
+
+    Each fall is Sobel-smoothed across its direction ([1, 2, 1] / 4) and clipped at 0 (rises
+    are the normal inside of a nucleus); the two maps are superimposed by taking the maximum.
+    """
+    h = _smooth_inside(hv[0].astype(np.float32), mask, sigma_px)
+    v = _smooth_inside(hv[1].astype(np.float32), mask, sigma_px)
+    tri = np.array([0.25, 0.5, 0.25], np.float32)
+    fall_x = np.maximum(-_masked_derivative(h, mask, axis=1), 0.0)
+    fall_y = np.maximum(-_masked_derivative(v, mask, axis=0), 0.0)
+    fall_x = ndi.correlate1d(fall_x, tri, axis=0, mode="nearest")
+    fall_y = ndi.correlate1d(fall_y, tri, axis=1, mode="nearest")
+    return np.where(mask, np.maximum(fall_x, fall_y), 0.0).astype(np.float32)
