@@ -171,6 +171,12 @@ def _shape_features(inst_map: np.ndarray, labels: np.ndarray) -> dict[str, np.nd
     return {k: np.asarray(props[k])[order] for k in ("perimeter", "eccentricity", "solidity")}
 
 
+def _largest_polygon(geom: shapely.Geometry) -> shapely.Polygon:
+    """make_valid may split a pinched outline into parts; the nucleus is the largest."""
+    parts = [g for g in shapely.get_parts(geom) if isinstance(g, shapely.Polygon)]
+    return max(parts, key=lambda g: g.area) if parts else shapely.Polygon()
+
+
 def empty_table(class_names: tuple[str, ...]) -> pa.Table:
     return nuclei_schema(class_names).empty_table()
 
@@ -212,7 +218,8 @@ def process_chunk(ctx: MapsContext, win: ChunkWindow) -> ChunkResult:
         for ring in rings
     ]
     polys = shapely.simplify(np.asarray(polys, dtype=object), ctx.simplify_px * scale)
-    polys = np.where(shapely.is_valid(polys), polys, shapely.make_valid(polys))
+    invalid = ~shapely.is_valid(polys)
+    polys[invalid] = [_largest_polygon(shapely.make_valid(p)) for p in polys[invalid]]
     types = np.asarray(seg.types)[lab - 1].astype(np.int16)
     type_probs = np.asarray(seg.type_probs, dtype=np.float32)[lab - 1]
     cols = {

@@ -1,0 +1,166 @@
+"""Export stage: nuclei.parquet → summary.json, overlay.png and (optionally) nuclei.geojson.gz.
+
+Everything is derived from the slide folder the earlier stages wrote (maps.zarr attributes,
+tissue.png, nuclei.parquet, stages/*.json), so export can be rerun on its own. The table is
+read in batches: memory stays flat whatever the number of nuclei.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import zarr
+
+from wsi_pipeline import __version__
+from wsi_pipeline.export_config import ExportConfig
+from wsi_pipeline.geojson import write_geojson
+from wsi_pipeline.overlay import render_overlay
+
+log = logging.getLogger(__name__)
+
+NUCLEI_PARQUET = "nuclei.parquet"
+GEOJSON = "nuclei.geojson.gz"
+SUMMARY = "summary.json"
+OVERLAY = "overlay.png"
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _stage_timings(slide_dir: Path) -> dict[str, float]:
+    """Seconds per finished stage, from the done-markers in stages/ (absent: not recorded)."""
+    out: dict[str, float] = {}
+    for marker in sorted((slide_dir / "stages").glob("*.json")):
+        try:
+            data = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data.get("seconds"), int | float):
+            out[data.get("stage", marker.stem)] = float(data["seconds"])
+    return out
+
+
+def _tissue_mm2(slide_dir: Path, attrs: dict) -> float:
+    if attrs.get("tissue_mm2") is not None:
+        return float(attrs["tissue_mm2"])
+    tissue_json = slide_dir / "tissue.json"
+    if tissue_json.is_file():
+        return float(json.loads(tissue_json.read_text(encoding="utf-8")).get("mm2", 0.0))
+    return 0.0
+
+
+def _type_stats(parquet_path: Path, batch_rows: int) -> tuple[Counter, dict[str, float]]:
+    """Counts and summed areas per type, one column scan."""
+    counts: Counter[str] = Counter()
+    areas: dict[str, float] = {}
+    pf = pq.ParquetFile(parquet_path)
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=["type_name", "area_um2"]):
+        names = batch.column("type_name")
+        area = batch.column("area_um2").to_numpy(False).astype(np.float64)
+        for vc in pc.value_counts(names).to_pylist():
+            counts[vc["values"]] += vc["counts"]
+        codes = pc.dictionary_encode(names)
+        keys = codes.dictionary.to_pylist()
+        sums = np.bincount(codes.indices.to_numpy(False), weights=area, minlength=len(keys))
+        for key, value in zip(keys, sums, strict=True):
+            areas[key] = areas.get(key, 0.0) + float(value)
+    return counts, areas
+
+
+def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
+    """Write summary.json, overlay.png and, if configured, nuclei.geojson.gz; return the summary."""
+    t0 = time.perf_counter()
+    slide_dir = Path(slide_dir)
+    parquet_path = slide_dir / NUCLEI_PARQUET
+    attrs = dict(zarr.open_group(str(slide_dir / "maps.zarr"), mode="r").attrs)
+    table_meta = pq.read_schema(parquet_path).metadata or {}
+    table_prov = json.loads(table_meta.get(b"wsi_pipeline", b"{}"))
+    class_names = list(attrs["class_names"])
+    class_colors = list(attrs["class_colors"])
+    tissue_mm2 = _tissue_mm2(slide_dir, attrs)
+
+    counts, areas = _type_stats(parquet_path, cfg.batch_rows)
+    n_total = sum(counts.values())
+    per_type = {
+        name: {
+            "count": counts.get(name, 0),
+            "per_mm2": counts.get(name, 0) / tissue_mm2 if tissue_mm2 > 0 else None,
+            "mean_area_um2": areas[name] / counts[name] if counts.get(name) else None,
+        }
+        for name in class_names[1:]
+    }
+
+    timings = _stage_timings(slide_dir)
+    outputs = [NUCLEI_PARQUET, OVERLAY, SUMMARY]
+    t_overlay = time.perf_counter()
+    overlay_mpp = render_overlay(
+        parquet_path,
+        slide_dir / OVERLAY,
+        level0_wh=tuple(attrs["level0_size"]),
+        slide_mpp=float(attrs["slide_mpp"]),
+        slide_path=(attrs.get("slide") or {}).get("path"),
+        tissue_png=slide_dir / "tissue.png",
+        class_colors=class_colors,
+        max_px=cfg.overlay_max_px,
+        contour_min_px=cfg.overlay_contour_min_px,
+        batch_rows=cfg.batch_rows,
+    )
+    export_timings = {"overlay": time.perf_counter() - t_overlay}
+    if cfg.geojson:
+        t_geo = time.perf_counter()
+        write_geojson(
+            parquet_path,
+            slide_dir / GEOJSON,
+            class_names,
+            class_colors,
+            decimals=cfg.geojson_decimals,
+            batch_rows=cfg.batch_rows,
+        )
+        export_timings["geojson"] = time.perf_counter() - t_geo
+        outputs.insert(1, GEOJSON)
+    timings["export"] = time.perf_counter() - t0
+
+    summary = {
+        "slide": slide_dir.name,
+        "status": "ok" if tissue_mm2 > 0 else "no_tissue",
+        "tissue_mm2": tissue_mm2,
+        "n_nuclei": n_total,
+        "nuclei_per_mm2": n_total / tissue_mm2 if tissue_mm2 > 0 else None,
+        "per_type": per_type,
+        "timings_s": timings,
+        "export_timings_s": export_timings,
+        "slide_mpp": attrs.get("slide_mpp"),
+        "model_mpp": attrs.get("mpp"),
+        "level0_size": attrs.get("level0_size"),
+        "overlay_mpp": overlay_mpp,
+        "outputs": outputs,
+        "provenance": {
+            "model_sha256": attrs.get("model_sha256"),
+            "wsi_pipeline_version": __version__,
+            "maps_wsi_pipeline_version": attrs.get("wsi_pipeline_version"),
+            "input": attrs.get("slide"),
+            "config": {
+                "infer": attrs.get("config"),
+                "postproc": table_prov.get("postproc_config"),
+                "chunking": table_prov.get("chunking_config"),
+                "export": cfg.model_dump(mode="json"),
+            },
+        },
+    }
+    _write_json_atomic(slide_dir / SUMMARY, summary)
+    log.info("exported %s: %d nuclei, %.2f mm² tissue", slide_dir.name, n_total, tissue_mm2)
+    return summary
