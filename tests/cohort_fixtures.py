@@ -1,0 +1,107 @@
+"""Builders for cohort tests: small pyramidal TIFFs cut from the real CMU slide, broken inputs,
+and a tiny random checkpoint (fast on CPU, deterministic)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CMU = "slides/CMU-1-Small-Region.svs"
+#: Level-0 (x, y) of crops inside the CMU slide's tissue (epidermis: many nuclei).
+CMU_CROPS = {"cmu_a": (900, 1000), "cmu_b": (1100, 1700)}
+CROP = 640
+MPP = 0.499
+
+
+def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float) -> Path:
+    """A tiled, two-level, JPEG-compressed TIFF that OpenSlide opens as generic-tiff with mpp."""
+    import tifffile
+
+    res = 1e4 / mpp
+    with tifffile.TiffWriter(path) as tw:
+        for level, img in enumerate((rgb, rgb[::2, ::2])):
+            tw.write(np.ascontiguousarray(img), tile=(256, 256), photometric="rgb", compression="jpeg",
+                     resolution=(res / 2**level, res / 2**level), resolutionunit="CENTIMETER",
+                     subfiletype=1 if level else 0)
+    return path
+
+
+def cmu_crop(shared_data: Path, x: int, y: int, size: int = CROP) -> np.ndarray:
+    import openslide
+
+    with openslide.OpenSlide(str(shared_data / CMU)) as s:
+        return np.asarray(s.read_region((x, y), 0, (size, size)).convert("RGB"))
+
+
+def make_cohort(shared_data: Path, folder: Path, broken: bool = False, blank: bool = False) -> Path:
+    """Two tissue crops of CMU (+ optionally broken inputs and a tissue-free slide)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (x, y) in CMU_CROPS.items():
+        write_pyramid_tiff(folder / f"{name}.tif", cmu_crop(shared_data, x, y), MPP)
+    if blank:
+        rng = np.random.default_rng(0)
+        glass = (238 + rng.integers(-3, 4, size=(CROP, CROP, 3))).astype(np.uint8)
+        write_pyramid_tiff(folder / "blank.tif", glass, MPP)
+    if broken:
+        svs = (shared_data / CMU).read_bytes()
+        (folder / "truncated.svs").write_bytes(svs[: len(svs) // 3])
+        (folder / "text.svs").write_text("this is not a slide\n")
+        (folder / "empty.svs").write_bytes(b"")
+    return folder
+
+
+def tiny_checkpoint(path: Path, mpp: float = 0.5, seed: int = 0) -> Path:
+    import torch
+
+    from wsi_pipeline.model import ModelConfig, MultiTaskNet, save_checkpoint
+
+    torch.manual_seed(seed)
+    net = MultiTaskNet.from_config(ModelConfig(n_types=5, encoder="resnet18", width=8))
+    save_checkpoint(path, net, class_names=("background", "inflammatory", "epithelial", "stromal", "other"),
+                    mpp=mpp)
+    return path
+
+
+def cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    """`wsi-pipeline ARGS` in its own process group (so the test can kill all it started)."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    cmd = [sys.executable, "-c", "from wsi_pipeline.cli import main; main()", *args]
+    return subprocess.Popen(cmd, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **kw)
+
+
+def run_cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    p = cli(*args, **kw)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    finally:
+        kill_group(p)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, None)
+
+
+def kill_group(p: subprocess.Popen) -> None:
+    """SIGKILL the process group the test started (the run and its cluster workers)."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

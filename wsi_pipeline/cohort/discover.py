@@ -1,0 +1,149 @@
+"""Find the slides of a cohort: a folder searched recursively, a list file, or one slide.
+
+Each slide gets a `slide_id`, the name of its output folder OUT/<slide_id>/. It is the file
+stem when that is unique in the cohort; stems that collide (a/x.svs, b/x.svs) fall back to the
+relative path joined with "__" so that no two slides ever share an output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Extensions of whole-slide formats that OpenSlide (or a plugged-in reader) opens.
+SLIDE_EXTENSIONS: tuple[str, ...] = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".svslide", ".bif", ".vms", ".vmu",
+)
+LIST_EXTENSIONS = (".csv", ".tsv", ".txt")
+#: Header names accepted for the path column of a list file (first column otherwise).
+PATH_COLUMNS = ("path", "slide", "file", "filename", "slide_path")
+
+
+@dataclass(frozen=True)
+class SlideEntry:
+    """One input slide: where it is and what its outputs are called."""
+
+    path: Path
+    slide_id: str
+
+
+class DiscoveryError(ValueError):
+    """The cohort input cannot be turned into a list of slides."""
+
+
+def discover(
+    source: Path,
+    extensions: tuple[str, ...] = SLIDE_EXTENSIONS,
+    probe_unknown: bool = False,
+) -> list[SlideEntry]:
+    """Slides named by `source`: a slide file, a folder (recursive) or a CSV/TSV/TXT list.
+
+    `probe_unknown` also asks OpenSlide about files with other extensions (slow on big trees).
+    Files are returned sorted so that the order, and hence the ids, are reproducible.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise DiscoveryError(f"input not found: {source}")
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    if source.is_dir():
+        paths = _walk(source, exts, probe_unknown)
+        root = source
+    elif source.suffix.lower() in LIST_EXTENSIONS and source.suffix.lower() not in exts:
+        paths = _read_list(source)
+        root = _common_root(paths)
+    else:
+        paths = [source.resolve()]
+        root = source.resolve().parent
+    if not paths:
+        raise DiscoveryError(f"no slides found in {source} (extensions: {', '.join(exts)})")
+    return _assign_ids(paths, root)
+
+
+def _walk(folder: Path, exts: tuple[str, ...], probe_unknown: bool) -> list[Path]:
+    found: list[Path] = []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(folder).parts):
+            continue
+        if _inside_mrxs_data_dir(p):
+            continue
+        if p.suffix.lower() in exts or (probe_unknown and _openslide_detects(p)):
+            found.append(p.resolve())
+    return found
+
+
+def _inside_mrxs_data_dir(p: Path) -> bool:
+    """MIRAX slides keep their tiles in a sibling folder named like the .mrxs: skip its files."""
+    parent = p.parent
+    return any(parent.with_name(parent.name + ext).is_file() for ext in (".mrxs", ".MRXS"))
+
+
+def _openslide_detects(p: Path) -> bool:
+    import openslide
+
+    try:
+        return openslide.OpenSlide.detect_format(str(p)) is not None
+    except Exception:  # noqa: BLE001 - any failure to probe means "not a slide"
+        return False
+
+
+def _read_list(list_file: Path) -> list[Path]:
+    """Paths from a CSV/TSV/TXT list; relative paths are taken relative to the list file."""
+    text = list_file.read_text()
+    dialect = "excel-tab" if list_file.suffix.lower() == ".tsv" or "\t" in text.split("\n", 1)[0] else "excel"
+    rows = [r for r in csv.reader(text.splitlines(), dialect=dialect) if r and r[0].strip()]
+    if not rows:
+        raise DiscoveryError(f"{list_file}: empty slide list")
+    header = [c.strip().lower() for c in rows[0]]
+    col, first_line = 0, 1
+    named = [i for i, h in enumerate(header) if h in PATH_COLUMNS]
+    if named:
+        col, rows, first_line = named[0], rows[1:], 2
+    elif not _looks_like_path(rows[0][0], list_file):
+        rows, first_line = rows[1:], 2  # an unnamed header line
+    paths = []
+    for line_no, row in enumerate(rows, start=first_line):
+        if col >= len(row) or not row[col].strip():
+            raise DiscoveryError(f"{list_file}: row {line_no} has no path in column {col + 1}")
+        p = Path(row[col].strip()).expanduser()
+        paths.append((p if p.is_absolute() else list_file.parent / p).resolve())
+    return paths
+
+
+def _looks_like_path(cell: str, list_file: Path) -> bool:
+    p = Path(cell.strip())
+    return p.suffix.lower() in SLIDE_EXTENSIONS or (list_file.parent / p).exists() or p.exists()
+
+
+def _common_root(paths: list[Path]) -> Path:
+    if not paths:
+        return Path("/")
+    parts = [p.parent.parts for p in paths]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return Path(*common) if common else Path("/")
+
+
+def _assign_ids(paths: list[Path], root: Path) -> list[SlideEntry]:
+    seen: set[Path] = set()
+    unique = [p for p in paths if not (p in seen or seen.add(p))]
+    stems = Counter(p.stem for p in unique)
+    entries = []
+    for p in unique:
+        if stems[p.stem] == 1:
+            slide_id = p.stem
+        else:
+            try:
+                rel = p.relative_to(root)
+            except ValueError:
+                rel = Path(*p.parts[1:])
+            slide_id = "__".join(rel.with_suffix("").parts)
+        entries.append(SlideEntry(path=p, slide_id=slide_id))
+    return entries
