@@ -5,6 +5,7 @@ from wsi_pipeline.data.consep_patches import CONSEP_CLASSES, read_consep_patches
 from wsi_pipeline.data.dataset import NucleusDataset
 from wsi_pipeline.data.sample import Sample
 from wsi_pipeline.data.split import split_by_group
+from wsi_pipeline.data.stain import StainNormConfig, build_normalizer, normalize_samples
 from wsi_pipeline.data.validate import SampleError, check_sample, relabel_contiguous
 
 __all__ = [
@@ -14,7 +15,10 @@ __all__ = [
     "NucleusDataset",
     "Sample",
     "SampleError",
+    "StainNormConfig",
+    "build_normalizer",
     "check_sample",
+    "normalize_samples",
     "read_consep_patches",
     "relabel_contiguous",
     "split_by_group",
