@@ -177,8 +177,14 @@ def _plot_curves(run_dir: Path, history: list[dict]) -> None:
     os.replace(tmp, run_dir / "curves.png")
 
 
-def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> TrainResult:
-    """Train (or continue training) into `cfg.out_dir`."""
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    samples: tuple[list[Sample], list[Sample]] | None = None,
+) -> TrainResult:
+    """Train (or continue training) into `cfg.out_dir`; `samples` = (train, val) bypasses cfg.data."""
     from tqdm import tqdm
 
     run_dir = Path(cfg.out_dir)
@@ -187,7 +193,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> Tr
     amp = autocast_dtype(device) if cfg.amp else None
     torch.manual_seed(cfg.seed)
 
-    train_samples, val_samples = load_samples(cfg)
+    train_samples, val_samples = samples if samples is not None else load_samples(cfg)
     class_names = train_samples[0].class_names
     if len(class_names) != cfg.model.n_types:
         raise ValueError(

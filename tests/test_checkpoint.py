@@ -1,0 +1,62 @@
+"""Checkpoint round trips and clear failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wsi_pipeline.model import CheckpointError, MultiTaskNet, load_checkpoint, save_checkpoint
+from wsi_pipeline.model.checkpoint import file_sha256
+
+NAMES = ("background", "a", "b")
+
+
+def _net(**kw) -> MultiTaskNet:
+    torch.manual_seed(0)
+    return MultiTaskNet(n_types=3, encoder="resnet18", width=8, **kw)
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    net = _net()
+    sha = save_checkpoint(tmp_path / "m.pt", net, class_names=NAMES, mpp=0.25, meta={"epochs": 3})
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    assert loaded.sha256 == sha == file_sha256(tmp_path / "m.pt")
+    assert loaded.class_names == NAMES and loaded.mpp == 0.25 and loaded.meta == {"epochs": 3}
+    assert loaded.config == net.config
+    for (k, a), (_, b) in zip(net.state_dict().items(), loaded.net.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert not loaded.net.training
+
+
+def test_half_storage_is_close(tmp_path):
+    net = _net()
+    save_checkpoint(tmp_path / "h.pt", net, class_names=NAMES, mpp=0.5, half=True)
+    loaded = load_checkpoint(tmp_path / "h.pt")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = net.eval()(x), loaded.net(x)
+    assert torch.allclose(a["hv"], b["hv"], atol=2e-2)
+
+
+def test_mismatched_config_fails_clearly(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, _net(), class_names=NAMES, mpp=0.25)
+    payload = torch.load(path, weights_only=True)
+    payload["model_config"]["width"] = 16
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"m\.pt: weights do not match the config"):
+        load_checkpoint(path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("hello")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_class_names_must_match_types(tmp_path):
+    with pytest.raises(ValueError, match="class names"):
+        save_checkpoint(tmp_path / "m.pt", _net(), class_names=("x",), mpp=0.25)

@@ -1,0 +1,72 @@
+"""Loss functions, against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wsi_pipeline.model.losses import cost_matrix_from_counts, cost_sensitive_ce, msge
+
+
+def test_equals_plain_ce_when_lambda_zero():
+    torch.manual_seed(0)
+    logits, target = torch.randn(10, 4), torch.randint(0, 4, (10,))
+    w = torch.rand(4, 4).fill_diagonal_(0)
+    assert torch.equal(cost_sensitive_ce(logits, target, w, 0.0), F.cross_entropy(logits, target))
+
+
+def test_hand_computed_example():
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(2.0), 0.0]])  # softmax [.25,.75], [2/3,1/3]
+    target = torch.tensor([0, 1])
+    w = torch.tensor([[0.0, 2.0], [0.5, 0.0]])
+    ce = -(math.log(0.25) + math.log(1 / 3)) / 2
+    penalty = (0.75 * 2.0 + (2 / 3) * 0.5) / 2
+    got = cost_sensitive_ce(logits, target, w, lam=0.2)
+    assert float(got) == pytest.approx(ce + 0.2 * penalty, abs=1e-6)
+
+
+def test_penalty_zero_when_all_mass_on_true_class():
+    target = torch.tensor([0, 2, 1])
+    logits = F.one_hot(target, 3).float() * 100.0
+    w = torch.ones(3, 3).fill_diagonal_(0)
+    ce = F.cross_entropy(logits, target)
+    assert float(cost_sensitive_ce(logits, target, w, 5.0) - ce) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_dense_maps_match_flattened():
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 3, 4, 5), torch.randint(0, 3, (2, 4, 5))
+    w = torch.rand(3, 3).fill_diagonal_(0)
+    flat_logits = logits.movedim(1, -1).reshape(-1, 3)
+    assert torch.allclose(
+        cost_sensitive_ce(logits, target, w, 0.3),
+        cost_sensitive_ce(flat_logits, target.reshape(-1), w, 0.3),
+        atol=1e-6,
+    )
+
+
+def test_cost_matrix_rare_classes_cost_more():
+    w = cost_matrix_from_counts([10000, 100, 400])
+    assert np.all(np.diag(w) == 0)
+    assert w[1, 0] == pytest.approx(1.0)  # rarest class: the largest cost
+    assert w[2, 0] == pytest.approx(0.5)  # 4x more frequent -> sqrt(4) = 2x cheaper
+    assert w[0, 1] == pytest.approx(0.1)
+    assert np.all(w[1, [0, 2]] == w[1, 0])
+
+
+def test_cost_matrix_rejects_bad_counts():
+    with pytest.raises(ValueError):
+        cost_matrix_from_counts([0, 0])
+    with pytest.raises(ValueError):
+        cost_matrix_from_counts([5])
+
+
+def test_msge_zero_for_perfect_and_positive_otherwise():
+    hv = torch.rand(1, 2, 16, 16) * 2 - 1
+    mask = torch.ones(1, 16, 16, dtype=torch.long)
+    assert float(msge(hv, hv, mask)) == 0.0
+    assert float(msge(hv, torch.zeros_like(hv), mask)) > 0
