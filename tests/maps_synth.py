@@ -41,39 +41,45 @@ def consep_mosaic(consep_train: Path, n_side: int, start: int = 0) -> tuple[np.n
     return inst, types
 
 
-def write_oracle_maps(
-    path: Path,
-    inst: np.ndarray,
-    types: np.ndarray,
-    chunk: int,
-    *,
-    inferred: np.ndarray | None = None,
-    scale: float = 0.5,
-    slide: dict | None = None,
-) -> Path:
-    """Write a maps.zarr group in the layout of the WSI contract from oracle maps."""
+def oracle_maps(
+    inst: np.ndarray, types: np.ndarray, inferred: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays of maps.zarr that a perfect network would produce for `inst` / `types`."""
     h, w = inst.shape
-    ns = (inst > 0).astype(np.float16)
-    hv = hv_maps(inst).astype(np.float16)
+    if inferred is None:
+        inferred = np.ones((h, w), dtype=bool)
     nc = np.zeros((len(CLASSES), h, w), dtype=np.uint8)
     for k in range(len(CLASSES)):
         nc[k] = np.where(types == k, 255, 0)
-    if inferred is None:
-        inferred = np.ones((h, w), dtype=bool)
-    else:
-        ns = np.where(inferred, ns, 0).astype(np.float16)
+    return {
+        "ns": np.where(inferred, inst > 0, 0).astype(np.float16),
+        "hv": hv_maps(inst).astype(np.float16),
+        "nc": nc,
+        "inferred": inferred,
+    }
+
+
+def write_maps_zarr(
+    path: Path,
+    maps: dict[str, np.ndarray],
+    chunk: int,
+    *,
+    scale: float = 0.5,
+    slide: dict | None = None,
+) -> Path:
+    """Write a maps.zarr group in the layout of the WSI contract (/tmp/CONTRACT_WSI.md)."""
+    h, w = maps["ns"].shape
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    group.create_array("ns", data=ns, chunks=(chunk, chunk))
-    group.create_array("hv", data=hv, chunks=(2, chunk, chunk))
-    group.create_array("nc", data=nc, chunks=(len(CLASSES), chunk, chunk))
-    group.create_array("inferred", data=inferred, chunks=(chunk, chunk))
-    level0 = [int(round(w * scale)), int(round(h * scale))]
+    group.create_array("ns", data=maps["ns"], chunks=(chunk, chunk))
+    group.create_array("hv", data=maps["hv"], chunks=(2, chunk, chunk))
+    group.create_array("nc", data=maps["nc"], chunks=(len(CLASSES), chunk, chunk))
+    group.create_array("inferred", data=maps["inferred"], chunks=(chunk, chunk))
     group.attrs.update(
         {
             "mpp": MPP,
             "slide_mpp": MPP / scale,
             "scale": scale,
-            "level0_size": level0,
+            "level0_size": [int(round(w * scale)), int(round(h * scale))],
             "map_size": [w, h],
             "class_names": list(CLASSES),
             "class_colors": list(COLORS),
@@ -81,7 +87,16 @@ def write_oracle_maps(
             "config": {"oracle": True},
             "wsi_pipeline_version": "test",
             "slide": slide or {"path": "/nonexistent/slide.svs", "size": 0, "mtime": 0.0},
-            "tissue_mm2": float(inferred.sum()) * MPP**2 / 1e6,
+            "tissue_mm2": float(maps["inferred"].sum()) * MPP**2 / 1e6,
         }
     )
     return path
+
+
+def disc_instances(shape: tuple[int, int], centres_rc, radius: float) -> np.ndarray:
+    """Instance map of non-overlapping discs (ids 1..K in the order given)."""
+    rows, cols = np.indices(shape)
+    inst = np.zeros(shape, dtype=np.int32)
+    for k, (r, c) in enumerate(centres_rc, start=1):
+        inst[(rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = k
+    return inst

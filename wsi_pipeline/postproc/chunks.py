@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage as ndi
 from skimage import measure
 
-from wsi_pipeline.postproc import segment_instances
+from wsi_pipeline.postproc import PostprocConfig, segment_instances
 from wsi_pipeline.postproc.seams import nucleus_ids, owned_nuclei
 
 
@@ -104,6 +104,7 @@ class MapsContext:
     origin_xy: tuple[float, float]  # level-0 position of map pixel (0, 0)
     class_names: tuple[str, ...]
     simplify_px: float  # polygon simplification tolerance, map pixels
+    postproc: PostprocConfig
 
 
 def prob_column(class_name: str) -> str:
@@ -195,7 +196,7 @@ def process_chunk(ctx: MapsContext, win: ChunkWindow) -> ChunkResult:
     if maps is None:
         return ChunkResult(win.index, empty_table(ctx.class_names), False, 0)
     ns, hv, nc = maps
-    seg = segment_instances(ns, hv, nc, mpp=ctx.mpp)
+    seg = segment_instances(ns, hv, nc, mpp=ctx.mpp, config=ctx.postproc)
     inst_map = np.ascontiguousarray(seg.inst_map)
     owned = owned_nuclei(inst_map, win, ctx.map_hw)
     if owned.labels.size == 0:

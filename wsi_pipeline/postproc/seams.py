@@ -32,7 +32,7 @@ class OwnedNuclei:
     n_px: np.ndarray  # (K,) int64 pixel counts
     sum_r: np.ndarray  # (K,) int64 sum of global map rows
     sum_c: np.ndarray  # (K,) int64 sum of global map cols
-    n_edge_cut: int  # owned by centroid but cut by the window edge (halo too small if > 0)
+    n_edge_cut: int  # cut pieces whose centroid is in the core: > 0 means the halo is too small
 
     @property
     def centroid_rc(self) -> np.ndarray:

@@ -28,6 +28,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from wsi_pipeline import __version__
+from wsi_pipeline.postproc import PostprocConfig
 from wsi_pipeline.postproc.chunks import (
     ChunkingConfig,
     ChunkResult,
@@ -40,8 +41,6 @@ from wsi_pipeline.postproc.chunks import (
 
 if TYPE_CHECKING:
     from distributed import Client
-
-    from wsi_pipeline.postproc.config import PostprocConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +58,14 @@ class PostprocResult:
     n_nuclei: int
     n_chunks: int
     n_chunks_segmented: int  # chunks with inferred pixels; the rest were skipped unread
-    n_edge_cut: int  # owned nuclei dropped for touching the halo edge (0 unless halo too small)
+    n_edge_cut: int  # nucleus pieces cut by a halo edge in their owner chunk (0 unless halo too small)
     seconds: float
     counts_by_type: dict[str, int] = field(default_factory=dict)
 
 
-def _maps_context(maps_zarr: Path, chunking: ChunkingConfig) -> tuple[MapsContext, dict, tuple]:
+def _maps_context(
+    maps_zarr: Path, cfg: PostprocConfig, chunking: ChunkingConfig
+) -> tuple[MapsContext, dict, tuple]:
     group = zarr.open_group(str(maps_zarr), mode="r")
     attrs = dict(group.attrs)
     ns = group["ns"]
@@ -78,6 +79,7 @@ def _maps_context(maps_zarr: Path, chunking: ChunkingConfig) -> tuple[MapsContex
         origin_xy=tuple(float(v) for v in attrs.get("origin", (0.0, 0.0))),
         class_names=tuple(attrs["class_names"]),
         simplify_px=chunking.simplify_px,
+        postproc=cfg,
     )
     return ctx, attrs, tuple(int(v) for v in ns.chunks)
 
@@ -176,7 +178,7 @@ def postprocess_slide(
     t0 = time.perf_counter()
     chunking = chunking or ChunkingConfig()
     maps_zarr, out_parquet = Path(maps_zarr), Path(out_parquet)
-    ctx, attrs, chunk_hw = _maps_context(maps_zarr, chunking)
+    ctx, attrs, chunk_hw = _maps_context(maps_zarr, cfg, chunking)
     halo_px = math.ceil(chunking.halo_um / ctx.mpp)
     windows = chunk_windows(ctx.map_hw, chunk_hw, halo_px)
     log.info(
@@ -216,7 +218,7 @@ def postprocess_slide(
         tmp.unlink(missing_ok=True)
     if n_edge_cut:
         log.warning(
-            "%d nuclei were cut by a halo edge and dropped: raise halo_um (now %.1f)",
+            "%d nucleus pieces were cut by a halo edge and dropped: raise halo_um (now %.1f)",
             n_edge_cut, chunking.halo_um,
         )
     result = PostprocResult(

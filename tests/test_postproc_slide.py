@@ -1,0 +1,116 @@
+"""Slide post-processing: chunk-size invariance on real CoNSeP labels, GeoParquet output."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import shapely
+from maps_synth import CLASSES, consep_mosaic, oracle_maps, write_maps_zarr
+
+from wsi_pipeline.postproc import PostprocConfig
+from wsi_pipeline.postproc.chunks import ChunkingConfig
+from wsi_pipeline.postproc.slide import postprocess_slide
+
+REQUIRED = [
+    "nucleus_id", "x", "y", "x_um", "y_um", "area_um2", "perimeter_um", "eccentricity",
+    "solidity", "type_id", "type_name", "type_prob",
+    *[f"prob_{c}" for c in CLASSES], "geometry",
+]
+
+
+def iou_pairs(a: np.ndarray, b: np.ndarray):
+    """(i, j, IoU) for every intersecting pair of polygons a[i], b[j]."""
+    ia, ib = shapely.STRtree(b).query(a, predicate="intersects")
+    inter = shapely.area(shapely.intersection(a[ia], b[ib]))
+    return ia, ib, inter / (shapely.area(a[ia]) + shapely.area(b[ib]) - inter)
+
+
+@pytest.fixture(scope="module")
+def mosaic_runs(shared_data, tmp_path_factory):
+    """The same 2048² oracle maps (8×8 real CoNSeP patches) stored with chunks of 512 and 2048."""
+    tmp = tmp_path_factory.mktemp("mosaic")
+    inst, types = consep_mosaic(shared_data / "consep_patches" / "train", 8)
+    maps = oracle_maps(inst, types)
+    out = {}
+    for chunk in (512, 2048):
+        maps_path = write_maps_zarr(tmp / f"maps{chunk}.zarr", maps, chunk)
+        res = postprocess_slide(maps_path, tmp / f"nuclei{chunk}.parquet", PostprocConfig(),
+                                progress=False)
+        out[chunk] = (res, gpd.read_parquet(res.out_path))
+    return out, int(np.unique(inst).size - 1)
+
+
+def test_nuclei_do_not_depend_on_chunk_size(mosaic_runs):
+    runs, n_true = mosaic_runs
+    (res_s, small), (res_l, large) = runs[512], runs[2048]
+    assert res_s.n_chunks == 16 and res_l.n_chunks == 1
+    assert res_s.n_edge_cut == 0
+    assert len(large) > 0.9 * n_true  # oracle maps: the segmentation finds the nuclei
+    ia, ib, iou = iou_pairs(small.geometry.values, large.geometry.values)
+    m = iou > 0.5
+    # IoU > 0.5 makes a match one-to-one; count matches against the larger table.
+    assert len(set(ia[m])) == m.sum() == len(set(ib[m]))
+    assert m.sum() >= 0.995 * max(len(small), len(large))
+
+
+def test_no_two_nuclei_in_one_table_overlap(mosaic_runs):
+    runs, _ = mosaic_runs
+    for _, table in runs.values():
+        geoms = table.geometry.values
+        i, j, iou = iou_pairs(geoms, geoms)
+        assert not np.any((iou > 0.5) & (i != j))
+        assert table["nucleus_id"].is_unique
+
+
+def test_geoparquet_columns_metadata_and_coordinates(mosaic_runs):
+    runs, _ = mosaic_runs
+    res, table = runs[512]
+    assert list(table.columns) == REQUIRED
+    assert isinstance(table, gpd.GeoDataFrame) and table.geometry.name == "geometry"
+    assert table.geometry.geom_type.eq("Polygon").all() and table.geometry.is_valid.all()
+    # Centroid columns agree with the polygons (level-0 px) and with µm via slide mpp (0.5).
+    cent = table.geometry.centroid
+    assert np.median(np.hypot(cent.x - table.x, cent.y - table.y)) < 0.5
+    assert np.allclose(table.x_um, table.x * 0.5) and np.allclose(table.y_um, table.y * 0.5)
+    probs = table[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=0.02)
+    assert (table.type_name == np.array(CLASSES, dtype=object)[table.type_id]).all()
+    meta = pq.read_schema(res.out_path).metadata
+    geo = json.loads(meta[b"geo"])
+    assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["encoding"] == "WKB"
+    prov = json.loads(meta[b"wsi_pipeline"])
+    assert prov["model_sha256"] == "0" * 64 and prov["chunk_hw"] == [512, 512]
+    assert "postproc_config" in prov and "wsi_pipeline_version" in prov
+    assert pq.ParquetFile(res.out_path).metadata.num_row_groups >= 1
+    assert sum(res.counts_by_type.values()) == len(table)
+
+
+def test_empty_slide_gives_empty_table_with_the_schema(tmp_path):
+    inst = np.zeros((300, 300), dtype=np.int32)
+    maps = oracle_maps(inst, inst.astype(np.uint8), inferred=np.zeros((300, 300), dtype=bool))
+    maps_path = write_maps_zarr(tmp_path / "maps.zarr", maps, 128)
+    res = postprocess_slide(maps_path, tmp_path / "out" / "nuclei.parquet", PostprocConfig(),
+                            progress=False)
+    assert res.n_nuclei == 0 and res.n_chunks == 9 and res.n_chunks_segmented == 0
+    table = gpd.read_parquet(res.out_path)
+    assert list(table.columns) == REQUIRED and len(table) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["nuclei.parquet"]  # no temp left
+
+
+def test_dask_client_gives_the_same_table_as_local_threads(shared_data, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    inst, types = consep_mosaic(shared_data / "consep_patches" / "train", 2, start=40)
+    maps_path = write_maps_zarr(tmp_path / "maps.zarr", oracle_maps(inst, types), 128)
+    chunking = ChunkingConfig(row_group_rows=1024)
+    local = postprocess_slide(maps_path, tmp_path / "a.parquet", PostprocConfig(),
+                              progress=False, chunking=chunking)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
+                            dashboard_address=None) as client:
+        remote = postprocess_slide(maps_path, tmp_path / "b.parquet", PostprocConfig(),
+                                   client=client, progress=False, chunking=chunking)
+    assert remote.n_nuclei == local.n_nuclei > 0
+    assert pq.read_table(remote.out_path).equals(pq.read_table(local.out_path))
