@@ -1,0 +1,112 @@
+"""Export stage: summary.json, QuPath GeoJSON and overlay.png from a slide folder."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+from maps_synth import CLASSES, COLORS, MPP, disc_instances, oracle_maps, write_maps_zarr
+from PIL import Image
+
+from wsi_pipeline.export import export_slide
+from wsi_pipeline.export_config import ExportConfig
+from wsi_pipeline.geojson import hex_to_rgb
+from wsi_pipeline.postproc import PostprocConfig
+from wsi_pipeline.postproc.slide import postprocess_slide
+
+CENTRES = [(40, 40), (40, 120), (120, 40), (150, 150), (200, 90), (90, 200)]
+TYPES = [1, 2, 3, 3, 4, 4]
+
+
+def _slide_dir(tmp_path, slide: dict | None = None, empty: bool = False):
+    """A slide folder as the infer and postproc stages leave it (oracle maps, 256² map)."""
+    d = tmp_path / "slideX"
+    d.mkdir()
+    inst = disc_instances((256, 256), [] if empty else CENTRES, radius=14)
+    types = np.zeros(inst.shape, dtype=np.uint8)
+    for k, t in enumerate(TYPES, start=1):
+        types[inst == k] = t
+    inferred = np.zeros(inst.shape, bool) if empty else np.ones(inst.shape, bool)
+    write_maps_zarr(d / "maps.zarr", oracle_maps(inst, types, inferred), 128, slide=slide)
+    Image.fromarray(np.where(inferred[::8, ::8], 255, 0).astype(np.uint8)).save(d / "tissue.png")
+    (d / "stages").mkdir()
+    for stage, sec in (("infer", 12.5), ("postproc", 3.25)):
+        (d / "stages" / f"{stage}.json").write_text(json.dumps({"stage": stage, "seconds": sec}))
+    postprocess_slide(d / "maps.zarr", d / "nuclei.parquet", PostprocConfig(), progress=False)
+    return d
+
+
+def test_summary_counts_densities_timings_and_provenance(tmp_path):
+    d = _slide_dir(tmp_path)
+    summary = export_slide(d, ExportConfig())
+    on_disk = json.loads((d / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    tissue_mm2 = 256 * 256 * MPP**2 / 1e6
+    assert summary["tissue_mm2"] == pytest.approx(tissue_mm2)
+    assert summary["n_nuclei"] == len(CENTRES)
+    counts = {name: summary["per_type"][name]["count"] for name in CLASSES[1:]}
+    assert counts == {"other": 1, "inflammatory": 1, "epithelial": 2, "spindle": 2}
+    assert summary["per_type"]["spindle"]["per_mm2"] == pytest.approx(2 / tissue_mm2)
+    assert summary["timings_s"]["infer"] == 12.5 and summary["timings_s"]["postproc"] == 3.25
+    assert summary["timings_s"]["export"] > 0
+    prov = summary["provenance"]
+    assert prov["model_sha256"] == "0" * 64 and prov["wsi_pipeline_version"]
+    assert set(prov["config"]) == {"infer", "postproc", "chunking", "export"}
+    assert {"path", "size", "mtime"} <= set(prov["input"])
+    assert not (d / "nuclei.geojson.gz").exists()  # GeoJSON is opt-in
+    leftovers = [p for p in os.listdir(d) if p.startswith(".")]
+    assert leftovers == []
+
+
+def test_geojson_is_a_qupath_detection_collection(tmp_path):
+    d = _slide_dir(tmp_path)
+    export_slide(d, ExportConfig(geojson=True))
+    with gzip.open(d / "nuclei.geojson.gz", "rt", encoding="utf-8") as f:
+        doc = json.load(f)
+    assert doc["type"] == "FeatureCollection" and len(doc["features"]) == len(CENTRES)
+    names = set()
+    for feat in doc["features"]:
+        assert feat["type"] == "Feature" and feat["geometry"]["type"] == "Polygon"
+        props = feat["properties"]
+        assert props["objectType"] == "detection"
+        cls = props["classification"]
+        names.add(cls["name"])
+        assert cls["color"] == hex_to_rgb(COLORS[CLASSES.index(cls["name"])])
+        assert {"area_um2", "perimeter_um", "solidity", "type_prob", "prob_epithelial"} <= set(
+            props["measurements"]
+        )
+        ring = np.array(feat["geometry"]["coordinates"][0])
+        assert (ring[0] == ring[-1]).all() and ring.max() <= 128  # level-0 px (scale 0.5)
+    assert names == {"other", "inflammatory", "epithelial", "spindle"}
+
+
+def test_overlay_draws_nuclei_in_type_colours_on_a_blank_background(tmp_path):
+    d = _slide_dir(tmp_path)  # slide path in attrs does not exist: white background
+    summary = export_slide(d, ExportConfig(overlay_max_px=256))
+    img = np.asarray(Image.open(d / "overlay.png").convert("RGB"))
+    assert img.shape == (128, 128, 3)  # level-0 size; no downsampling needed
+    assert summary["overlay_mpp"] == pytest.approx(0.5)
+    for hexcol in COLORS[1:]:
+        assert (img == hex_to_rgb(hexcol)).all(axis=2).any()
+
+
+def test_overlay_uses_the_slide_thumbnail_when_readable(tmp_path, shared_data):
+    svs = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    st = svs.stat()
+    d = _slide_dir(tmp_path, slide={"path": str(svs), "size": st.st_size, "mtime": st.st_mtime})
+    export_slide(d, ExportConfig(overlay_max_px=64))
+    img = np.asarray(Image.open(d / "overlay.png").convert("RGB"))
+    assert img.shape == (64, 64, 3)
+    assert img.std() > 5  # tissue, not a blank page
+
+
+def test_empty_slide_exports_zero_counts(tmp_path):
+    d = _slide_dir(tmp_path, empty=True)
+    summary = export_slide(d, ExportConfig(geojson=True))
+    assert summary["n_nuclei"] == 0 and summary["status"] == "no_tissue"
+    with gzip.open(d / "nuclei.geojson.gz", "rt") as f:
+        assert json.load(f) == {"type": "FeatureCollection", "features": []}
+    assert (d / "overlay.png").is_file()
