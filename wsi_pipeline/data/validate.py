@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from wsi_pipeline.data.sample import Sample
 log = logging.getLogger(__name__)
 
 OnError = Literal["fail", "skip"]
+T = TypeVar("T")
 
 
 class SampleError(ValueError):
@@ -80,18 +81,22 @@ def check_sample(sample: Sample) -> None:
 
 
 def load_all(
-    items: Iterable[Path], load: Callable[[Path], Sample], on_error: OnError
+    items: Iterable[T],
+    load: Callable[[T], Sample],
+    on_error: OnError,
+    name: Callable[[T], str] = lambda item: Path(item).name,
 ) -> list[Sample]:
-    """Load and check each item; failures name the file, and either raise or are logged and skipped."""
+    """Load and check each item; failures name the file (or `name(item)`), and either raise
+    `SampleError` or are logged and skipped."""
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     samples: list[Sample] = []
-    for path in items:
+    for item in items:
         try:
-            sample = load(path)
+            sample = load(item)
             check_sample(sample)
         except (ValueError, OSError, KeyError) as exc:
-            msg = f"{path.name}: {exc}"
+            msg = f"{name(item)}: {exc}"
             if on_error == "fail":
                 raise SampleError(msg) from exc
             log.warning("skipping bad sample %s", msg)

@@ -1,0 +1,91 @@
+"""Reader for MoNuSAC: one folder per patient holding <image>.tif and <image>.xml.
+
+The XML lists `Annotation` elements whose `Attribute Name` is the class, each with `Region`s whose
+`Vertex X= Y=` (column, row) outline one nucleus. Regions are rasterised in file order.
+"Ambiguous" regions (MoNuSAC test set) are areas, not nuclei, and are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from skimage.draw import polygon
+
+from wsi_pipeline.data.sample import Sample
+from wsi_pipeline.data.validate import OnError, load_all
+
+log = logging.getLogger(__name__)
+
+MONUSAC_CLASSES = ("background", "epithelial", "lymphocyte", "neutrophil", "macrophage")
+_CLASS_ID = {name: i for i, name in enumerate(MONUSAC_CLASSES) if i}
+_SKIPPED = {"ambiguous"}
+_IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+def rasterise_monusac_xml(xml_path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """inst_map (1..N in region order) and type_map of one annotation file."""
+    inst = np.zeros(shape, np.int32)
+    typ = np.zeros(shape, np.int32)
+    n = 0
+    for ann in ET.parse(xml_path).getroot().iter("Annotation"):
+        attr = ann.find("./Attributes/Attribute")
+        cls = (attr.get("Name") if attr is not None else "") or ""
+        if cls.strip().lower() in _SKIPPED:
+            continue
+        class_id = _CLASS_ID.get(cls.strip().lower())
+        if class_id is None:
+            raise ValueError(f"unknown MoNuSAC class {cls!r}")
+        for region in ann.iter("Region"):
+            xy = np.array(
+                [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")], dtype=np.float64
+            )
+            if len(xy) < 3:
+                continue
+            rr, cc = polygon(xy[:, 1], xy[:, 0], shape=shape)
+            if rr.size == 0:
+                continue
+            n += 1
+            inst[rr, cc] = n
+            typ[rr, cc] = class_id
+    # A later region can cover an earlier one completely; drop the ids that vanished.
+    ids = np.unique(inst)
+    if ids.size - 1 != n:
+        log.debug("%s: %d region(s) fully covered by later ones", xml_path.name, n - ids.size + 1)
+        inst = np.searchsorted(ids, inst).astype(np.int32)
+    return inst, typ
+
+
+def _image_for(xml_path: Path) -> Path:
+    for suffix in _IMAGE_SUFFIXES:
+        p = xml_path.with_suffix(suffix)
+        if p.exists():
+            return p
+    raise FileNotFoundError(f"no image ({'/'.join(_IMAGE_SUFFIXES)}) next to it")
+
+
+def _load(xml_path: Path, mpp: float | None) -> Sample:
+    image_path = _image_for(xml_path)
+    image = np.asarray(Image.open(image_path).convert("RGB"))
+    inst, typ = rasterise_monusac_xml(xml_path, image.shape[:2])
+    return Sample(
+        name=xml_path.stem,
+        image=image,
+        inst_map=inst,
+        type_map=typ,
+        class_names=MONUSAC_CLASSES,
+        mpp=mpp,
+        group=xml_path.parent.name,  # the patient: never split one patient across train/val
+        meta={"source": str(image_path)},
+    )
+
+
+def read_monusac(root: Path, *, mpp: float | None = 0.25, on_error: OnError = "fail") -> list[Sample]:
+    """Every <image>.xml with an image beside it under `root` (searched recursively)."""
+    xmls = sorted(Path(root).rglob("*.xml"))
+    if not xmls:
+        raise FileNotFoundError(f"no MoNuSAC .xml annotations under {root}")
+    return load_all(xmls, lambda p: _load(p, mpp), on_error)

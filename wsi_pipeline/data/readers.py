@@ -1,0 +1,24 @@
+"""Every dataset reader by format name, for the `convert` command and training configs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from wsi_pipeline.data.common import read_common
+from wsi_pipeline.data.consep_patches import read_consep_patches
+from wsi_pipeline.data.cpm15 import read_cpm15
+from wsi_pipeline.data.hovernet_layout import read_hovernet
+from wsi_pipeline.data.monusac import read_monusac
+from wsi_pipeline.data.nucls import read_nucls
+from wsi_pipeline.data.pannuke import read_pannuke
+from wsi_pipeline.data.sample import Sample
+
+READERS: dict[str, Callable[..., list[Sample]]] = {
+    "common": read_common,
+    "consep-patches": read_consep_patches,
+    "cpm15": read_cpm15,
+    "hovernet": read_hovernet,
+    "monusac": read_monusac,
+    "nucls": read_nucls,
+    "pannuke": read_pannuke,
+}
