@@ -56,16 +56,45 @@ def make_cohort(shared_data: Path, folder: Path, broken: bool = False, blank: bo
     return folder
 
 
-def tiny_checkpoint(path: Path, mpp: float = 0.5, seed: int = 0) -> Path:
+def tiny_checkpoint(path: Path, fit_rgb: np.ndarray | None = None, mpp: float = 0.5,
+                    seed: int = 0) -> Path:
+    """A random resnet18/width-8 network. With `fit_rgb`, its NS head is refitted (least
+    squares, one 1x1 conv) so that dark haematoxylin blobs read as nuclei: a random network is
+    near-constant and would give one slide-sized "nucleus", which tests nothing downstream."""
     import torch
 
     from wsi_pipeline.model import ModelConfig, MultiTaskNet, save_checkpoint
 
     torch.manual_seed(seed)
-    net = MultiTaskNet.from_config(ModelConfig(n_types=5, encoder="resnet18", width=8))
+    net = MultiTaskNet.from_config(ModelConfig(n_types=5, encoder="resnet18", width=8)).eval()
+    if fit_rgb is not None:
+        _fit_ns_head(net, fit_rgb)
     save_checkpoint(path, net, class_names=("background", "inflammatory", "epithelial", "stromal", "other"),
                     mpp=mpp)
     return path
+
+
+def _fit_ns_head(net, rgb: np.ndarray, side: int = 256) -> None:
+    import torch
+
+    head = net.decoders["ns"].head
+    feats: list = []
+    hook = head.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach()))
+    tiles = [rgb[r:r + side, c:c + side] for r in (0, rgb.shape[0] - side) for c in (0, rgb.shape[1] - side)]
+    x = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        net(x)
+    hook.remove()
+    f = feats[0].permute(0, 2, 3, 1).reshape(-1, feats[0].shape[1]).double()
+    grey = x.mean(1).reshape(-1).double()
+    target = torch.where(grey < torch.quantile(grey, 0.12), 4.0, -4.0).double()
+    design = torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], 1)
+    coef = torch.linalg.lstsq(design, target[:, None]).solution[:, 0].float()
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[1, :, 0, 0] = coef[:-1]
+        head.bias[1] = coef[-1]
 
 
 def cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:

@@ -1,0 +1,126 @@
+"""`wsi-pipeline run`: one slide or a whole cohort, resumable, on this machine or a Dask cluster."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+@click.command("run")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder (created if missing; its parent must exist).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="Run config YAML (see configs/run_default.yaml).")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="Model checkpoint (default: the shipped weights).")
+@click.option("--mpp", type=float, help="Level-0 µm/px for slides without pixel-size metadata.")
+@click.option("--chunk-size", type=int, help="Side of a Zarr map chunk / post-processing unit (pixels).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where the model runs.")
+@click.option("--geojson", is_flag=True, default=None, help="Also write nuclei.geojson.gz (QuPath).")
+@click.option("--scheduler", help="Address tcp://HOST:PORT of a running Dask scheduler.")
+@click.option("--workers", type=int,
+              help="CPU workers of the embedded cluster (0 = no cluster, run in this process).")
+@click.option("--retry-failed", is_flag=True, default=None, help="Rerun slides that failed before.")
+@click.option("--dry-run", is_flag=True, help="List what would run, flag unreadable and tissue-free slides.")
+def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool, **options: Any) -> None:
+    """Segment and classify every nucleus in SOURCE: a slide, a folder of slides (searched
+    recursively) or a CSV/TSV list of slide paths. Rerunning resumes: finished stages are skipped,
+    stages whose settings or model changed are redone."""
+    from wsi_pipeline.cohort.cluster import ClusterError
+    from wsi_pipeline.cohort.config import ConfigError, load_run_config
+    from wsi_pipeline.cohort.runner import CohortRunner, RunSetupError
+
+    # Dask's INFO lines (workers joining, comms closing) drown the progress bar; the variable
+    # is read when distributed is imported, here and in the worker processes it spawns.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    try:
+        cfg = load_run_config(config_path, _overrides(options))
+        runner = CohortRunner(source, out_dir, cfg, on_event=_Progress(), dry_run=dry_run)
+        if dry_run:
+            _print_preview(runner)
+            return
+        report = runner.run()
+    except (ConfigError, RunSetupError, ClusterError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    _print_report(report)
+    if not report.ok:
+        sys.exit(1)
+
+
+def _overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """CLI flags as a nested dict over the config file; unset flags leave the file's values."""
+    o: dict[str, Any] = {}
+    for key in ("checkpoint", "mpp", "retry_failed"):
+        if options.get(key) is not None:
+            o[key] = str(options[key]) if key == "checkpoint" else options[key]
+    infer = {k: options[k] for k in ("chunk_size", "device") if options.get(k) is not None}
+    if infer:
+        o["infer"] = infer
+    if options.get("geojson"):
+        o["export"] = {"geojson": True}
+    cluster = {k: options[k] for k in ("scheduler", "workers") if options.get(k) is not None}
+    if cluster:
+        o["cluster"] = cluster
+    return o
+
+
+class _Progress:
+    """Overall bar over slides; the stage bars (tiles, chunks) come from the stages themselves."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, kind: str, info: dict[str, Any]) -> None:
+        from tqdm.auto import tqdm
+
+        if kind == "planned":
+            done = info["total"] - info["todo"]
+            click.echo(f"{info['total']} slides: {info['todo']} to run, {done} already finished"
+                       + (f" ({info['skipped_failed']} failed before; --retry-failed reruns them)"
+                          if info["skipped_failed"] else ""), err=True)
+            if info["todo"]:
+                self.bar = tqdm(total=info["total"], initial=done, desc="slides", unit="slide")
+        elif kind == "cluster":
+            where = "external Dask cluster" if info["external"] else "embedded Dask cluster"
+            link = info["dashboard"] or "not available"
+            click.echo(f"{where}: {info['infer_slots']} inference slot(s); dashboard: {link}", err=True)
+        elif kind == "stage_started" and self.bar is not None:
+            self.bar.set_postfix_str(f"{info['slide_id']}: {info['stage']}")
+        elif kind == "slide_done" and info["ran"] and self.bar is not None:
+            row = info["row"]
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"{row['slide_id']}: {row['status']}")
+            if self.bar.n >= self.bar.total:
+                self.bar.close()
+
+
+def _print_preview(runner: Any) -> None:
+    from wsi_pipeline.cohort.preview import preview
+
+    items = preview(runner)
+    for it in items:
+        stages = ",".join(it.todo) if it.todo else "-"
+        extra = f"  tissue {it.tissue_mm2:.2f} mm²" if it.tissue_mm2 is not None else ""
+        flag = f"  [{it.flag}]" if it.flag else ""
+        click.echo(f"{it.slide_id}\t{it.state}\tstages: {stages}{extra}{flag}\t{it.path}")
+    n_todo = sum(bool(it.todo) for it in items)
+    n_flag = sum(it.flag is not None for it in items)
+    click.echo(f"dry run: {len(items)} slides, {n_todo} would run, {n_flag} flagged", err=True)
+
+
+def _print_report(report: Any) -> None:
+    from collections import Counter
+
+    counts = Counter(r["status"] for r in report.rows)
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    click.echo(f"{len(report.rows)} slides ({parts}) in {report.seconds:.1f} s; "
+               f"manifest: {report.out_dir / 'manifest.parquet'}", err=True)
+    if report.summary_path is not None:
+        click.echo(f"cohort summary: {report.summary_path}", err=True)
+    for line in report.failure_lines():
+        click.echo(f"FAILED {line}", err=True)

@@ -1,0 +1,25 @@
+"""`wsi-pipeline summarize OUT`: cohort tables and a composition plot from a finished run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("summarize")
+@click.argument("out_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--no-plot", is_flag=True, help="Skip the PNG composition plot.")
+def command(out_dir: Path, no_plot: bool) -> None:
+    """Write OUT/cohort_summary.parquet (slide × nucleus type: count, density per mm² of tissue,
+    mean area, mean type probability) and OUT/cohort_composition.png."""
+    from wsi_pipeline.cohort.summarize import summarize_cohort
+
+    try:
+        result = summarize_cohort(out_dir, plot=not no_plot)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    n_slides = result.table["slide_id"].nunique() if not result.table.empty else 0
+    click.echo(f"{n_slides} slides, {len(result.table)} rows -> {result.table_path}")
+    if result.plot_path is not None:
+        click.echo(f"composition plot -> {result.plot_path}")

@@ -1,0 +1,216 @@
+"""Dask for a cohort: an embedded cluster sized to this machine, or an existing scheduler.
+
+Inference tasks ask for one unit of a worker resource (default "GPU"): only workers that
+advertise it run them, one at a time each, so one GPU never holds two models and a CPU-only
+machine does not run two all-core torch jobs against each other. Post-processing and export
+need no resource and spread over every worker.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wsi_pipeline.cohort.config import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot run this cohort (unreachable, no inference worker, storage not shared)."""
+
+
+@dataclass
+class ClusterHandle:
+    client: Any
+    cluster: Any | None  # None when connected to an external scheduler
+    dashboard_link: str | None
+    infer_slots: int
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def open_cluster(cfg: ClusterConfig, device: str, out_dir: Path, slide_paths: list[Path]) -> ClusterHandle:
+    """Start the embedded cluster or connect to `cfg.scheduler`, and check it can do the job."""
+    if cfg.scheduler:
+        handle = connect(cfg.scheduler, cfg.infer_resource)
+        try:
+            if cfg.check_shared_storage:
+                check_shared_storage(handle.client, out_dir, slide_paths)
+        except BaseException:
+            handle.close()
+            raise
+        return handle
+    return start_local_cluster(cfg, device)
+
+
+# -- embedded cluster ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LocalPlan:
+    """The shape of the embedded cluster (pure data, so sizing is testable)."""
+
+    infer_workers: int
+    cpu_workers: int
+    threads_per_worker: int
+    infer_threads: int  # torch threads of an inference worker (whole machine on CPU)
+    memory_limit: int | str
+    gpus: int
+
+
+def plan_local_cluster(cfg: ClusterConfig, cpus: int, memory_bytes: int, gpus: int) -> LocalPlan:
+    """One inference worker per GPU (one in all on CPU) plus CPU workers for post-processing.
+
+    Default CPU workers: one per 4 cores with 4 threads each; a process per worker keeps the
+    GIL-bound parts of post-processing parallel and lets a dying worker take one slide down,
+    not the run.
+    """
+    infer_workers = max(1, gpus)
+    cpu_workers = cfg.workers if cfg.workers is not None else max(1, cpus // 4)
+    threads = cfg.threads_per_worker or max(1, min(4, cpus // max(1, cpu_workers)))
+    if cfg.memory_limit == "auto":
+        memory: int | str = max(1 << 30, memory_bytes // (infer_workers + cpu_workers))
+    else:
+        memory = cfg.memory_limit
+    return LocalPlan(infer_workers=infer_workers, cpu_workers=cpu_workers,
+                     threads_per_worker=threads, infer_threads=cpus if gpus == 0 else max(1, threads),
+                     memory_limit=memory, gpus=gpus)
+
+
+def start_local_cluster(cfg: ClusterConfig, device: str) -> ClusterHandle:
+    import dask
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+    from distributed.system import MEMORY_LIMIT
+
+    gpus = _visible_gpus() if device != "cpu" else 0
+    if device == "cuda" and gpus == 0:
+        raise ClusterError("--device cuda, but no GPU is visible on this machine")
+    plan = plan_local_cluster(cfg, _cpu_count(), MEMORY_LIMIT, gpus)
+    has_bokeh = importlib.util.find_spec("bokeh") is not None
+    if cfg.dashboard and not has_bokeh:
+        log.warning("Dask dashboard unavailable: install bokeh to get it")
+    dashboard = ":0" if (cfg.dashboard and has_bokeh) else None
+    workers: dict[str, dict[str, Any]] = {}
+    for i in range(plan.infer_workers):
+        env = {"OMP_NUM_THREADS": str(plan.infer_threads)}
+        if plan.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = _gpu_ids()[i]
+        workers[f"infer-{i}"] = {"cls": Nanny, "options": {
+            "nthreads": 1, "memory_limit": plan.memory_limit, "host": "127.0.0.1",
+            "resources": {cfg.infer_resource: 1}, "env": env, "silence_logs": logging.WARNING}}
+    for i in range(plan.cpu_workers):
+        workers[f"cpu-{i}"] = {"cls": Nanny, "options": {
+            "nthreads": plan.threads_per_worker, "memory_limit": plan.memory_limit,
+            "host": "127.0.0.1", "silence_logs": logging.WARNING}}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": dashboard,
+                                               "dashboard": dashboard is not None}}
+    log.info("embedded Dask cluster: %s", plan)
+    # A task whose worker died is retried this many times, then fails with KilledWorker.
+    with dask.config.set({"distributed.scheduler.allowed-failures": cfg.retries}):
+        cluster = SpecCluster(workers=workers, scheduler=scheduler, name="wsi-pipeline")
+    client = Client(cluster)
+    client.wait_for_workers(len(workers))
+    return ClusterHandle(client=client, cluster=cluster,
+                         dashboard_link=client.dashboard_link if dashboard else None,
+                         infer_slots=plan.infer_workers)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _gpu_ids() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return [v.strip() for v in visible.split(",") if v.strip()]
+    return [str(i) for i in range(_visible_gpus())]
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+# -- external scheduler ----------------------------------------------------------------------
+def connect(address: str, infer_resource: str, timeout: float = 30.0) -> ClusterHandle:
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=timeout)
+    except OSError as exc:
+        raise ClusterError(f"cannot reach Dask scheduler at {address}: {exc}") from exc
+    try:
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError as exc:
+            raise ClusterError(f"no Dask workers connected to {address} within {timeout:.0f} s") from exc
+        slots = infer_slots(client, infer_resource)
+        if slots == 0:
+            raise ClusterError(
+                f"no worker of {address} offers the resource {infer_resource!r}, so inference "
+                f"could never run: start at least one worker with "
+                f"`dask worker {address} --resources {infer_resource}=1` (one per GPU)"
+            )
+    except BaseException:
+        client.close()
+        raise
+    return ClusterHandle(client=client, cluster=None, dashboard_link=client.dashboard_link,
+                         infer_slots=slots)
+
+
+def infer_slots(client: Any, resource: str) -> int:
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return int(sum(w.get("resources", {}).get(resource, 0) for w in workers.values()))
+
+
+def check_shared_storage(client: Any, out_dir: Path, slide_paths: list[Path]) -> None:
+    """Every worker must see the output folder (the same one: a probe file written here) and
+    read every input slide; otherwise stop before any work with the workers and paths named."""
+    probe = out_dir / f".storage-probe-{uuid.uuid4().hex}"
+    probe.write_text("wsi-pipeline shared-storage probe\n")
+    try:
+        answers = client.run(_storage_probe, str(out_dir), probe.name, [str(p) for p in slide_paths])
+    finally:
+        probe.unlink(missing_ok=True)
+    problems = [f"  worker {addr} ({ans['host']}): {msg}"
+                for addr, ans in sorted(answers.items()) for msg in ans["problems"]]
+    if problems:
+        raise ClusterError(
+            "input and output must be on storage every worker shares (same paths):\n"
+            + "\n".join(problems)
+        )
+    log.info("shared storage ok on %d workers", len(answers))
+
+
+def _storage_probe(out_dir: str, probe_name: str, paths: list[str]) -> dict[str, Any]:
+    """Runs on each worker: what of the driver's paths it cannot see or use."""
+    import socket
+    import tempfile
+
+    problems: list[str] = []
+    out = Path(out_dir)
+    if not (out / probe_name).is_file():
+        problems.append(f"does not see the output folder {out} as the driver does "
+                        f"(probe file {probe_name} missing)")
+    else:
+        try:
+            with tempfile.NamedTemporaryFile(dir=out, prefix=".worker-write-probe-"):
+                pass
+        except OSError as exc:
+            problems.append(f"cannot write to {out}: {exc.strerror}")
+    unreadable = [p for p in paths if not os.access(p, os.R_OK)]
+    if unreadable:
+        shown = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
+        problems.append(f"cannot read {len(unreadable)} input slide(s): {shown}")
+    return {"host": socket.gethostname(), "problems": problems}

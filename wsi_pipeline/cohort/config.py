@@ -1,0 +1,117 @@
+"""`RunConfig`: everything one `wsi-pipeline run` needs, loaded from one YAML file.
+
+The stage sections are the stage modules' own models, so a key is documented and validated in
+exactly one place; this module adds what only a run has (checkpoint, device, cluster, retries).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from wsi_pipeline.cohort.discover import SLIDE_EXTENSIONS
+from wsi_pipeline.config import ConfigError, load_config
+from wsi_pipeline.export_config import ExportConfig
+from wsi_pipeline.infer_config import InferConfig
+from wsi_pipeline.postproc.chunks import ChunkingConfig
+from wsi_pipeline.postproc.config import PostprocConfig
+
+__all__ = ["ClusterConfig", "ConfigError", "RunConfig", "load_run_config"]
+
+#: InferConfig fields that change how fast maps are made, not what they contain.
+EXECUTION_KNOBS = ("device", "batch_size", "reader_threads")
+
+
+class ClusterConfig(BaseModel):
+    """How slides are scheduled: an embedded Dask cluster, an existing one, or in this process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scheduler: str | None = Field(
+        None, description="tcp://HOST:PORT of a running `dask scheduler`; None = embedded cluster"
+    )
+    workers: int | None = Field(
+        None, ge=0,
+        description="CPU workers of the embedded cluster (besides one inference worker per GPU); "
+        "None = sized to the machine; 0 = run everything in this process, no cluster",
+    )
+    threads_per_worker: int | None = Field(None, ge=1, description="None = sized to the machine")
+    memory_limit: str = Field("auto", description="per worker, e.g. '8GiB'; 'auto' splits RAM")
+    infer_resource: str = Field(
+        "GPU", description="Dask worker resource an inference task needs one unit of "
+        "(start external GPU workers with `dask worker --resources GPU=1`)",
+    )
+    retries: int = Field(
+        2, ge=0, description="times a slide's task is rerun after its worker died (OOM, node lost)"
+    )
+    dashboard: bool = Field(True, description="serve the Dask dashboard of the embedded cluster")
+    check_shared_storage: bool = Field(
+        True, description="with an external scheduler, check every worker sees the input and output"
+    )
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_address(cls, v: str | None) -> str | None:
+        if v is not None and "://" not in v:
+            raise ValueError("must be an address like tcp://HOST:PORT")
+        return v
+
+
+class DiscoveryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    extensions: list[str] = Field(
+        list(SLIDE_EXTENSIONS), description="file extensions treated as slides in a folder"
+    )
+    probe_unknown: bool = Field(
+        False, description="also ask OpenSlide about files with other extensions (slow on big trees)"
+    )
+
+
+class RunConfig(BaseModel):
+    """One run: the model, the per-stage settings, and how to schedule the slides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: Path | None = Field(None, description="model checkpoint; None = the shipped weights")
+    mpp: float | None = Field(
+        None, gt=0, description="level-0 µm/px for every slide (overrides slide metadata)"
+    )
+    infer: InferConfig = Field(default_factory=InferConfig)
+    postproc: PostprocConfig = Field(default_factory=PostprocConfig)
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    retry_failed: bool = Field(False, description="rerun slides that failed in an earlier run")
+    summarize: bool = Field(True, description="write cohort_summary.parquet at the end of a run")
+
+    def stage_configs(self) -> dict[str, Any]:
+        """What each stage's output depends on, for the stage hashes.
+
+        Execution knobs (device, batch size, threads) are left out: changing them, or running
+        on another machine with `device: auto`, does not redo finished slides.
+        """
+        infer = self.infer.model_dump(mode="json", exclude=set(EXECUTION_KNOBS))
+        return {
+            "infer": {"infer": infer, "mpp": self.mpp},
+            "postproc": {"postproc": self.postproc.model_dump(mode="json"),
+                         "chunking": self.chunking.model_dump(mode="json", exclude={"workers"})},
+            "export": self.export.model_dump(mode="json"),
+        }
+
+
+def load_run_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
+    """YAML at `path` (None = defaults) plus CLI `overrides`; errors name the file and dotted key.
+
+    A relative `checkpoint` in the file is taken relative to the file, so configs can travel
+    with their weights.
+    """
+    cfg = load_config(path, RunConfig, overrides)
+    if path is not None and cfg.checkpoint is not None and not cfg.checkpoint.is_absolute():
+        from_cli = bool(overrides and overrides.get("checkpoint") is not None)
+        if not from_cli:
+            cfg = cfg.model_copy(update={"checkpoint": (Path(path).parent / cfg.checkpoint).resolve()})
+    return cfg

@@ -1,0 +1,105 @@
+"""OUT/manifest.parquet: one row per slide, rebuilt from the stage markers on disk.
+
+The markers are the truth (workers write them as stages finish, even when the driver dies);
+the manifest is a table view of them, rewritten atomically whenever a slide changes state.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wsi_pipeline import __version__
+from wsi_pipeline.cohort.discover import SlideEntry
+from wsi_pipeline.cohort.stages import STAGES, SlideStages, atomic_write_bytes
+
+MANIFEST = "manifest.parquet"
+STATUSES = ("done", "failed", "no_tissue", "pending")
+
+SCHEMA = pa.schema(
+    [
+        ("slide_id", pa.string()),
+        ("path", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("status", pa.string()),
+        ("failed_stage", pa.string()),
+        ("error_type", pa.string()),
+        ("error", pa.string()),
+        *[(f"{s}_s", pa.float64()) for s in STAGES],
+        ("tissue_mm2", pa.float64()),
+        ("n_tiles", pa.int64()),
+        ("n_nuclei", pa.int64()),
+        ("model_sha256", pa.string()),
+        ("config_hash", pa.string()),
+        ("wsi_pipeline_version", pa.string()),
+        ("log", pa.string()),
+    ]
+)
+
+
+def slide_row(out_dir: Path, entry: SlideEntry, expected: dict[str, str] | None,
+              model_sha256: str | None, config_hash: str) -> dict[str, Any]:
+    """The manifest row of one slide from its markers and failure record.
+
+    `expected` holds the per-stage hashes of this run for this slide (None: file unreadable);
+    `config_hash` is the run's settings hash, the same for every slide.
+    """
+    stages = SlideStages(out_dir / entry.slide_id)
+    markers = {s: stages.read(s) for s in STAGES}
+    valid = {
+        s: m for s, m in markers.items()
+        if m is not None and expected is not None and m.config_hash == expected[s]
+        and m.model_sha256 == model_sha256
+    }
+    failure = stages.read_failure()
+    if failure is not None and expected is not None and failure.get("stage_hash") != expected["export"]:
+        failure = None  # a failure under other settings says nothing about this run
+    try:
+        size = entry.path.stat().st_size
+    except OSError:
+        size = None
+    infer_result = valid["infer"].result if "infer" in valid else {}
+    post_result = valid["postproc"].result if "postproc" in valid else {}
+    if len(valid) == len(STAGES):
+        status = "no_tissue" if infer_result.get("no_tissue") else "done"
+    elif failure is not None:
+        status = "failed"
+    else:
+        status = "pending"
+    row: dict[str, Any] = {
+        "slide_id": entry.slide_id,
+        "path": str(entry.path),
+        "size_bytes": size,
+        "status": status,
+        "failed_stage": failure.get("stage") if status == "failed" else None,
+        "error_type": failure.get("error_type") if status == "failed" else None,
+        "error": failure.get("error") if status == "failed" else None,
+        "tissue_mm2": infer_result.get("tissue_mm2"),
+        "n_tiles": infer_result.get("n_tiles"),
+        "n_nuclei": post_result.get("n_nuclei"),
+        "model_sha256": model_sha256,
+        "config_hash": config_hash,
+        "wsi_pipeline_version": (valid[STAGES[-1]].version if len(valid) == len(STAGES) else __version__),
+        "log": str(Path("logs") / f"{entry.slide_id}.log"),
+    }
+    for s in STAGES:
+        row[f"{s}_s"] = valid[s].seconds if s in valid else None
+    return row
+
+
+def write_manifest(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    path = out_dir / MANIFEST
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def read_manifest(out_dir: Path):
+    """The manifest as a pandas DataFrame."""
+    return pq.read_table(Path(out_dir) / MANIFEST).to_pandas()

@@ -1,0 +1,296 @@
+"""Run a cohort: plan from the stage markers, schedule what is left, isolate failures.
+
+Everything that can be checked cheaply is checked before any work starts (output folder,
+config, checkpoint, input list). Slides whose stages are all done under the current settings
+cost a stat and a JSON read each: a rerun of a finished cohort loads no model and starts no
+cluster. Each slide's stages run as a chain of Dask tasks; a slide that fails is recorded and
+the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsi_pipeline.cohort.config import RunConfig
+from wsi_pipeline.cohort.discover import SlideEntry, discover
+from wsi_pipeline.cohort.manifest import slide_row, write_manifest
+from wsi_pipeline.cohort.stages import (
+    STAGES,
+    SlideStages,
+    canonical_hash,
+    file_sha256,
+    slide_fingerprint,
+    stage_hashes,
+)
+from wsi_pipeline.cohort.tasks import SlideJob, record_failure, run_stage, slide_log
+
+log = logging.getLogger(__name__)
+
+#: Seconds between manifest rewrites while slides finish (always rewritten at the end).
+MANIFEST_INTERVAL_S = 5.0
+
+EventHandler = Callable[[str, dict[str, Any]], None]
+
+
+class RunSetupError(ValueError):
+    """The run cannot start; raised before any slide is touched."""
+
+
+@dataclass
+class SlidePlan:
+    entry: SlideEntry
+    expected: dict[str, str] | None  # None when the file cannot even be stat'ed
+    pending: list[str]
+    skipped_failure: dict[str, Any] | None = None  # failed before and not retried
+
+
+@dataclass
+class RunReport:
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    seconds: float
+    ran_stages: int = 0
+    dashboard_link: str | None = None
+    summary_path: Path | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def failure_lines(self) -> list[str]:
+        return [f"{r['slide_id']}: {r['failed_stage']}: {r['error_type']}: {r['error']}"
+                for r in self.failures]
+
+
+def check_output_dir(out_dir: Path, create: bool = True) -> Path:
+    """OUT may not exist yet but its parent must, and OUT must be writable: fail now, not later."""
+    out_dir = Path(out_dir).expanduser().absolute()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunSetupError(f"output path {out_dir} exists and is not a folder")
+    if not out_dir.exists():
+        if not out_dir.parent.is_dir():
+            raise RunSetupError(f"parent folder of the output does not exist: {out_dir.parent}")
+        if not os.access(out_dir.parent, os.W_OK | os.X_OK):
+            raise RunSetupError(f"cannot create {out_dir}: parent folder {out_dir.parent} is not writable")
+        if not create:
+            return out_dir
+        out_dir.mkdir()
+    elif not create:
+        if not os.access(out_dir, os.W_OK | os.X_OK):
+            raise RunSetupError(f"output folder {out_dir} is not writable")
+        return out_dir
+    try:
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        raise RunSetupError(f"output folder {out_dir} is not writable: {exc.strerror}") from exc
+    return out_dir
+
+
+def resolve_checkpoint(cfg: RunConfig) -> Path:
+    if cfg.checkpoint is not None:
+        path = Path(cfg.checkpoint).expanduser().absolute()
+        if not path.is_file():
+            raise RunSetupError(f"checkpoint not found: {path}")
+        return path
+    from wsi_pipeline.model import CheckpointError, default_checkpoint_path
+
+    try:
+        return default_checkpoint_path()
+    except CheckpointError as exc:
+        raise RunSetupError(str(exc)) from exc
+
+
+class CohortRunner:
+    """Plan and run one cohort into one output folder."""
+
+    def __init__(self, source: Path, out_dir: Path, cfg: RunConfig,
+                 on_event: EventHandler | None = None, dry_run: bool = False):
+        self.cfg = cfg
+        self.on_event = on_event or (lambda kind, info: None)
+        self.out_dir = check_output_dir(out_dir, create=not dry_run)
+        self.checkpoint = resolve_checkpoint(cfg)
+        self.model_sha256 = file_sha256(self.checkpoint)
+        self.config_hash = canonical_hash(cfg.stage_configs())
+        try:
+            self.entries = discover(Path(source), tuple(cfg.discovery.extensions),
+                                    cfg.discovery.probe_unknown)
+        except ValueError as exc:
+            raise RunSetupError(str(exc)) from exc
+        self._last_manifest = 0.0
+
+    # -- planning --------------------------------------------------------------------------
+    def plan(self) -> list[SlidePlan]:
+        stage_cfgs = self.cfg.stage_configs()
+        plans = []
+        for entry in self.entries:
+            try:
+                expected = stage_hashes(stage_cfgs, self.model_sha256, slide_fingerprint(entry.path))
+            except OSError:
+                plans.append(SlidePlan(entry, None, list(STAGES)))
+                continue
+            stages = SlideStages(self.out_dir / entry.slide_id)
+            pending = stages.pending(expected, self.model_sha256)
+            failure = stages.read_failure()
+            if (pending and failure is not None and not self.cfg.retry_failed
+                    and failure.get("stage_hash") == expected["export"]):
+                plans.append(SlidePlan(entry, expected, [], skipped_failure=failure))
+            else:
+                plans.append(SlidePlan(entry, expected, pending))
+        return plans
+
+    def job(self, plan: SlidePlan, progress: bool) -> SlideJob:
+        expected = plan.expected or {s: "unreadable" for s in STAGES}
+        return SlideJob(slide_id=plan.entry.slide_id, path=plan.entry.path, out_dir=self.out_dir,
+                        cfg=self.cfg, checkpoint=self.checkpoint, model_sha256=self.model_sha256,
+                        expected=expected, progress=progress)
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self) -> RunReport:
+        with run_log(self.out_dir / "logs" / "run.log"):
+            return self._run()
+
+    def _run(self) -> RunReport:
+        t0 = time.perf_counter()
+        plans = self.plan()
+        log.info("run: %d slides into %s, model %s (sha256 %s)", len(plans), self.out_dir,
+                 self.checkpoint, self.model_sha256[:12])
+        todo = [p for p in plans if p.pending]
+        self.on_event("planned", {"total": len(plans), "todo": len(todo),
+                                  "skipped_failed": sum(p.skipped_failure is not None for p in plans)})
+        rows = {p.entry.slide_id: self._row(p) for p in plans}
+        for p in plans:
+            if not p.pending:
+                self.on_event("slide_done", {"row": rows[p.entry.slide_id], "ran": False})
+        self._write_manifest(rows, force=True)
+        dashboard = None
+        ran = sum(len(p.pending) for p in todo)
+        try:
+            if todo:
+                if self._in_process(len(todo)):
+                    self._run_in_process(todo, rows)
+                else:
+                    dashboard = self._run_on_cluster(todo, rows)
+        finally:
+            for p in todo:
+                rows[p.entry.slide_id] = self._row(p)
+            self._write_manifest(rows, force=True)
+        report = RunReport(out_dir=self.out_dir, rows=list(rows.values()),
+                           seconds=time.perf_counter() - t0, ran_stages=ran, dashboard_link=dashboard,
+                           failures=[r for r in rows.values() if r["status"] == "failed"])
+        if self.cfg.summarize:
+            from wsi_pipeline.cohort.summarize import summarize_cohort
+
+            report.summary_path = summarize_cohort(self.out_dir).table_path
+        log.info("run finished in %.1f s: %d stages ran, %d slides failed", report.seconds, ran,
+                 len(report.failures))
+        return report
+
+    def _in_process(self, n_todo: int) -> bool:
+        c = self.cfg.cluster
+        if c.scheduler:
+            return False
+        return c.workers == 0 or (c.workers is None and n_todo == 1)
+
+    def _run_in_process(self, todo: list[SlidePlan], rows: dict[str, dict]) -> None:
+        for plan in todo:
+            job = self.job(plan, progress=True)
+            outcome = None
+            for stage in plan.pending:
+                self.on_event("stage_started", {"slide_id": job.slide_id, "stage": stage})
+                outcome = run_stage(job, stage, outcome)
+                if not outcome["ok"]:
+                    break
+            self._slide_finished(plan, rows)
+
+    def _run_on_cluster(self, todo: list[SlidePlan], rows: dict[str, dict]) -> str | None:
+        from distributed import as_completed
+
+        from wsi_pipeline.cohort.cluster import open_cluster
+
+        existing = [p.entry.path for p in todo if p.entry.path.exists()]
+        handle = open_cluster(self.cfg.cluster, self.cfg.infer.device, self.out_dir, existing)
+        self.on_event("cluster", {"dashboard": handle.dashboard_link, "infer_slots": handle.infer_slots,
+                                  "external": handle.cluster is None})
+        try:
+            client = handle.client
+            chains: dict[str, tuple[SlidePlan, list[tuple[str, Any]]]] = {}
+            for i, plan in enumerate(todo):
+                job = self.job(plan, progress=False)
+                prev, chain = None, []
+                for stage in plan.pending:
+                    resources = {self.cfg.cluster.infer_resource: 1} if stage == "infer" else None
+                    # Later stages first, earlier slides first: finished slides pile up early.
+                    priority = STAGES.index(stage) * 1_000_000 - i
+                    prev = client.submit(run_stage, job, stage, prev, resources=resources,
+                                         priority=priority, pure=False,
+                                         key=f"{stage}-{job.slide_id}-{os.urandom(4).hex()}")
+                    chain.append((stage, prev))
+                chains[prev.key] = (plan, chain)
+            for last in as_completed([c[-1][1] for _, c in chains.values()]):
+                plan, chain = chains[last.key]
+                if last.status != "finished":
+                    self._record_lost(plan, chain)
+                self._slide_finished(plan, rows)
+        finally:
+            handle.close()
+        return handle.dashboard_link
+
+    def _record_lost(self, plan: SlidePlan, chain: list[tuple[str, Any]]) -> None:
+        """A chain that ended in an exception lost its worker (stage errors are outcomes)."""
+        for stage, fut in chain:
+            if fut.status == "error":
+                exc = fut.exception()
+                job = self.job(plan, progress=False)
+                with slide_log(job.log_path):
+                    log.error("%s: %s lost: %s\n%s", job.slide_id, stage, type(exc).__name__,
+                              "".join(traceback.format_exception(exc)))
+                record_failure(job, stage, type(exc).__name__, str(exc))
+                return
+
+    def _slide_finished(self, plan: SlidePlan, rows: dict[str, dict]) -> None:
+        row = self._row(plan)
+        rows[plan.entry.slide_id] = row
+        self.on_event("slide_done", {"row": row, "ran": True})
+        self._write_manifest(rows)
+
+    def _row(self, plan: SlidePlan) -> dict[str, Any]:
+        row = slide_row(self.out_dir, plan.entry, plan.expected, self.model_sha256, self.config_hash)
+        if plan.expected is None and row["status"] == "pending":
+            row.update(status="failed", failed_stage="infer", error_type="FileNotFoundError",
+                       error=f"{plan.entry.path}: cannot read the file")
+        return row
+
+    def _write_manifest(self, rows: dict[str, dict], force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_manifest >= MANIFEST_INTERVAL_S:
+            write_manifest(self.out_dir, list(rows.values()))
+            self._last_manifest = now
+
+
+@contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """Append everything `wsi_pipeline` logs in this process during the run to OUT/logs/run.log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    pkg = logging.getLogger("wsi_pipeline")
+    if pkg.getEffectiveLevel() > logging.INFO:
+        pkg.setLevel(logging.INFO)
+    pkg.addHandler(handler)
+    try:
+        yield
+    finally:
+        pkg.removeHandler(handler)
+        handler.close()

@@ -1,0 +1,129 @@
+"""Cohort statistics: slide × nucleus type counts, densities and means, plus a composition plot.
+
+Reads only the columns it needs from each finished slide's nuclei.parquet, so it stays quick
+on cohorts of millions of nuclei. Every class of the model gets a row per slide (zero counts
+included) so that tables of different slides line up.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from wsi_pipeline.cohort.manifest import MANIFEST
+from wsi_pipeline.cohort.stages import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+SUMMARY_TABLE = "cohort_summary.parquet"
+SUMMARY_PLOT = "cohort_composition.png"
+COLUMNS = ["slide_id", "type_id", "type_name", "count", "fraction", "density_per_mm2",
+           "mean_area_um2", "mean_type_prob", "tissue_mm2", "status"]
+
+
+@dataclass
+class CohortSummary:
+    table: pd.DataFrame
+    table_path: Path
+    plot_path: Path | None
+
+
+def summarize_cohort(out_dir: Path, plot: bool = True) -> CohortSummary:
+    """Write OUT/cohort_summary.parquet (and the PNG) from OUT/manifest.parquet's finished slides."""
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: no manifest: is {out_dir} the output of `wsi-pipeline run`?")
+    manifest = pq.read_table(manifest_path).to_pandas()
+    finished = manifest[manifest["status"].isin(["done", "no_tissue"])]
+    parts = [_slide_table(out_dir / r.slide_id, r.slide_id, r.tissue_mm2, r.status)
+             for r in finished.itertuples()]
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
+    table = table[COLUMNS].astype({"count": "int64", "type_id": "int64"})
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    table_path = out_dir / SUMMARY_TABLE
+    atomic_write_bytes(table_path, buf.getvalue())
+    plot_path = _plot(table, out_dir / SUMMARY_PLOT, _colors(out_dir, finished)) if plot else None
+    log.info("cohort summary: %d slides, %d rows -> %s", len(finished), len(table), table_path)
+    return CohortSummary(table=table, table_path=table_path, plot_path=plot_path)
+
+
+def _slide_table(slide_dir: Path, slide_id: str, tissue_mm2: float | None, status: str) -> pd.DataFrame:
+    names = _class_names(slide_dir)
+    parquet = slide_dir / "nuclei.parquet"
+    if parquet.is_file():
+        nuclei = pq.read_table(parquet, columns=["type_id", "type_name", "area_um2", "type_prob"]).to_pandas()
+    else:
+        nuclei = pd.DataFrame({"type_id": [], "type_name": [], "area_um2": [], "type_prob": []})
+    if names is None:
+        names = ["background", *sorted(set(nuclei["type_name"]))]
+    grouped = nuclei.groupby("type_id").agg(count=("area_um2", "size"), mean_area_um2=("area_um2", "mean"),
+                                            mean_type_prob=("type_prob", "mean"))
+    types = pd.DataFrame({"type_id": np.arange(1, len(names)), "type_name": names[1:]})
+    table = types.merge(grouped, left_on="type_id", right_index=True, how="left")
+    table["count"] = table["count"].fillna(0).astype("int64")
+    total = int(table["count"].sum())
+    table["fraction"] = table["count"] / total if total else 0.0
+    area = float(tissue_mm2) if tissue_mm2 is not None and tissue_mm2 == tissue_mm2 else float("nan")
+    table["density_per_mm2"] = table["count"] / area if area > 0 else np.nan
+    table["tissue_mm2"] = area
+    table["slide_id"] = slide_id
+    table["status"] = status
+    return table
+
+
+def _zarr_attrs(slide_dir: Path) -> dict:
+    try:
+        meta = json.loads((slide_dir / "maps.zarr" / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta.get("attributes", {})
+
+
+def _class_names(slide_dir: Path) -> list[str] | None:
+    names = _zarr_attrs(slide_dir).get("class_names")
+    return list(names) if names else None
+
+
+def _colors(out_dir: Path, finished: pd.DataFrame) -> dict[str, str]:
+    for slide_id in finished["slide_id"]:
+        attrs = _zarr_attrs(out_dir / slide_id)
+        if attrs.get("class_names") and attrs.get("class_colors"):
+            return dict(zip(attrs["class_names"], attrs["class_colors"]))
+    return {}
+
+
+def _plot(table: pd.DataFrame, path: Path, colors: dict[str, str]) -> Path | None:
+    """Stacked horizontal bars: the share of each nucleus type per slide."""
+    if table.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wide = table.pivot_table(index="slide_id", columns="type_name", values="fraction",
+                             aggfunc="sum", sort=False).fillna(0.0)
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(wide)))
+    left = np.zeros(len(wide))
+    for name in wide.columns:
+        ax.barh(wide.index, wide[name], left=left, label=name, color=colors.get(name))
+        left += wide[name].to_numpy()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction of nuclei")
+    ax.invert_yaxis()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title("Nucleus type composition per slide")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

@@ -1,0 +1,196 @@
+"""What runs on a worker: one stage of one slide, logged to the slide's own log file.
+
+A stage function catches every exception of its slide, records it (failure record + traceback
+in OUT/logs/<slide>.log) and returns it as a failed outcome: a broken file is a fact about the
+slide, not about the worker, so it is not retried and never stops other slides. Only the
+loss of a worker surfaces to the driver as an exception (Dask's KilledWorker after retries).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wsi_pipeline import __version__
+from wsi_pipeline.cohort.config import RunConfig
+from wsi_pipeline.cohort.stages import SlideStages, StageMarker
+
+log = logging.getLogger(__name__)
+
+# Models stay loaded in a worker process between slides: (path, sha256, device) -> LoadedModel.
+_MODELS: dict[tuple[str, str, str], Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """Everything a worker needs for one slide; small and picklable."""
+
+    slide_id: str
+    path: Path
+    out_dir: Path
+    cfg: RunConfig
+    checkpoint: Path
+    model_sha256: str
+    expected: dict[str, str]
+    progress: bool = False
+
+    @property
+    def slide_dir(self) -> Path:
+        return self.out_dir / self.slide_id
+
+    @property
+    def log_path(self) -> Path:
+        return self.out_dir / "logs" / f"{self.slide_id}.log"
+
+
+Outcome = dict[str, Any]
+
+
+def run_stage(job: SlideJob, stage: str, upstream: Outcome | None = None) -> Outcome:
+    """Run `stage` of `job` unless an earlier stage failed; write its marker when it succeeds."""
+    if upstream is not None and not upstream["ok"]:
+        return upstream
+    stages = SlideStages(job.slide_dir)
+    with slide_log(job.log_path):
+        log.info("%s: %s started on %s (pid %d)", job.slide_id, stage, _host(), os.getpid())
+        t0 = time.perf_counter()
+        try:
+            stages.begin(stage)
+            result = _STAGE_FUNCTIONS[stage](job)
+        except Exception as exc:  # noqa: BLE001 - any error of this slide is recorded, not raised
+            log.error("%s: %s failed\n%s", job.slide_id, stage, traceback.format_exc())
+            return record_failure(job, stage, type(exc).__name__, str(exc))
+        seconds = time.perf_counter() - t0
+        stages.finish(StageMarker(stage=stage, config_hash=job.expected[stage],
+                                  model_sha256=job.model_sha256, version=__version__,
+                                  seconds=round(seconds, 3), result=result))
+        stages.clear_failure()
+        log.info("%s: %s done in %.1f s: %s", job.slide_id, stage, seconds, result)
+    return {"ok": True, "slide_id": job.slide_id, "stage": stage, "result": result}
+
+
+def record_failure(job: SlideJob, stage: str, error_type: str, error: str) -> Outcome:
+    record = {"slide_id": job.slide_id, "stage": stage, "error_type": error_type,
+              "error": error.strip().splitlines()[0] if error.strip() else error_type,
+              "stage_hash": job.expected["export"],
+              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": _host()}
+    SlideStages(job.slide_dir).record_failure(record)
+    return {"ok": False, **record}
+
+
+# -- the stages ------------------------------------------------------------------------------
+def _infer(job: SlideJob) -> dict[str, Any]:
+    from wsi_pipeline.infer import infer_slide
+    from wsi_pipeline.io import open_slide
+
+    with open_slide(job.path, mpp=job.cfg.mpp) as slide:
+        model = _model(job)
+        res = infer_slide(slide, job.slide_dir, job.cfg.infer, model, progress=job.progress)
+    return {"tissue_mm2": float(res.tissue_mm2), "n_tiles": int(res.n_tiles),
+            "no_tissue": bool(res.no_tissue), "infer_seconds": round(float(res.seconds), 3)}
+
+
+def _postproc(job: SlideJob) -> dict[str, Any]:
+    from wsi_pipeline.postproc.slide import postprocess_slide
+
+    maps, out = job.slide_dir / "maps.zarr", job.slide_dir / "nuclei.parquet"
+    with _cluster_client() as client:
+        res = postprocess_slide(maps, out, job.cfg.postproc, client=client, progress=job.progress,
+                                chunking=job.cfg.chunking)
+    return {"n_nuclei": int(res.n_nuclei)}
+
+
+def _export(job: SlideJob) -> dict[str, Any]:
+    from wsi_pipeline.export import export_slide
+
+    summary = export_slide(job.slide_dir, job.cfg.export)
+    return {"n_nuclei": summary.get("n_nuclei")}
+
+
+_STAGE_FUNCTIONS = {"infer": _infer, "postproc": _postproc, "export": _export}
+
+
+def _model(job: SlideJob) -> Any:
+    """The checkpoint loaded once per worker process and device."""
+    import torch
+
+    from wsi_pipeline.model import load_checkpoint
+
+    device = job.cfg.infer.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device 'cuda' requested but no GPU is visible on {_host()}")
+    key = (str(job.checkpoint), job.model_sha256, device)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            log.info("loading model %s on %s", job.checkpoint, device)
+            loaded = load_checkpoint(job.checkpoint, map_location=device)
+            if loaded.sha256 != job.model_sha256:
+                raise RuntimeError(
+                    f"{job.checkpoint} changed during the run (sha256 {loaded.sha256[:12]}, "
+                    f"expected {job.model_sha256[:12]})"
+                )
+            _MODELS[key] = loaded
+        return _MODELS[key]
+
+
+@contextmanager
+def _cluster_client() -> Iterator[Any]:
+    """Inside a Dask task: a client that may submit sub-tasks (the thread secedes meanwhile)."""
+    try:
+        from distributed import get_worker, worker_client
+
+        get_worker()
+    except (ImportError, ValueError):
+        yield None
+        return
+    with worker_client() as client:
+        yield client
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+# -- per-slide log files ----------------------------------------------------------------------
+class _ThreadFilter(logging.Filter):
+    def __init__(self, thread_id: int):
+        super().__init__()
+        self.thread_id = thread_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread_id
+
+
+@contextmanager
+def slide_log(path: Path) -> Iterator[None]:
+    """Append this thread's `wsi_pipeline` log records to `path` while the block runs.
+
+    Other slides' tasks in the same worker process run in other threads; the filter keeps
+    their lines out of this slide's log.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_ThreadFilter(threading.get_ident()))
+    pkg = logging.getLogger("wsi_pipeline")
+    if pkg.getEffectiveLevel() > logging.INFO:
+        pkg.setLevel(logging.INFO)  # slide logs keep INFO whatever the console shows
+    pkg.addHandler(handler)
+    try:
+        yield
+    finally:
+        pkg.removeHandler(handler)
+        handler.close()
