@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+from data_fixtures import disc_labels
 from pydantic import ValidationError
 from scipy import ndimage as ndi
 from skimage.color import hed2rgb, rgb2hed
 
-from data_fixtures import disc_labels
 from wsi_pipeline.data.augment import (
     AugmentConfig,
     Augmenter,
@@ -17,7 +17,7 @@ from wsi_pipeline.data.dataset import NucleusDataset
 from wsi_pipeline.data.sample import Sample
 from wsi_pipeline.data.validate import relabel_contiguous
 
-GEOMETRY_ONLY = dict(p_hed=0.0, p_color=0.0, p_blur=0.0)
+GEOMETRY_ONLY = {"p_hed": 0.0, "p_color": 0.0, "p_blur": 0.0}
 
 
 def _coded(size: int = 96):

@@ -3,9 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io as sio
+from data_fixtures import disc_labels
 from PIL import Image
 
-from data_fixtures import disc_labels
 from wsi_pipeline.data.consep_patches import CONSEP_CLASSES, read_consep_patches
 from wsi_pipeline.data.validate import SampleError
 

@@ -1,7 +1,6 @@
-import numpy as np
 import torch
-
 from data_fixtures import disc_labels
+
 from wsi_pipeline.data.augment import Augmenter
 from wsi_pipeline.data.dataset import NucleusDataset
 from wsi_pipeline.data.sample import Sample

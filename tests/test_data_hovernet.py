@@ -3,9 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io as sio
+from data_fixtures import disc_labels
 from PIL import Image
 
-from data_fixtures import disc_labels
 from wsi_pipeline.data.consep_patches import CONSEP_CLASSES
 from wsi_pipeline.data.hovernet_layout import CONSEP_7_CLASSES, read_hovernet
 from wsi_pipeline.data.validate import SampleError

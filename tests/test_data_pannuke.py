@@ -2,8 +2,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from data_fixtures import disc_labels
+
 from wsi_pipeline.data.pannuke import PANNUKE_CLASSES, pannuke_labels, read_pannuke
 from wsi_pipeline.data.validate import SampleError
 

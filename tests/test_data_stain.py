@@ -3,6 +3,8 @@ import pytest
 from PIL import Image
 from skimage.color import rgb2lab
 
+from wsi_pipeline.data.augment import hed_jitter, to_uint8
+from wsi_pipeline.data.sample import Sample
 from wsi_pipeline.data.stain import (
     MacenkoNormalizer,
     ReinhardNormalizer,
@@ -10,8 +12,6 @@ from wsi_pipeline.data.stain import (
     build_normalizer,
     normalize_samples,
 )
-from wsi_pipeline.data.augment import to_uint8, hed_jitter
-from wsi_pipeline.data.sample import Sample
 
 H = np.array([0.65, 0.70, 0.29])
 E = np.array([0.07, 0.99, 0.11])

@@ -16,8 +16,8 @@ from wsi_pipeline.data.stain import StainNormConfig, build_normalizer, normalize
 from wsi_pipeline.data.validate import SampleError, check_sample, relabel_contiguous
 
 __all__ = [
-    "READERS",
     "CONSEP_CLASSES",
+    "READERS",
     "AugmentConfig",
     "Augmenter",
     "NucleusDataset",
