@@ -1,0 +1,260 @@
+"""Slide -> maps.zarr: tissue detection, tiled inference, chunk-aligned Zarr writing.
+
+Three kinds of work overlap: a thread pool reads and resamples tiles (OpenSlide and Pillow
+release the GIL), the calling thread batches them through the network, and one writer
+thread scatters central crops into in-memory chunk buffers and writes each chunk once, whole,
+when its last tile has arrived (no read-modify-write, no races). Memory stays a few chunks
+plus a few batches whatever the slide size; see `tiling` for the schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+from tqdm.auto import tqdm
+from zarr.codecs import BloscCodec
+
+from wsi_pipeline import __version__
+from wsi_pipeline.infer_config import InferConfig
+from wsi_pipeline.io import Slide
+from wsi_pipeline.model import LoadedModel
+from wsi_pipeline.model.predict import predict_batch_compact, prepare_model, resolve_device
+from wsi_pipeline.tiling import Schedule, TileGrid, run_pieces, schedule, tiles_touching_mask
+from wsi_pipeline.tissue import detect_tissue, save_tissue
+
+log = logging.getLogger(__name__)
+
+MAPS_NAME = "maps.zarr"
+
+
+@dataclass
+class InferResult:
+    maps: Path
+    tissue_mm2: float
+    n_tiles: int  # tiles touching tissue
+    n_runs: int  # forward passes per tile, summed (tiles straddling a chunk-row boundary run twice)
+    seconds: float
+    no_tissue: bool
+    timings: dict[str, float] = field(default_factory=dict)  # busy seconds per activity
+
+
+@dataclass
+class _Geometry:
+    slide_mpp: float
+    model_mpp: float
+    scale: float  # level-0 pixels per map pixel
+    grid: TileGrid
+    plan: Schedule
+
+
+def infer_slide(slide: Slide, out_dir: Path, cfg: InferConfig, model: LoadedModel,
+                progress: bool = True) -> InferResult:
+    """Write OUT/maps.zarr (via maps.zarr.partial) and tissue.png/json for one slide."""
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slide_mpp = slide.mpp  # MissingMppError before any work
+    model_mpp = float(model.mpp)
+    scale = model_mpp / slide_mpp
+    width, height = slide.size_at_mpp(model_mpp)
+
+    t0 = time.perf_counter()
+    thumb_mpp = cfg.tissue.thumb_mpp
+    tissue = detect_tissue(slide.thumbnail_at_mpp(thumb_mpp), thumb_mpp, cfg.tissue)
+    save_tissue(tissue, out_dir)
+    timings = {"tissue": time.perf_counter() - t0}
+
+    grid = TileGrid(height, width, cfg.tile_size, cfg.effective_stride)
+    selected = tiles_touching_mask(grid, tissue.mask, model_mpp / thumb_mpp)
+    plan = schedule(grid, selected, cfg.chunk_size)
+    geo = _Geometry(slide_mpp, model_mpp, scale, grid, plan)
+    log.info("%s: %d x %d map px at %.3g um/px, %.3f mm2 tissue, %d tiles (%d runs)",
+             slide.path.name, width, height, model_mpp, tissue.mm2, int(selected.sum()), len(plan))
+
+    partial = out_dir / (MAPS_NAME + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    group = _create_maps(partial, geo, cfg, model)
+    if len(plan):
+        timings.update(_run_pipeline(slide, group, geo, cfg, model, progress))
+    group.attrs.update(_attributes(slide, geo, cfg, model, tissue.mm2))
+
+    final = out_dir / MAPS_NAME
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return InferResult(
+        maps=final, tissue_mm2=tissue.mm2, n_tiles=int(selected.sum()), n_runs=len(plan),
+        seconds=time.perf_counter() - t_start, no_tissue=not bool(selected.any()), timings=timings,
+    )
+
+
+def _create_maps(path: Path, geo: _Geometry, cfg: InferConfig, model: LoadedModel) -> zarr.Group:
+    h, w, c = geo.grid.height, geo.grid.width, cfg.chunk_size
+    n_types = model.config.n_types
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+
+    def create(name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, shuffle: str,
+               fill: object) -> None:
+        codec = BloscCodec(cname="zstd", clevel=cfg.compression_level, shuffle=shuffle)
+        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+                           compressors=[codec])
+
+    create("ns", (h, w), (c, c), "float16", "shuffle", 0.0)
+    create("hv", (2, h, w), (2, c, c), "float16", "shuffle", 0.0)
+    create("nc", (n_types, h, w), (n_types, c, c), "uint8", "noshuffle", 0)
+    create("inferred", (h, w), (c, c), "bool", "noshuffle", False)
+    return group
+
+
+def _attributes(slide: Slide, geo: _Geometry, cfg: InferConfig, model: LoadedModel,
+                tissue_mm2: float) -> dict:
+    stat = slide.path.stat()
+    return {
+        "mpp": geo.model_mpp,
+        "slide_mpp": geo.slide_mpp,
+        "scale": geo.scale,
+        "origin": [0.0, 0.0],
+        "level0_size": list(slide.dimensions),
+        "map_size": [geo.grid.width, geo.grid.height],
+        "class_names": list(model.class_names),
+        "class_colors": list(model.class_colors),
+        "model_sha256": model.sha256,
+        "model_config": model.config.model_dump(),
+        "config": cfg.model_dump(mode="json"),
+        "wsi_pipeline_version": __version__,
+        "slide": {"path": str(slide.path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime},
+        "tissue_mm2": tissue_mm2,
+        "tile_grid": {"tile": geo.grid.tile, "stride": geo.grid.stride, "margin": geo.grid.offset},
+    }
+
+
+class _ChunkWriter:
+    """Scatters tile crops into chunk buffers; writes each chunk whole when complete."""
+
+    def __init__(self, group: zarr.Group, geo: _Geometry, n_types: int) -> None:
+        self.arrays = {name: group[name] for name in ("ns", "hv", "nc", "inferred")}
+        self.geo = geo
+        self.n_types = n_types
+        self.remaining = geo.plan.expected.copy()
+        self.open: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        self.write_seconds = 0.0
+
+    def _buffer(self, band: int, ccol: int) -> dict[str, np.ndarray]:
+        key = (band, ccol)
+        if key not in self.open:
+            c, g = self.geo.plan.chunk, self.geo.grid
+            h, w = min(c, g.height - band * c), min(c, g.width - ccol * c)
+            self.open[key] = {
+                "ns": np.zeros((h, w), np.float16),
+                "hv": np.zeros((2, h, w), np.float16),
+                "nc": np.zeros((self.n_types, h, w), np.uint8),
+                "inferred": np.zeros((h, w), bool),
+            }
+        return self.open[key]
+
+    def add(self, runs: np.ndarray, pred: dict[str, np.ndarray]) -> None:
+        t0 = time.perf_counter()
+        ns, hv, nc = pred["ns"], pred["hv"], pred["nc"]
+        plan, grid = self.geo.plan, self.geo.grid
+        for k, run in enumerate(runs):
+            band = int(plan.bands[run])
+            for p in run_pieces(grid, int(plan.rows[run]), int(plan.cols[run]), band, plan.chunk):
+                buf = self._buffer(band, p.chunk_col)
+                buf["ns"][p.dst] = ns[k][p.src]
+                buf["hv"][(slice(None), *p.dst)] = hv[k][(slice(None), *p.src)]
+                buf["nc"][(slice(None), *p.dst)] = nc[k][(slice(None), *p.src)]
+                buf["inferred"][p.dst] = True
+                self.remaining[band, p.chunk_col] -= 1
+                if self.remaining[band, p.chunk_col] == 0:
+                    self._flush(band, p.chunk_col)
+        self.write_seconds += time.perf_counter() - t0
+
+    def _flush(self, band: int, ccol: int) -> None:
+        buf = self.open.pop((band, ccol))
+        c = self.geo.plan.chunk
+        h, w = buf["ns"].shape
+        rows, cols = slice(band * c, band * c + h), slice(ccol * c, ccol * c + w)
+        self.arrays["ns"][rows, cols] = buf["ns"]
+        self.arrays["hv"][:, rows, cols] = buf["hv"]
+        self.arrays["nc"][:, rows, cols] = buf["nc"]
+        self.arrays["inferred"][rows, cols] = buf["inferred"]
+
+    def check_complete(self) -> None:
+        if self.open or (self.remaining != 0).any():
+            raise RuntimeError(f"internal error: {len(self.open)} chunks left unwritten")
+
+
+def _run_pipeline(slide: Slide, group: zarr.Group, geo: _Geometry, cfg: InferConfig,
+                  model: LoadedModel, progress: bool) -> dict[str, float]:
+    device = resolve_device(cfg.device)
+    net = prepare_model(model.net, device, cfg.precision)
+    plan, grid, tile = geo.plan, geo.grid, cfg.tile_size
+    writer = _ChunkWriter(group, geo, model.config.n_types)
+    read_seconds = [0.0]
+    read_lock = threading.Lock()
+
+    def read(run: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        x = float(grid.tile_origin(int(plan.cols[run]))) * geo.scale
+        y = float(grid.tile_origin(int(plan.rows[run]))) * geo.scale
+        pixels = slide.read_region_at_mpp(x, y, (tile, tile), geo.model_mpp)
+        with read_lock:
+            read_seconds[0] += time.perf_counter() - t0
+        return pixels
+
+    done: queue.Queue = queue.Queue(maxsize=2)
+    errors: list[BaseException] = []
+    bar = tqdm(total=len(plan), unit="tile", desc=slide.path.name, disable=not progress,
+               leave=False)
+
+    def write_loop() -> None:
+        while (item := done.get()) is not None:
+            if errors:
+                continue  # drain so the producer never blocks
+            try:
+                writer.add(*item)
+                bar.update(len(item[0]))
+            except BaseException as exc:  # surfaced in the calling thread
+                errors.append(exc)
+
+    writer_thread = threading.Thread(target=write_loop, name="zarr-writer", daemon=True)
+    writer_thread.start()
+    model_seconds = 0.0
+    lookahead = cfg.batch_size * 3
+    try:
+        with ThreadPoolExecutor(cfg.reader_threads, thread_name_prefix="tile-reader") as pool:
+            pending: deque = deque()
+            next_run = 0
+            while next_run < len(plan) or pending:
+                while next_run < len(plan) and len(pending) < lookahead:
+                    pending.append(pool.submit(read, next_run))
+                    next_run += 1
+                n = min(cfg.batch_size, len(pending))
+                first = next_run - len(pending)
+                batch = np.stack([pending.popleft().result() for _ in range(n)])
+                t0 = time.perf_counter()
+                pred = predict_batch_compact(net, batch, device, cfg.precision)
+                model_seconds += time.perf_counter() - t0
+                if errors:
+                    break
+                done.put((np.arange(first, first + n), pred))
+    finally:
+        done.put(None)
+        writer_thread.join()
+        bar.close()
+    if errors:
+        raise errors[0]
+    writer.check_complete()
+    return {"read": read_seconds[0], "model": model_seconds, "write": writer.write_seconds}

@@ -1,0 +1,46 @@
+"""Parameters of the slide -> maps.zarr stage (`infer_slide`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from wsi_pipeline.tissue import TissueConfig
+
+
+class InferConfig(BaseModel):
+    """Tile grid, batching, parallelism and output chunking of slide inference.
+
+    Tiles are `tile_size` pixels at the model's mpp; each contributes its central
+    `stride` x `stride` crop, so every output pixel is at least `margin` pixels from the
+    border of the tile that produced it. `stride` defaults to `tile_size - 2 * margin`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    tile_size: int = Field(256, ge=32, multiple_of=32, description="model input side (px at model mpp)")
+    margin: int = Field(32, ge=0, description="min distance (px) of a used output pixel from its tile border")
+    stride: int | None = Field(None, ge=1, description="tile step; default tile_size - 2 * margin")
+    batch_size: int = Field(16, ge=1, description="tiles per forward pass")
+    chunk_size: int = Field(2048, ge=64, description="spatial zarr chunk side (px at model mpp)")
+    reader_threads: int = Field(4, ge=1, description="threads reading and resampling tiles")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 autocast on CPUs with native bf16, fp16/bf16 on CUDA")
+    compression_level: int = Field(3, ge=0, le=9, description="zstd level of the zarr chunks")
+    tissue: TissueConfig = Field(default_factory=TissueConfig)
+
+    @model_validator(mode="after")
+    def _check_geometry(self) -> InferConfig:
+        if self.tile_size - 2 * self.margin < 1:
+            raise ValueError(f"margin {self.margin} leaves no crop in a {self.tile_size}px tile")
+        if self.stride is not None and self.stride > self.tile_size - 2 * self.margin:
+            raise ValueError(
+                f"stride {self.stride} > tile_size - 2*margin = {self.tile_size - 2 * self.margin}: "
+                "some output pixels would lie closer than `margin` to their tile border")
+        return self
+
+    @property
+    def effective_stride(self) -> int:
+        return self.stride if self.stride is not None else self.tile_size - 2 * self.margin

@@ -1,0 +1,101 @@
+"""Run the network on a batch of uint8 tiles, as fast as the hardware allows.
+
+CPU: bf16 autocast + channels_last where the CPU has native bf16 support (AVX-512 / AMX);
+measured here at ~2x fp32 speed for a ResNet-34 encoder. CUDA: fp16 autocast (bf16 where the
+GPU supports it) with pinned host memory and non-blocking copies.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+def cpu_supports_bf16() -> bool:
+    """Native bf16 kernels (oneDNN) need AVX-512 (with BF16) or AMX; emulated bf16 is slower than fp32."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return torch.backends.mkldnn.is_available() and ("AVX512" in capability or "AMX" in capability)
+
+
+def autocast_dtype(device: torch.device, precision: Precision = "auto") -> torch.dtype | None:
+    """The autocast dtype for `device`, or None for plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return None
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" picks CUDA when available."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def prepare_model(net: nn.Module, device: torch.device, precision: Precision = "auto") -> nn.Module:
+    """Move to `device`, eval mode, channels_last weights when autocasting. Call once, before inference."""
+    net = net.to(device).eval()
+    if autocast_dtype(device, precision) is not None:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def predict_batch(
+    net: nn.Module,
+    batch: np.ndarray,
+    device: torch.device | str = "cpu",
+    precision: Precision = "auto",
+) -> dict[str, np.ndarray]:
+    """uint8 (B, H, W, 3) RGB -> {"ns": (B,H,W) nucleus prob, "hv": (B,2,H,W), "nc": (B,C,H,W) softmax}.
+
+    All float32. H and W must be multiples of 32 (the network's contract).
+    """
+    with torch.inference_mode():
+        ns, hv, nc = _forward(net, batch, resolve_device(device), precision)
+        return {"ns": ns.cpu().numpy(), "hv": hv.cpu().numpy(), "nc": nc.cpu().numpy()}
+
+
+def predict_batch_compact(
+    net: nn.Module,
+    batch: np.ndarray,
+    device: torch.device | str = "cpu",
+    precision: Precision = "auto",
+) -> dict[str, np.ndarray]:
+    """As `predict_batch`, already in the maps.zarr storage types (ns, hv float16; nc uint8 = p*255).
+
+    Quantising on the device (in parallel torch kernels, or on the GPU) keeps this work off the
+    single writer thread and quarters the device-to-host copy of `nc`.
+    """
+    with torch.inference_mode():
+        ns, hv, nc = _forward(net, batch, resolve_device(device), precision)
+        nc8 = nc.mul_(255.0).round_().to(torch.uint8)
+        return {"ns": ns.half().cpu().numpy(), "hv": hv.half().cpu().numpy(), "nc": nc8.cpu().numpy()}
+
+
+def _forward(net: nn.Module, batch: np.ndarray, device: torch.device,
+             precision: Precision) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ns prob, hv, nc softmax) as float32 tensors on `device`; call under inference_mode."""
+    dtype = autocast_dtype(device, precision)
+    x = torch.from_numpy(np.ascontiguousarray(batch))
+    if device.type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    if dtype is not None:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        out = net(x)
+    ns_logits = out["ns"].float()
+    ns = torch.sigmoid(ns_logits[:, 1] - ns_logits[:, 0])
+    return ns, out["hv"].float(), torch.softmax(out["nc"].float(), dim=1)
