@@ -22,11 +22,11 @@ class PostprocConfig(BaseModel):
         0.0, ge=0, description="Gaussian smoothing of the HV maps (inside the foreground) before the Sobel step."
     )
     edge_threshold: float = Field(
-        0.2,
+        0.06,
         gt=0,
         description=(
-            "A pixel is an edge where H falls along x or V falls along y by more than this per pixel"
-            " (HV values span [-1, 1] per nucleus, so a border between nuclei falls by ~1-2)."
+            "A pixel is an edge where the fall of H along x plus the fall of V along y exceeds this"
+            " per pixel (inside a nucleus both maps rise; a border between nuclei falls by up to 2)."
         ),
     )
     min_marker_area_um2: float = Field(

@@ -52,6 +52,15 @@ def relabel_sequential(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return (inverse + 1).astype(np.int32), ids.size
 
 
+def drop_small(labels: np.ndarray, min_px: int) -> np.ndarray:
+    """Zero every label with fewer than ``min_px`` pixels."""
+    if min_px <= 1 or labels.max(initial=0) == 0:
+        return labels
+    keep = np.bincount(labels.ravel()) >= min_px
+    keep[0] = False
+    return np.where(keep[labels], labels, 0)
+
+
 def foreground(ns_prob: np.ndarray, cfg: PostprocConfig, mpp: float) -> np.ndarray:
     mask = ndi.binary_fill_holes(ns_prob >= cfg.ns_threshold)
     return remove_small_objects(mask, max_size=max(cfg.px2(cfg.min_object_area_um2, mpp) - 1, 0))
@@ -63,8 +72,7 @@ def step1(ns_prob: np.ndarray, hv: np.ndarray, cfg: PostprocConfig, mpp: float) 
     edge = hv_edges(hv, mask, cfg.px(cfg.hv_smooth_sigma_um, mpp))
     markers, _ = ndi.label(mask & (edge < cfg.edge_threshold), structure=_CROSS)
     min_marker = cfg.px2(cfg.min_marker_area_um2, mpp)
-    if min_marker > 1:
-        markers = remove_small_objects(markers, max_size=min_marker - 1)
+    markers = drop_small(markers, min_marker)
     labels = watershed(edge, markers=markers, mask=mask, connectivity=1)
     orphans, n_orphans = ndi.label(mask & (labels == 0), structure=_CROSS)
     if n_orphans:
@@ -137,7 +145,6 @@ def segment_instances(
     if two_step and n > 1:
         labels, n = relabel_sequential(step2(labels, n, ns_prob, hv, types, cfg, mpp))
         min_area = cfg.px2(cfg.min_object_area_um2, mpp)
-        if min_area > 1:
-            labels, n = relabel_sequential(remove_small_objects(labels, max_size=min_area - 1))
+        labels, n = relabel_sequential(drop_small(labels, min_area))
         types, probs = vote_types(labels, n, type_prob)
     return SegmentationResult(inst_map=labels, types=types, type_probs=probs)
