@@ -15,7 +15,7 @@ import time
 import torch
 
 from wsi_pipeline.model import MultiTaskNet
-from wsi_pipeline.train import autocast_dtype
+from wsi_pipeline.model.predict import autocast_dtype
 
 CONFIGS = {
     "default (resnet34, width 64)": dict(encoder="resnet34", width=64),

@@ -40,6 +40,7 @@ def _cfg(tmp_path, **kw) -> TrainConfig:
         "model": {"n_types": 3, "encoder": "resnet18", "width": 8},
         "optim": {"lr": 3e-3, "schedule": "constant"},
         "augment": {"p_affine": 0.0, "p_hed": 0.0, "p_color": 0.0, "p_blur": 0.0},
+        "val_every": 100,
     }
     base.update(kw)
     return TrainConfig.model_validate(base)

@@ -20,7 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from wsi_pipeline.data import Augmenter, NucleusDataset, Sample, read_consep_patches, split_by_group
+from wsi_pipeline.metrics import DatasetEvaluator, Instances
 from wsi_pipeline.model import MultiTaskNet, save_checkpoint
+from wsi_pipeline.model.predict import autocast_dtype, predict_batch, resolve_device
+from wsi_pipeline.postproc import segment_instances
 from wsi_pipeline.model.losses import cost_matrix_from_counts, multitask_loss
 from wsi_pipeline.train_config import TrainConfig
 
@@ -34,22 +37,6 @@ class TrainResult:
     best_epoch: int
     best_score: float
     history: list[dict]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU")
-    return torch.device(name)
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware runs it natively; None means full fp32."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    capability = torch.backends.cpu.get_cpu_capability()
-    return torch.bfloat16 if "AVX512" in capability or "AMX" in capability else None
 
 
 def class_counts(samples: list[Sample], n_types: int, mode: str) -> np.ndarray:
@@ -98,6 +85,15 @@ def load_samples(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     return split_by_group(samples, cfg.data.val_fraction, cfg.data.split_seed)
 
 
+def _selection_score(row: dict) -> float:
+    """Best epoch = highest mean of validation PQ and mPQ (segmentation and typing count
+    equally); without validation, lowest training loss."""
+    if "val_pq" in row:
+        mpq = row.get("val_mpq", row["val_pq"])
+        return float(np.nanmean([row["val_pq"], mpq]))
+    return -row["train_loss"]
+
+
 def _lr_factor(cfg: TrainConfig, epoch: int) -> float:
     o = cfg.optim
     if o.schedule == "constant":
@@ -121,7 +117,9 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
     return out
 
 
-def _validate(net, loader, device, amp, cw, cfg) -> dict[str, float]:
+def _validate(net, loader, device, amp, cw, cfg, samples: list[Sample]) -> dict[str, float]:
+    """Validation loss terms, plus the scores users care about (PQ, mPQ, F_d, F_c per type)
+    from the full prediction path: network -> two-step watershed -> instance metrics."""
     net.eval()
     sums: dict[str, float] = {}
     n = 0
@@ -133,7 +131,22 @@ def _validate(net, loader, device, amp, cw, cfg) -> dict[str, float]:
             for name, value in {"loss": float(total), **terms}.items():
                 sums[name] = sums.get(name, 0.0) + value * k
             n += k
-    return {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+    row = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+    evaluator = DatasetEvaluator(type_ids=list(range(1, cfg.model.n_types)), mpp=cfg.mpp)
+    for start in range(0, len(samples), cfg.batch_size):
+        chunk = samples[start : start + cfg.batch_size]
+        maps = predict_batch(net, np.stack([s.image for s in chunk]), device)
+        for i, s in enumerate(chunk):
+            seg = segment_instances(maps["ns"][i], maps["hv"][i], maps["nc"][i], mpp=cfg.mpp)
+            true_types = None
+            if s.type_map is not None:
+                ids, first = np.unique(s.inst_map, return_index=True)
+                true_types = s.type_map.ravel()[first[ids > 0]]
+            evaluator.add(s.name, Instances(s.inst_map, true_types), Instances(seg.inst_map, seg.types))
+    summary = evaluator.summary()
+    keys = ["dice", "aji", "pq", "mpq", "f_d"] + [k for k in summary if k.startswith(("f_c_", "pq_"))]
+    row.update({f"val_{k}": float(summary[k]) for k in keys if k in summary})
+    return row
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:
@@ -189,7 +202,9 @@ def train(
 
     run_dir = Path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU")
+    device = resolve_device(cfg.device)
     amp = autocast_dtype(device) if cfg.amp else None
     torch.manual_seed(cfg.seed)
 
@@ -260,11 +275,11 @@ def train(
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
                **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()}}
         if val_loader is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            row.update(_validate(net, val_loader, device, amp, cw, cfg))
+            row.update(_validate(net, val_loader, device, amp, cw, cfg, val_samples))
         sched.step()
         row["seconds"] = time.time() - t0
         history.append(row)
-        score = -row.get("val_loss", row["train_loss"])
+        score = _selection_score(row)
         meta = {"train_config": cfg.model_dump(mode="json"), "cost_matrix": w.tolist(),
                 "cost_info": cost_info, "epoch": epoch + 1, "metrics": row,
                 "device": str(device), "amp": str(amp)}
