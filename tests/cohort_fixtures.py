@@ -15,7 +15,7 @@ import numpy as np
 CMU = "slides/CMU-1-Small-Region.svs"
 #: Level-0 (x, y) of crops inside the CMU slide's tissue (epidermis: many nuclei).
 CMU_CROPS = {"cmu_a": (900, 1000), "cmu_b": (1100, 1700)}
-CROP = 640
+CROP = 512
 MPP = 0.499
 
 
@@ -134,3 +134,26 @@ def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+TIMING_COLUMNS = ("infer_s", "postproc_s", "export_s")
+
+
+def result_tables(out: Path) -> dict:
+    """Everything a user reads from a run, minus timings: for comparing two runs."""
+    import pandas as pd
+
+    manifest = pd.read_parquet(out / "manifest.parquet").drop(columns=list(TIMING_COLUMNS))
+    tables = {"manifest": manifest.sort_values("slide_id").reset_index(drop=True),
+              "summary": pd.read_parquet(out / "cohort_summary.parquet")}
+    for slide_id in manifest.loc[manifest["status"].isin(["done", "no_tissue"]), "slide_id"]:
+        tables[slide_id] = pd.read_parquet(out / slide_id / "nuclei.parquet")
+    return tables
+
+
+def assert_same_tables(a: dict, b: dict) -> None:
+    import pandas as pd
+
+    assert sorted(a) == sorted(b)
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name], obj=name)

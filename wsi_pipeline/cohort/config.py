@@ -115,3 +115,21 @@ def load_run_config(path: str | Path | None, overrides: dict | None = None) -> R
         if not from_cli:
             cfg = cfg.model_copy(update={"checkpoint": (Path(path).parent / cfg.checkpoint).resolve()})
     return cfg
+
+
+DEFAULT_YAML_HEADER = """\
+# Default settings of `wsi-pipeline run` (every key, with its default value).
+# Generated: python -c "from wsi_pipeline.cohort.config import default_yaml; print(default_yaml(), end='')"
+# Copy this file, change what you need, pass it with --config; unknown keys are errors.
+# Sizes that depend on magnification are in microns (µm, µm²) and converted with the pixel size.
+# Changing a key under infer/postproc/chunking/export redoes that stage and the ones after it on
+# the next run; cluster/discovery keys and infer.device/batch_size/reader_threads never do.
+"""
+
+
+def default_yaml() -> str:
+    """configs/run_default.yaml: the defaults of every key, as YAML."""
+    import yaml
+
+    body = yaml.safe_dump(RunConfig().model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    return DEFAULT_YAML_HEADER + body
