@@ -13,16 +13,14 @@ import numpy as np
 from scipy import ndimage as ndi
 
 
-def _scale_signed(dist: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """Scale negatives by the per-label most negative value, positives by the largest."""
-    neg = np.where(dist < 0, dist, 0.0)
-    pos = np.where(dist > 0, dist, 0.0)
-    index = np.arange(1, n + 1)
-    neg_min = np.asarray(ndi.minimum(neg, labels, index), dtype=np.float64)
-    pos_max = np.asarray(ndi.maximum(pos, labels, index), dtype=np.float64)
-    neg_lut = np.concatenate([[1.0], np.where(neg_min < 0, -neg_min, 1.0)])
-    pos_lut = np.concatenate([[1.0], np.where(pos_max > 0, pos_max, 1.0)])
-    return neg / neg_lut[labels] + pos / pos_lut[labels]
+def _scale_signed(dist: np.ndarray, labels: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Scale negatives by each label's most negative value `lo`, positives by its largest `hi`.
+
+    `lo`/`hi` are lookup tables indexed by label (entry 0 unused).
+    """
+    neg_scale = np.where(lo < 0, -lo, 1.0)
+    pos_scale = np.where(hi > 0, hi, 1.0)
+    return np.where(dist < 0, dist / neg_scale[labels], dist / pos_scale[labels])
 
 
 def hv_maps(inst_map: np.ndarray) -> np.ndarray:
@@ -46,10 +44,17 @@ def hv_maps(inst_map: np.ndarray) -> np.ndarray:
     index = np.arange(1, n + 1)
     com = np.asarray(ndi.center_of_mass(np.ones_like(labels), labels, index)).reshape(n, 2)
     com_lut = np.concatenate([np.zeros((1, 2)), com])
+    # The extreme offsets of a nucleus are its bounding-box edges minus its centre of mass;
+    # find_objects gives all boxes in one pass (ndi.minimum/maximum would sort every pixel).
+    boxes = ndi.find_objects(labels)
+    first = np.array([[b[0].start, b[1].start] for b in boxes], dtype=np.float64)
+    last = np.array([[b[0].stop - 1, b[1].stop - 1] for b in boxes], dtype=np.float64)
+    lo = np.concatenate([np.zeros((1, 2)), first - com])
+    hi = np.concatenate([np.zeros((1, 2)), last - com])
     rows, cols = np.indices(inst_map.shape, dtype=np.float64)
     fg = labels > 0
     dx = np.where(fg, cols - com_lut[labels, 1], 0.0)
     dy = np.where(fg, rows - com_lut[labels, 0], 0.0)
-    out[0] = _scale_signed(dx, labels, n)
-    out[1] = _scale_signed(dy, labels, n)
+    out[0] = _scale_signed(dx, labels, lo[:, 1], hi[:, 1])
+    out[1] = _scale_signed(dy, labels, lo[:, 0], hi[:, 0])
     return out
