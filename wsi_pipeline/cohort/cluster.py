@@ -41,7 +41,7 @@ class ClusterHandle:
 def open_cluster(cfg: ClusterConfig, device: str, out_dir: Path, slide_paths: list[Path]) -> ClusterHandle:
     """Start the embedded cluster or connect to `cfg.scheduler`, and check it can do the job."""
     if cfg.scheduler:
-        handle = connect(cfg.scheduler, cfg.infer_resource)
+        handle = connect(cfg.scheduler, cfg.infer_resource, cfg.connect_timeout_s)
         try:
             if cfg.check_shared_storage:
                 check_shared_storage(handle.client, out_dir, slide_paths)

@@ -47,6 +47,9 @@ class ClusterConfig(BaseModel):
         2, ge=0, description="times a slide's task is rerun after its worker died (OOM, node lost)"
     )
     dashboard: bool = Field(True, description="serve the Dask dashboard of the embedded cluster")
+    connect_timeout_s: float = Field(
+        30.0, gt=0, description="how long to wait for an external scheduler and its first worker"
+    )
     check_shared_storage: bool = Field(
         True, description="with an external scheduler, check every worker sees the input and output"
     )

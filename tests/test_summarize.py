@@ -1,0 +1,84 @@
+"""Cohort summary: slide × type counts, densities and means, from finished slides only."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from wsi_pipeline.cli import main
+from wsi_pipeline.cohort.discover import SlideEntry
+from wsi_pipeline.cohort.manifest import write_manifest
+from wsi_pipeline.cohort.summarize import summarize_cohort
+
+NAMES = ["background", "inflammatory", "epithelial", "stromal"]
+
+
+def _slide(out, slide_id, types, areas, probs):
+    d = out / slide_id
+    (d / "maps.zarr").mkdir(parents=True)
+    (d / "maps.zarr" / "zarr.json").write_text(json.dumps(
+        {"zarr_format": 3, "node_type": "group",
+         "attributes": {"class_names": NAMES, "class_colors": ["#000000", "#ff0000", "#00ff00", "#0000ff"]}}))
+    pq.write_table(pa.table({"type_id": pa.array(types, pa.int64()),
+                             "type_name": [NAMES[t] for t in types],
+                             "area_um2": pa.array(areas, pa.float64()),
+                             "type_prob": pa.array(probs, pa.float64())}), d / "nuclei.parquet")
+
+
+def _row(slide_id, status, tissue):
+    return {"slide_id": slide_id, "path": f"/x/{slide_id}.svs", "status": status, "tissue_mm2": tissue}
+
+
+@pytest.fixture
+def out(tmp_path):
+    _slide(tmp_path, "s1", [1, 1, 2, 1], [10.0, 20.0, 40.0, 30.0], [0.9, 0.7, 0.8, 0.8])
+    _slide(tmp_path, "s2", [], [], [])
+    _slide(tmp_path, "bad", [3], [5.0], [0.5])  # failed: must not be summarised
+    write_manifest(tmp_path, [_row("s1", "done", 0.5), _row("s2", "no_tissue", 0.0),
+                              _row("bad", "failed", None)])
+    return tmp_path
+
+
+def test_counts_density_means(out):
+    res = summarize_cohort(out)
+    t = res.table.set_index(["slide_id", "type_name"])
+    assert set(res.table["slide_id"]) == {"s1", "s2"}
+    assert len(res.table) == 2 * 3  # every class per slide, zero counts included
+    infl = t.loc[("s1", "inflammatory")]
+    assert infl["count"] == 3 and infl["density_per_mm2"] == pytest.approx(6.0)
+    assert infl["mean_area_um2"] == pytest.approx(20.0) and infl["mean_type_prob"] == pytest.approx(0.8)
+    assert infl["fraction"] == pytest.approx(0.75)
+    assert t.loc[("s1", "stromal"), "count"] == 0 and np.isnan(t.loc[("s1", "stromal"), "mean_area_um2"])
+    assert (t.loc["s2", "count"] == 0).all() and t.loc["s2", "density_per_mm2"].isna().all()
+    back = pd.read_parquet(out / "cohort_summary.parquet")
+    pd.testing.assert_frame_equal(back, res.table)
+    assert res.plot_path.stat().st_size > 1000
+
+
+def test_cli(out):
+    res = CliRunner().invoke(main, ["summarize", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "2 slides, 6 rows" in res.output and (out / "cohort_composition.png").is_file()
+
+
+def test_cli_without_manifest(tmp_path):
+    res = CliRunner().invoke(main, ["summarize", str(tmp_path)])
+    assert res.exit_code != 0 and "no manifest" in res.output
+
+
+def test_manifest_from_entries(tmp_path):
+    """Rows for slides never started are 'pending' with nothing filled in."""
+    from wsi_pipeline.cohort.manifest import read_manifest, slide_row
+
+    entry = SlideEntry(path=tmp_path / "a.svs", slide_id="a")
+    row = slide_row(tmp_path, entry, {"infer": "x", "postproc": "y", "export": "z"}, "sha", "cfg")
+    write_manifest(tmp_path, [row])
+    m = read_manifest(tmp_path)
+    assert m.loc[0, "status"] == "pending" and m.loc[0, "config_hash"] == "cfg"
+    assert pd.isna(m.loc[0, "n_nuclei"]) and pd.isna(m.loc[0, "size_bytes"])
