@@ -79,7 +79,7 @@ def write_maps_zarr(
             "mpp": MPP,
             "slide_mpp": MPP / scale,
             "scale": scale,
-            "level0_size": [int(round(w * scale)), int(round(h * scale))],
+            "level0_size": [round(w * scale), round(h * scale)],
             "map_size": [w, h],
             "class_names": list(CLASSES),
             "class_colors": list(COLORS),

@@ -28,7 +28,7 @@ def _owners(inst: np.ndarray, chunk: int, halo: int) -> list[tuple[int, int]]:
     found = []
     for win in chunk_windows(inst.shape, (chunk, chunk), halo):
         local = inst[win.window]
-        ids, relabelled = np.unique(local, return_inverse=True)
+        _ids, relabelled = np.unique(local, return_inverse=True)
         relabelled = relabelled.reshape(local.shape).astype(np.int32)
         owned = owned_nuclei(relabelled, win, inst.shape)
         found += [(win.index, int(i)) for i in nucleus_ids(owned, inst.shape[1])]

@@ -1,9 +1,12 @@
-"""Chunk windows over the slide maps: a core that owns nuclei, plus a halo that gives context.
+"""One chunk of the slide maps → the table rows of the nuclei it owns.
 
 The maps are segmented one window at a time so memory does not grow with the slide. Each
 window is its zarr chunk (the *core*) widened by a halo on every side, clipped to the map.
 The halo must exceed the largest nucleus plus the reach of the watershed, so that a nucleus
-whose centroid lies in the core is segmented exactly as a whole-map segmentation would.
+whose centroid lies in the core is segmented as a whole-map segmentation would segment it
+(up to the watershed's tie-breaking between equal-energy pixels, which can move single
+boundary pixels). Nuclei are measured and outlined here (`measure.measure_instances`), so only small tables
+leave a task.
 """
 
 from __future__ import annotations
@@ -16,10 +19,9 @@ import pyarrow as pa
 import shapely
 import zarr
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import ndimage as ndi
-from skimage import measure
 
 from wsi_pipeline.postproc import PostprocConfig, segment_instances
+from wsi_pipeline.postproc.measure import measure_instances
 from wsi_pipeline.postproc.seams import nucleus_ids, owned_nuclei
 
 
@@ -144,34 +146,6 @@ def _read_window(ctx: MapsContext, win: ChunkWindow):
     return ns, hv, nc
 
 
-def _outlines(inst_map: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
-    """Outer contour of each label, (K, 2) (row, col) in window pixels, through pixel centres.
-
-    One small contour trace per nucleus on its bounding box: cost scales with the nuclei,
-    not with the pixels of the window.
-    """
-    boxes = ndi.find_objects(inst_map)
-    out = []
-    for lab in labels:
-        rs, cs = boxes[lab - 1]
-        mask = np.pad(inst_map[rs, cs] == lab, 1)
-        contours = measure.find_contours(mask.astype(np.uint8), 0.5, fully_connected="high")
-        ring = max(contours, key=len)
-        out.append(ring + np.array([rs.start - 1, cs.start - 1], dtype=np.float64))
-    return out
-
-
-def _shape_features(inst_map: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Perimeter (px), eccentricity and solidity of the kept labels, via regionprops."""
-    keep = np.zeros(int(inst_map.max()) + 1, dtype=inst_map.dtype)
-    keep[labels] = labels
-    props = measure.regionprops_table(
-        keep[inst_map], properties=("label", "perimeter", "eccentricity", "solidity")
-    )
-    order = np.searchsorted(props["label"], labels)
-    return {k: np.asarray(props[k])[order] for k in ("perimeter", "eccentricity", "solidity")}
-
-
 def _largest_polygon(geom: shapely.Geometry) -> shapely.Polygon:
     """make_valid may split a pinched outline into parts; the nucleus is the largest."""
     parts = [g for g in shapely.get_parts(geom) if isinstance(g, shapely.Polygon)]
@@ -202,27 +176,24 @@ def process_chunk(ctx: MapsContext, win: ChunkWindow) -> ChunkResult:
     if owned.labels.size == 0:
         return ChunkResult(win.index, empty_table(ctx.class_names), True, owned.n_edge_cut)
     lab = owned.labels
-    scale = ctx.scale
-    ox, oy = ctx.origin_xy
-    cent = owned.centroid_rc
-    x = ox + cent[:, 1] * scale
-    y = oy + cent[:, 0] * scale
-    shape = _shape_features(inst_map, lab)
-    rings = _outlines(inst_map, lab)
-    polys = [
-        shapely.Polygon(
-            np.stack(
-                [ox + (ring[:, 1] + win.win_c0) * scale, oy + (ring[:, 0] + win.win_r0) * scale],
-                axis=1,
-            )
-        )
-        for ring in rings
-    ]
-    polys = shapely.simplify(np.asarray(polys, dtype=object), ctx.simplify_px * scale)
-    invalid = ~shapely.is_valid(polys)
-    polys[invalid] = [_largest_polygon(shapely.make_valid(p)) for p in polys[invalid]]
+    # Measure only the owned nuclei: relabel them 1..K (in id order), everything else 0.
+    lut = np.zeros(int(inst_map.max()) + 1, dtype=np.int32)
+    lut[lab] = np.arange(1, lab.size + 1, dtype=np.int32)
     types = np.asarray(seg.types)[lab - 1].astype(np.int16)
     type_probs = np.asarray(seg.type_probs, dtype=np.float32)[lab - 1]
+    ox, oy = ctx.origin_xy
+    m = measure_instances(
+        lut[inst_map],
+        mpp=ctx.mpp,
+        offset_xy=(ox + win.win_c0 * ctx.scale, oy + win.win_r0 * ctx.scale),
+        scale=ctx.scale,
+    )
+    # The exact integer centroid (the one ownership used) for x, y.
+    x = ox + owned.centroid_rc[:, 1] * ctx.scale
+    y = oy + owned.centroid_rc[:, 0] * ctx.scale
+    polys = shapely.simplify(np.asarray(m["polygon"], dtype=object), ctx.simplify_px * ctx.scale)
+    bad = ~(shapely.is_valid(polys) & (shapely.get_type_id(polys) == 3))
+    polys[bad] = [_largest_polygon(shapely.make_valid(p)) for p in polys[bad]]
     cols = {
         "nucleus_id": nucleus_ids(owned, ctx.map_hw[1]),
         "x": x,
@@ -230,9 +201,9 @@ def process_chunk(ctx: MapsContext, win: ChunkWindow) -> ChunkResult:
         "x_um": x * ctx.slide_mpp,
         "y_um": y * ctx.slide_mpp,
         "area_um2": (owned.n_px * ctx.mpp**2).astype(np.float32),
-        "perimeter_um": (shape["perimeter"] * ctx.mpp).astype(np.float32),
-        "eccentricity": shape["eccentricity"].astype(np.float32),
-        "solidity": shape["solidity"].astype(np.float32),
+        "perimeter_um": m["perimeter_um"].to_numpy(np.float32),
+        "eccentricity": m["eccentricity"].to_numpy(np.float32),
+        "solidity": m["solidity"].to_numpy(np.float32),
         "type_id": types,
         "type_name": np.asarray(ctx.class_names, dtype=object)[types],
         "type_prob": type_probs[np.arange(lab.size), types],
