@@ -155,5 +155,5 @@ def assert_same_tables(a: dict, b: dict) -> None:
     import pandas as pd
 
     assert sorted(a) == sorted(b)
-    for name in a:
-        pd.testing.assert_frame_equal(a[name], b[name], obj=name)
+    for name, table in a.items():
+        pd.testing.assert_frame_equal(table, b[name], obj=name)

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-
 from cohort_fixtures import CMU, make_cohort, tiny_checkpoint
+
 from wsi_pipeline.cli import main
 from wsi_pipeline.cohort.config import ConfigError, load_run_config
 
@@ -50,7 +50,7 @@ def test_read_only_output_parent_fails_before_work(slide, ckpt, tmp_path):
 
 def test_read_only_output_checked_even_as_root(slide, ckpt, tmp_path, monkeypatch):
     """Root ignores mode bits, so simulate what a read-only mount answers."""
-    import wsi_pipeline.cohort.runner as runner
+    from wsi_pipeline.cohort import runner
 
     real_access = os.access
     parent = tmp_path / "mount"

@@ -38,9 +38,10 @@ def test_unreachable_scheduler_is_a_clear_error():
 def test_cluster_without_inference_resource_is_refused():
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc:
-        with pytest.raises(ClusterError, match=r"no worker .* offers the resource 'GPU'.*--resources GPU=1"):
-            connect(lc.scheduler_address, "GPU", timeout=10)
+    no_gpu = r"no worker .* offers the resource 'GPU'.*--resources GPU=1"
+    with (LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc,
+          pytest.raises(ClusterError, match=no_gpu)):
+        connect(lc.scheduler_address, "GPU", timeout=10)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
                       resources={"GPU": 1}) as lc:
         handle = connect(lc.scheduler_address, "GPU", timeout=10)

@@ -7,7 +7,6 @@ import json
 import time
 
 import pytest
-
 from cohort_fixtures import (
     CMU_CROPS,
     assert_same_tables,

@@ -8,11 +8,9 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from cohort_fixtures import (
     CMU_CROPS,
     assert_same_tables,

@@ -72,7 +72,7 @@ def _slide_table(slide_dir: Path, slide_id: str, tissue_mm2: float | None, statu
     table["count"] = table["count"].fillna(0).astype("int64")
     total = int(table["count"].sum())
     table["fraction"] = table["count"] / total if total else 0.0
-    area = float(tissue_mm2) if tissue_mm2 is not None and tissue_mm2 == tissue_mm2 else float("nan")
+    area = float("nan") if tissue_mm2 is None or pd.isna(tissue_mm2) else float(tissue_mm2)
     table["density_per_mm2"] = table["count"] / area if area > 0 else np.nan
     table["tissue_mm2"] = area
     table["slide_id"] = slide_id
