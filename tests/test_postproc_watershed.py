@@ -156,8 +156,8 @@ def test_degraded_maps_give_sane_instances():
 
 def test_oracle_pq_on_consep_subset(shared_data):
     """Oracle maps from the ground truth: PQ ≥ 0.85 (HoVer-Net's own post-processing: 0.789)."""
-    patches = load_patches(shared_data / "consep_patches" / "train", step=18)
-    assert len(patches) == 24
+    patches = load_patches(shared_data / "consep_patches" / "train", step=8)
+    assert len(patches) == 54
     for two_step in (False, True):
         s = run(patches, two_step=two_step)
         assert s["pq"] >= 0.85, (two_step, s)
@@ -165,6 +165,6 @@ def test_oracle_pq_on_consep_subset(shared_data):
 
 
 def test_oracle_pq_on_degraded_consep_subset(shared_data):
-    patches = load_patches(shared_data / "consep_patches" / "train", step=48)
+    patches = load_patches(shared_data / "consep_patches" / "train", step=16)
     s = run(patches, two_step=True, degraded=True)
     assert s["pq"] >= 0.7, s
