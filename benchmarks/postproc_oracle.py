@@ -28,7 +28,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "consep
 N_TYPES = 5  # background + 4 merged CoNSeP classes
 
 
-def oracle_maps(truth: Instances, n_types: int = N_TYPES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def oracle_maps(
+    truth: Instances, n_types: int = N_TYPES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ns, hv, type_prob) exactly as a perfect network would output them."""
     inst = truth.inst_map
     ids = truth.ids()
@@ -40,23 +42,37 @@ def oracle_maps(truth: Instances, n_types: int = N_TYPES) -> tuple[np.ndarray, n
 
 
 def degrade(
-    ns: np.ndarray, hv: np.ndarray, tp: np.ndarray, rng: np.random.Generator, sigma: float = 1.5, noise: float = 0.1
+    ns: np.ndarray,
+    hv: np.ndarray,
+    tp: np.ndarray,
+    rng: np.random.Generator,
+    sigma: float = 1.5,
+    noise: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Soft, blurry, noisy maps in the shape of real network outputs."""
-    ns = np.clip(ndi.gaussian_filter(ns, sigma) + rng.normal(0, noise, ns.shape), 0, 1).astype(np.float32)
+    ns = np.clip(ndi.gaussian_filter(ns, sigma) + rng.normal(0, noise, ns.shape), 0, 1).astype(
+        np.float32
+    )
     hv = np.clip(
-        np.stack([ndi.gaussian_filter(c, sigma) for c in hv]) + rng.normal(0, noise, hv.shape), -1, 1
+        np.stack([ndi.gaussian_filter(c, sigma) for c in hv]) + rng.normal(0, noise, hv.shape),
+        -1,
+        1,
     ).astype(np.float32)
     tp = np.stack([ndi.gaussian_filter(c, sigma) for c in tp]) + rng.uniform(0, noise, tp.shape)
     tp = (tp / tp.sum(axis=0, keepdims=True)).astype(np.float32)
     return ns, hv, tp
 
 
-def load_patches(data: Path, limit: int | None = None, step: int = 1) -> list[tuple[str, Instances]]:
+def load_patches(
+    data: Path, limit: int | None = None, step: int = 1
+) -> list[tuple[str, Instances]]:
     stems = sorted(p.stem for p in (data / "inst").glob("*.npy"))[::step]
     if limit:
         stems = stems[:limit]
-    return [(s, read_consep_patch(data / "inst" / f"{s}.npy", data / "type_mat" / f"{s}.mat")) for s in stems]
+    return [
+        (s, read_consep_patch(data / "inst" / f"{s}.npy", data / "type_mat" / f"{s}.mat"))
+        for s in stems
+    ]
 
 
 def run(
@@ -80,7 +96,9 @@ def run(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--step", type=int, default=1, help="take every n-th patch")

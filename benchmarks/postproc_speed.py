@@ -13,8 +13,8 @@ import argparse
 import time
 
 import numpy as np
-
 from postproc_oracle import DEFAULT_DATA, degrade, load_patches, oracle_maps
+
 from wsi_pipeline.metrics import Instances
 from wsi_pipeline.postproc import segment_instances
 
@@ -40,9 +40,13 @@ def mosaics(patches: list[tuple[str, Instances]], n: int) -> list[Instances]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--mosaics", type=int, default=8, help="number of 1024² mosaics (max 27)")
-    ap.add_argument("--degrade", action="store_true", help="time on soft, noisy maps instead of oracle maps")
+    ap.add_argument(
+        "--degrade", action="store_true", help="time on soft, noisy maps instead of oracle maps"
+    )
     args = ap.parse_args()
     patches = load_patches(DEFAULT_DATA)
     rng = np.random.default_rng(0)

@@ -22,7 +22,9 @@ def _maps():
 
 def test_write_read_roundtrip(tmp_path):
     inst = _maps()
-    path = write_instance_mat(tmp_path / "a.mat", inst, [2, 3], inst_type_prob=[[0, 0.9, 0.1], [0, 0.2, 0.8]])
+    path = write_instance_mat(
+        tmp_path / "a.mat", inst, [2, 3], inst_type_prob=[[0, 0.9, 0.1], [0, 0.2, 0.8]]
+    )
     raw = sio.loadmat(path)
     assert raw["inst_type"].shape == (2, 1) and raw["inst_centroid"].shape == (2, 2)
     assert raw["inst_uid"].ravel().tolist() == [4, 9]
@@ -41,8 +43,20 @@ def test_evaluate_mat_vs_mat(tmp_path):
     pred[pred == 9] = 0  # misses one nucleus
     write_instance_mat(tmp_path / "pred" / "x.mat", pred, [1])
     out = tmp_path / "res" / "ev"
-    r = CliRunner().invoke(main, ["evaluate", "--pred", str(tmp_path / "pred"), "--true", str(tmp_path / "true"),
-                                  "--types", "a,b", "--out", str(out)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--pred",
+            str(tmp_path / "pred"),
+            "--true",
+            str(tmp_path / "true"),
+            "--types",
+            "a,b",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "res" / "ev.json").read_text())["summary"]
     assert summary["dq"] == 2 / 3 and summary["pq_1"] == 1.0 and summary["pq_2"] == 0.0
@@ -66,5 +80,7 @@ def test_evaluate_reports_no_match(tmp_path):
     (tmp_path / "true").mkdir()
     (tmp_path / "pred").mkdir()
     write_instance_mat(tmp_path / "true" / "x.mat", _maps(), [1, 2])
-    r = CliRunner().invoke(main, ["evaluate", "--pred", str(tmp_path / "pred"), "--true", str(tmp_path / "true")])
+    r = CliRunner().invoke(
+        main, ["evaluate", "--pred", str(tmp_path / "pred"), "--true", str(tmp_path / "true")]
+    )
     assert r.exit_code != 0 and "no prediction" in r.output

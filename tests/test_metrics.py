@@ -100,7 +100,11 @@ def test_hand_computed_partial_match():
     pred[0:2, 0:3] = 5  # IoU 4/6 with truth 1, misses truth 2
     res = panoptic_quality(true, pred)
     assert (res.tp, res.fp, res.fn) == (1, 0, 1)
-    assert res.dq == pytest.approx(2 / 3) and res.sq == pytest.approx(2 / 3) and res.pq == pytest.approx(4 / 9)
+    assert (
+        res.dq == pytest.approx(2 / 3)
+        and res.sq == pytest.approx(2 / 3)
+        and res.pq == pytest.approx(4 / 9)
+    )
     assert aji(true, pred) == pytest.approx(4 / 10)
     assert aji_plus(true, pred) == pytest.approx(4 / 10)
     assert dice(true, pred) == pytest.approx(8 / 14)
@@ -136,7 +140,9 @@ def test_empty_sides_without_division_errors():
 
 
 def test_pairing_and_type_scores_by_hand():
-    pairs, un_t, un_p = pair_centroids([[0, 0], [10, 0], [50, 50]], [[1, 0], [10, 1], [90, 90]], radius=3)
+    pairs, un_t, un_p = pair_centroids(
+        [[0, 0], [10, 0], [50, 50]], [[1, 0], [10, 1], [90, 90]], radius=3
+    )
     assert pairs.tolist() == [[0, 0], [1, 1]] and un_t.tolist() == [2] and un_p.tolist() == [2]
     counts = TypeCounts()
     counts.add([[0, 0], [10, 0], [50, 50]], [1, 1, 2], [[1, 0], [10, 1]], [1, 2], radius=3)

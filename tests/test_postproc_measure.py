@@ -12,12 +12,23 @@ def test_measurements_offset_scale_and_units():
     inst = np.zeros((20, 30), np.int32)
     inst[2:8, 3:10] = 1
     inst[10:18, 12:25] = 2
-    df = measure_instances(inst, [1, 2], [[0, 0.9, 0.1], [0, 0.2, 0.8]], mpp=0.5,
-                           offset_xy=(100, 200), scale=2.0, class_names=["bg", "a", "b"])
+    df = measure_instances(
+        inst,
+        [1, 2],
+        [[0, 0.9, 0.1], [0, 0.2, 0.8]],
+        mpp=0.5,
+        offset_xy=(100, 200),
+        scale=2.0,
+        class_names=["bg", "a", "b"],
+    )
     assert df["id"].tolist() == [1, 2]
     # centroid of rows 2..7, cols 3..9 is (x=6, y=4.5) in map pixels → level 0
-    assert df.loc[0, "x"] == pytest.approx(100 + 2 * 6) and df.loc[0, "y"] == pytest.approx(200 + 2 * 4.5)
-    assert df.loc[0, "x_um"] == pytest.approx(df.loc[0, "x"] * 0.25)  # 0.5 µm per map px = 0.25 per level-0 px
+    assert df.loc[0, "x"] == pytest.approx(100 + 2 * 6) and df.loc[0, "y"] == pytest.approx(
+        200 + 2 * 4.5
+    )
+    assert df.loc[0, "x_um"] == pytest.approx(
+        df.loc[0, "x"] * 0.25
+    )  # 0.5 µm per map px = 0.25 per level-0 px
     assert df.loc[0, "area_px"] == 42 and df.loc[0, "area_um2"] == pytest.approx(42 * 0.25)
     assert (df.loc[0, "bbox_x0"], df.loc[0, "bbox_y1"]) == (106, 216)
     assert df["type_name"].tolist() == ["a", "b"] and df.loc[1, "prob_b"] == pytest.approx(0.8)

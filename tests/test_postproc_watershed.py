@@ -15,7 +15,7 @@ from wsi_pipeline.postproc.watershed import relabel_sequential, step1
 from wsi_pipeline.targets import hv_maps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from postproc_oracle import load_patches, run  # noqa: E402
+from postproc_oracle import load_patches, run
 
 
 def _disk(shape, centre, radius):
@@ -56,7 +56,9 @@ def test_contract_contiguous_ids_types_and_probs():
     tp[2][inst == 2] = 0.7
     tp[1][inst == 2] = 0.3
     for two_step in (False, True):
-        res = segment_instances((inst > 0).astype(np.float32), hv_maps(inst), tp, mpp=0.25, two_step=two_step)
+        res = segment_instances(
+            (inst > 0).astype(np.float32), hv_maps(inst), tp, mpp=0.25, two_step=two_step
+        )
         assert isinstance(res, SegmentationResult)
         assert res.inst_map.dtype == np.int32 and res.inst_map.shape == inst.shape
         assert set(np.unique(res.inst_map)) == {0, 1, 2}
@@ -94,8 +96,14 @@ def test_step2_merge_rule_directly_on_three_sectors():
     yy, xx = np.indices(disk.shape)
     sector = (np.degrees(np.arctan2(yy - c, xx - c)) % 360 // 120).astype(np.int32) + 1
     pieces = np.where(disk, sector, 0)
-    lut = merge_groups(pieces, disk.astype(np.float32), hv_maps(disk.astype(np.int32)),
-                       np.ones(3, np.int32), 3, PostprocConfig())
+    lut = merge_groups(
+        pieces,
+        disk.astype(np.float32),
+        hv_maps(disk.astype(np.int32)),
+        np.ones(3, np.int32),
+        3,
+        PostprocConfig(),
+    )
     assert len(set(lut[1:].tolist())) == 1
 
 
@@ -126,7 +134,9 @@ def test_small_nuclei_without_marker_are_kept():
     inst[5:8, 5:8] = 1  # 9 px = 0.56 µm² at 0.25 mpp, below the marker size
     inst[20:30, 20:30] = 2
     ns = (inst > 0).astype(np.float32)
-    labels, n = relabel_sequential(step1(ns, hv_maps(inst), PostprocConfig(min_object_area_um2=0.25), 0.25))
+    _labels, n = relabel_sequential(
+        step1(ns, hv_maps(inst), PostprocConfig(min_object_area_um2=0.25), 0.25)
+    )
     assert n == 2
 
 
@@ -139,7 +149,9 @@ def _degraded_case(seed=0):
             inst[_disk(inst.shape, (r, c), 11) & (inst == 0)] = k
             k += 1
     ns = ndi.gaussian_filter((inst > 0).astype(np.float32), 1.5) + rng.normal(0, 0.1, inst.shape)
-    hv = np.stack([ndi.gaussian_filter(ch, 1.5) for ch in hv_maps(inst)]) + rng.normal(0, 0.1, (2, *inst.shape))
+    hv = np.stack([ndi.gaussian_filter(ch, 1.5) for ch in hv_maps(inst)]) + rng.normal(
+        0, 0.1, (2, *inst.shape)
+    )
     return inst, np.clip(ns, 0, 1), np.clip(hv, -1, 1)
 
 

@@ -36,18 +36,44 @@ def _fmt(v: float) -> str:
 
 
 @click.command(help="Score predicted instances (HoVer-Net .mat) against ground truth.")
-@click.option("--pred", "pred_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of <stem>.mat predictions (inst_map, inst_type, inst_centroid).")
-@click.option("--true", "true_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of <stem>.mat ground truth, or a CoNSeP patch folder (inst/*.npy + type_mat/*.mat).")
-@click.option("--types", "type_names", default=None,
-              help="Comma-separated names of type ids 1..K, e.g. 'other,inflammatory,epithelial,spindle'.")
-@click.option("--mpp", default=0.25, show_default=True, type=float,
-              help="µm/px of the maps; scales the 12 px @ 0.25 µm/px centroid pairing radius.")
-@click.option("--out", "out_prefix", default=None, type=click.Path(path_type=Path),
-              help="Output prefix for <prefix>.csv (per image) and <prefix>.json (summary). "
-                   "Default: PRED_DIR/evaluation.")
-def command(pred_dir: Path, true_dir: Path, type_names: str | None, mpp: float, out_prefix: Path | None) -> None:
+@click.option(
+    "--pred",
+    "pred_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of <stem>.mat predictions (inst_map, inst_type, inst_centroid).",
+)
+@click.option(
+    "--true",
+    "true_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of <stem>.mat ground truth, or a CoNSeP patch folder (inst/*.npy + type_mat/*.mat).",
+)
+@click.option(
+    "--types",
+    "type_names",
+    default=None,
+    help="Comma-separated names of type ids 1..K, e.g. 'other,inflammatory,epithelial,spindle'.",
+)
+@click.option(
+    "--mpp",
+    default=0.25,
+    show_default=True,
+    type=float,
+    help="µm/px of the maps; scales the 12 px @ 0.25 µm/px centroid pairing radius.",
+)
+@click.option(
+    "--out",
+    "out_prefix",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Output prefix for <prefix>.csv (per image) and <prefix>.json (summary). "
+    "Default: PRED_DIR/evaluation.",
+)
+def command(
+    pred_dir: Path, true_dir: Path, type_names: str | None, mpp: float, out_prefix: Path | None
+) -> None:
     from wsi_pipeline.metrics import DatasetEvaluator
     from wsi_pipeline.metrics.matio import read_consep_patch, read_instance_mat
 
@@ -62,14 +88,23 @@ def command(pred_dir: Path, true_dir: Path, type_names: str | None, mpp: float, 
         if not pred_path.exists():
             missing.append(stem)
             continue
-        truth = read_consep_patch(inst_path, type_path) if inst_path.suffix == ".npy" else read_instance_mat(inst_path)
+        truth = (
+            read_consep_patch(inst_path, type_path)
+            if inst_path.suffix == ".npy"
+            else read_instance_mat(inst_path)
+        )
         pred = read_instance_mat(pred_path)
         if pred.inst_map.shape != truth.inst_map.shape:
-            raise click.ClickException(f"{stem}: prediction {pred.inst_map.shape} vs truth {truth.inst_map.shape}")
+            raise click.ClickException(
+                f"{stem}: prediction {pred.inst_map.shape} vs truth {truth.inst_map.shape}"
+            )
         ev.add(stem, truth, pred)
     if missing:
-        click.echo(f"warning: no prediction for {len(missing)} of {len(truths)} images "
-                   f"(first: {', '.join(missing[:5])})", err=True)
+        click.echo(
+            f"warning: no prediction for {len(missing)} of {len(truths)} images "
+            f"(first: {', '.join(missing[:5])})",
+            err=True,
+        )
     if not ev.rows:
         raise click.ClickException(f"no prediction in {pred_dir} matches a ground-truth file")
 
@@ -77,19 +112,27 @@ def command(pred_dir: Path, true_dir: Path, type_names: str | None, mpp: float, 
     label = {i + 1: n for i, n in enumerate(names)} if names else {}
     click.echo(f"{len(ev.rows)} images")
     click.echo("  ".join(f"{k:>8s}" for k in ("Dice", "AJI", "AJI+", "DQ", "SQ", "PQ")))
-    click.echo("  ".join(f"{_fmt(summary[k]):>8s}" for k in ("dice", "aji", "aji_plus", "dq", "sq", "pq")))
+    click.echo(
+        "  ".join(f"{_fmt(summary[k]):>8s}" for k in ("dice", "aji", "aji_plus", "dq", "sq", "pq"))
+    )
     if "mpq" in summary:
-        click.echo(f"F_d {_fmt(summary['f_d'])}   type accuracy {_fmt(summary['type_acc'])}   mPQ {_fmt(summary['mpq'])}")
+        click.echo(
+            f"F_d {_fmt(summary['f_d'])}   type accuracy {_fmt(summary['type_acc'])}   mPQ {_fmt(summary['mpq'])}"
+        )
         click.echo(f"{'type':>16s}  {'PQ':>8s}  {'F_c':>8s}")
         for key in sorted(k for k in summary if k.startswith("pq_")):
             t = int(key[3:])
-            click.echo(f"{label.get(t, str(t)):>16s}  {_fmt(summary[key]):>8s}  {_fmt(summary.get(f'f_c_{t}')):>8s}")
+            click.echo(
+                f"{label.get(t, str(t)):>16s}  {_fmt(summary[key]):>8s}  {_fmt(summary.get(f'f_c_{t}')):>8s}"
+            )
 
     prefix = out_prefix or pred_dir / "evaluation"
     csv_path, json_path = Path(f"{prefix}.csv"), Path(f"{prefix}.json")
     _write_atomic(csv_path, ev.per_image().to_csv(index=False))
     payload = {
-        "summary": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()},
+        "summary": {
+            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()
+        },
         "type_names": {str(k): v for k, v in label.items()},
         "pred_dir": str(pred_dir),
         "true_dir": str(true_dir),

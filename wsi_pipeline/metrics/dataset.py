@@ -76,7 +76,9 @@ class _ClassCounts:
         return {"dq": dq, "sq": sq, "pq": dq * sq}
 
 
-def instance_scores(true: np.ndarray, pred: np.ndarray, ov: Overlap | None = None) -> dict[str, float]:
+def instance_scores(
+    true: np.ndarray, pred: np.ndarray, ov: Overlap | None = None
+) -> dict[str, float]:
     """Dice, AJI, AJI+, DQ, SQ, PQ of one image."""
     ov = ov or overlap(true, pred)
     res = pq_from_overlap(ov)

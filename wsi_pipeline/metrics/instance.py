@@ -59,10 +59,14 @@ def overlap(true: np.ndarray, pred: np.ndarray) -> Overlap:
     if true.shape != pred.shape:
         raise ValueError(f"shape mismatch: true {true.shape} vs pred {pred.shape}")
     n_true, n_pred = int(true.max(initial=0)), int(pred.max(initial=0))
-    joint = np.bincount(
-        true.ravel().astype(np.int64) * (n_pred + 1) + pred.ravel(),
-        minlength=(n_true + 1) * (n_pred + 1),
-    ).reshape(n_true + 1, n_pred + 1).astype(np.float64)
+    joint = (
+        np.bincount(
+            true.ravel().astype(np.int64) * (n_pred + 1) + pred.ravel(),
+            minlength=(n_true + 1) * (n_pred + 1),
+        )
+        .reshape(n_true + 1, n_pred + 1)
+        .astype(np.float64)
+    )
     return Overlap(
         inter=joint[1:, 1:], true_area=joint[1:, :].sum(axis=1), pred_area=joint[:, 1:].sum(axis=0)
     )

@@ -44,7 +44,9 @@ def read_instance_mat(path: str | os.PathLike) -> Instances:
     return Instances(inst_map=inst_map, types=types, centroids=centroids)
 
 
-def read_consep_patch(inst_path: str | os.PathLike, type_mat_path: str | os.PathLike | None) -> Instances:
+def read_consep_patch(
+    inst_path: str | os.PathLike, type_mat_path: str | os.PathLike | None
+) -> Instances:
     """CoNSeP patch layout: ``inst/<stem>.npy`` (ids not contiguous) + ``type_mat/<stem>.mat``."""
     inst_map = np.load(inst_path).astype(np.int32)
     types = centroids = None
@@ -89,7 +91,11 @@ def write_instance_mat(
     ids = np.unique(inst_map)
     ids = ids[ids != 0]
     n = ids.size
-    types = np.zeros(n, np.int32) if inst_type is None else np.asarray(inst_type).reshape(-1).astype(np.int32)
+    types = (
+        np.zeros(n, np.int32)
+        if inst_type is None
+        else np.asarray(inst_type).reshape(-1).astype(np.int32)
+    )
     if types.size != n:
         raise ValueError(f"inst_type has {types.size} entries for {n} instances")
     if inst_centroid is None:
@@ -103,7 +109,9 @@ def write_instance_mat(
         "type_map": np.asarray(type_map).astype(np.int32),
         "inst_type": types.reshape(n, 1),
         "inst_centroid": np.asarray(inst_centroid, dtype=np.float64).reshape(n, 2),
-        "inst_uid": (ids if inst_uid is None else np.asarray(inst_uid)).reshape(n, 1).astype(np.int64),
+        "inst_uid": (ids if inst_uid is None else np.asarray(inst_uid))
+        .reshape(n, 1)
+        .astype(np.int64),
     }
     if inst_type_prob is not None:
         out["inst_type_prob"] = np.asarray(inst_type_prob, dtype=np.float32).reshape(n, -1)

@@ -14,12 +14,16 @@ class PostprocConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # --- step 1: foreground and HV edges
-    ns_threshold: float = Field(0.5, gt=0, lt=1, description="Nucleus probability cut for the foreground.")
+    ns_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Nucleus probability cut for the foreground."
+    )
     min_object_area_um2: float = Field(
         1.0, ge=0, description="Foreground blobs and final instances smaller than this are dropped."
     )
     hv_smooth_sigma_um: float = Field(
-        0.0, ge=0, description="Gaussian smoothing of the HV maps (inside the foreground) before the Sobel step."
+        0.0,
+        ge=0,
+        description="Gaussian smoothing of the HV maps (inside the foreground) before the Sobel step.",
     )
     edge_threshold: float = Field(
         0.06,
@@ -30,7 +34,9 @@ class PostprocConfig(BaseModel):
         ),
     )
     min_marker_area_um2: float = Field(
-        0.5, ge=0, description="Marker fragments smaller than this are discarded (their pixels are flooded)."
+        0.5,
+        ge=0,
+        description="Marker fragments smaller than this are discarded (their pixels are flooded).",
     )
 
     # --- step 2: evidence-based merge, then distance-transform watershed of merged objects
@@ -48,7 +54,10 @@ class PostprocConfig(BaseModel):
         description="Shared border must be at least this fraction of the smaller piece's equivalent diameter.",
     )
     merge_min_border_ns: float = Field(
-        0.5, ge=0, le=1, description="Mean nucleus probability along the shared border must reach this."
+        0.5,
+        ge=0,
+        le=1,
+        description="Mean nucleus probability along the shared border must reach this.",
     )
     split_peak_height_um: float = Field(
         1.0,
@@ -65,4 +74,4 @@ class PostprocConfig(BaseModel):
 
     def px2(self, square_microns: float, mpp: float) -> int:
         """Area in µm² → whole pixels (at least 0)."""
-        return int(math.floor(square_microns / (mpp * mpp)))
+        return math.floor(square_microns / (mpp * mpp))

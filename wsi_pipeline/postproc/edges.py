@@ -16,7 +16,9 @@ from scipy import ndimage as ndi
 def _masked_derivative(f: np.ndarray, mask: np.ndarray, axis: int) -> np.ndarray:
     """Central difference along ``axis`` using only foreground neighbours (one-sided at the rim)."""
     d = np.diff(f, axis=axis)
-    valid = np.logical_and(np.take(mask, range(0, f.shape[axis] - 1), axis), np.take(mask, range(1, f.shape[axis]), axis))
+    valid = np.logical_and(
+        np.take(mask, range(f.shape[axis] - 1), axis), np.take(mask, range(1, f.shape[axis]), axis)
+    )
     d = np.where(valid, d, 0.0)
     pad_before = [(0, 0)] * f.ndim
     pad_after = [(0, 0)] * f.ndim

@@ -32,7 +32,9 @@ _PROPS = (
 )
 
 
-def _polygons(images: Sequence[np.ndarray], r0: np.ndarray, c0: np.ndarray) -> list[shapely.Polygon]:
+def _polygons(
+    images: Sequence[np.ndarray], r0: np.ndarray, c0: np.ndarray
+) -> list[shapely.Polygon]:
     """Outer contour of each instance crop, in map pixel (x, y); one loop step per nucleus."""
     polys = []
     for img, r, c in zip(images, r0, c0):
@@ -97,7 +99,9 @@ def measure_instances(
             "polygon": pd.Series(polys, dtype=object),
         }
     )
-    type_ids = np.zeros(n, np.int32) if types is None else np.asarray(types, dtype=np.int32).reshape(-1)
+    type_ids = (
+        np.zeros(n, np.int32) if types is None else np.asarray(types, dtype=np.int32).reshape(-1)
+    )
     if type_ids.size != n:
         raise ValueError(f"{type_ids.size} types for {n} instances")
     df["type_id"] = type_ids
@@ -106,7 +110,11 @@ def measure_instances(
         df["type_name"] = names[type_ids] if n else pd.Series([], dtype=object)
     if type_probs is not None and np.asarray(type_probs).size:
         probs = np.asarray(type_probs, dtype=np.float32).reshape(n, -1)
-        cols = list(class_names) if class_names is not None else [str(i) for i in range(probs.shape[1])]
+        cols = (
+            list(class_names)
+            if class_names is not None
+            else [str(i) for i in range(probs.shape[1])]
+        )
         for k, name in enumerate(cols[: probs.shape[1]]):
             df[f"prob_{name}"] = probs[:, k]
     return df

@@ -25,15 +25,17 @@ from scipy.sparse.csgraph import connected_components
 from wsi_pipeline.postproc.config import PostprocConfig
 
 
-def adjacent_pairs(inst_map: np.ndarray, ns_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def adjacent_pairs(
+    inst_map: np.ndarray, ns_prob: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unique 4-adjacent id pairs (a < b), their contact length in pixel edges, and mean NS across it."""
     a_parts, b_parts, ns_parts = [], [], []
     for axis in (0, 1):
         n = inst_map.shape[axis]
-        a = np.take(inst_map, range(0, n - 1), axis)
+        a = np.take(inst_map, range(n - 1), axis)
         b = np.take(inst_map, range(1, n), axis)
         sel = (a != b) & (a > 0) & (b > 0)
-        pa = np.take(ns_prob, range(0, n - 1), axis)[sel]
+        pa = np.take(ns_prob, range(n - 1), axis)[sel]
         pb = np.take(ns_prob, range(1, n), axis)[sel]
         a_parts.append(np.minimum(a[sel], b[sel]))
         b_parts.append(np.maximum(a[sel], b[sel]))
@@ -51,7 +53,9 @@ def adjacent_pairs(inst_map: np.ndarray, ns_prob: np.ndarray) -> tuple[np.ndarra
     return np.stack([uniq // m, uniq % m], axis=1), contact, ns_mean
 
 
-def implied_centres(inst_map: np.ndarray, hv: np.ndarray, n_inst: int) -> tuple[np.ndarray, np.ndarray]:
+def implied_centres(
+    inst_map: np.ndarray, hv: np.ndarray, n_inst: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, 2) centres (x, y) the HV maps point to, and (N,) areas, for contiguous ids 1..N.
 
     Where a fit is degenerate (flat map, single column) the piece's own centroid is used.

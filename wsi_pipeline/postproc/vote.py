@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def vote_types(inst_map: np.ndarray, n_inst: int, type_prob: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def vote_types(
+    inst_map: np.ndarray, n_inst: int, type_prob: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(types (N,), type_probs (N, C))`` for contiguous ids 1..N.
 
     Each pixel votes for its most probable class; background votes are ignored, so an
