@@ -79,3 +79,17 @@ def test_save_tissue(tmp_path):
     meta = json.loads((tmp_path / "tissue.json").read_text())
     assert meta["mm2"] == pytest.approx(result.mm2) and meta["thumb_mpp"] == 8.0
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_small_blank_thumbnail_is_not_a_hole():
+    """A thumbnail smaller than the hole-size limit: its background must not be 'filled'."""
+    result = detect_tissue(np.full((10, 13, 3), 250, np.uint8), 8.0)
+    assert result.empty
+
+
+def test_large_holes_stay_open():
+    img = canvas((300, 300))
+    img[20:280, 20:280] = PINK
+    img[60:240, 60:240] = 242  # 180 px = 1.44 mm wide hole: a real gap, not filled
+    result = detect_tissue(img, 8.0, TissueConfig(dilate_um=0))
+    assert not result.mask[150, 150] and result.mask[30, 30]

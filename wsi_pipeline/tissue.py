@@ -20,7 +20,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
-from skimage.morphology import disk, remove_small_holes, remove_small_objects
+from skimage.morphology import disk, remove_small_objects
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,21 @@ def detect_tissue(thumb: np.ndarray, mpp: float, cfg: TissueConfig | None = None
     mask = (od > cfg.min_optical_density) & (sat > threshold)
     px_area = mpp * mpp
     mask = remove_small_objects(mask, max_size=max(int(cfg.min_object_um2 / px_area) - 1, 0))
-    mask = remove_small_holes(mask, max_size=max(int(cfg.max_hole_um2 / px_area) - 1, 0))
+    mask = _fill_small_holes(mask, max(int(cfg.max_hole_um2 / px_area) - 1, 0))
     mm2 = float(mask.sum()) * px_area / 1e6
     radius = int(round(cfg.dilate_um / mpp))
     if radius > 0 and mask.any():
         mask = ndi.binary_dilation(mask, structure=disk(radius))
     log.debug("tissue: saturation threshold %.3f, %.3f mm2", threshold, mm2)
     return TissueResult(mask=mask, mpp=mpp, mm2=mm2)
+
+
+def _fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """Fill enclosed background regions of at most `max_size` px (not background at the image border,
+    which skimage's remove_small_holes would fill on a small, empty thumbnail)."""
+    holes = ndi.binary_fill_holes(mask) & ~mask
+    big_holes = remove_small_objects(holes, max_size=max_size)
+    return mask | (holes & ~big_holes)
 
 
 def save_tissue(result: TissueResult, out_dir: Path) -> None:

@@ -1,0 +1,160 @@
+"""infer_slide: maps.zarr layout, agreement with tiled inference, chunk invariance, edge cases."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from PIL import Image
+
+from wsi_pipeline.infer import infer_slide
+from wsi_pipeline.infer_config import InferConfig
+from wsi_pipeline.io import MissingMppError, open_slide
+from wsi_pipeline.io.plain_image import PlainImageSlide
+from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
+from wsi_pipeline.tiled import predict_tiled
+from wsi_pipeline.tissue import TissueConfig
+
+CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
+# small tiles, and tissue islands far smaller than real sections still count as tissue
+FAST = dict(tile_size=128, margin=32, batch_size=8, reader_threads=2, precision="fp32",
+            tissue=TissueConfig(min_object_um2=500))
+
+
+def tiny_model(tmp_path_factory, mpp: float):
+    torch.manual_seed(0)
+    net = MultiTaskNet(encoder="resnet18", width=8)
+    path = tmp_path_factory.mktemp("ckpt") / f"tiny_{mpp}.pt"
+    save_checkpoint(path, net, class_names=CLASSES, mpp=mpp)
+    return load_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tiny_model(tmp_path_factory, 0.25)
+
+
+@pytest.fixture(scope="module")
+def tissue_canvas(shared_data) -> np.ndarray:
+    """A 448 x 576 white 'slide' with a 128 x 256 island of real H&E in it."""
+    patch = np.asarray(Image.open(shared_data / "consep_patches/train/images/train_2_000.jpg"))
+    canvas = np.full((448, 576, 3), 245, np.uint8)
+    canvas[160:288, 160:416] = patch[:128]
+    return canvas
+
+
+def fake_slide(pixels: np.ndarray, mpp: float, tmp_path) -> PlainImageSlide:
+    path = tmp_path / "slide.png"
+    Image.fromarray(pixels).save(path)
+    return PlainImageSlide(path, mpp, pixels=pixels)
+
+
+def test_maps_layout_and_agreement_with_tiled(model, tissue_canvas, tmp_path):
+    slide = fake_slide(tissue_canvas, 0.25, tmp_path)
+    cfg = InferConfig(chunk_size=192, **FAST)
+    result = infer_slide(slide, tmp_path / "out", cfg, model, progress=False)
+    assert not result.no_tissue and result.n_tiles > 0 and result.n_runs >= result.n_tiles
+    assert not (tmp_path / "out" / "maps.zarr.partial").exists()
+    assert (tmp_path / "out" / "tissue.png").is_file()
+    assert json.loads((tmp_path / "out" / "tissue.json").read_text())["mm2"] == pytest.approx(
+        result.tissue_mm2)
+    g = zarr.open_group(str(result.maps), mode="r")
+    assert g["ns"].shape == (448, 576) and g["ns"].dtype == np.float16 and g["ns"].chunks == (192, 192)
+    assert g["hv"].shape == (2, 448, 576) and g["hv"].chunks == (2, 192, 192)
+    assert g["nc"].shape == (5, 448, 576) and g["nc"].dtype == np.uint8
+    assert g["inferred"].dtype == bool
+    attrs = dict(g.attrs)
+    for key in ("mpp", "slide_mpp", "scale", "level0_size", "map_size", "class_names", "class_colors",
+                "model_sha256", "config", "wsi_pipeline_version", "slide", "tissue_mm2"):
+        assert key in attrs, key
+    assert attrs["scale"] == 1.0 and attrs["map_size"] == [576, 448]
+    assert attrs["model_sha256"] == model.sha256 and attrs["class_names"] == list(CLASSES)
+
+    inferred = g["inferred"][:]
+    assert inferred[160:288, 160:416].all()  # the whole island
+    assert not inferred[:64].any() and not inferred[:, 512:].any()  # far from it: skipped
+    # where inferred, the maps equal tiled inference of the same pixels on the same grid
+    ref = predict_tiled(model.net, tissue_canvas, tile=128, stride=64, precision="fp32")
+    ns = g["ns"][:].astype(np.float32)
+    interior = inferred.copy()
+    interior[:64], interior[-64:], interior[:, :64], interior[:, -64:] = False, False, False, False
+    np.testing.assert_allclose(ns[interior], ref["ns"][interior], atol=2e-3)
+    np.testing.assert_allclose(g["hv"][:][:, interior], ref["hv"][:, interior], atol=2e-3)
+    nc_ref = np.rint(ref["nc"] * 255)
+    assert np.abs(g["nc"][:][:, interior].astype(int) - nc_ref[:, interior]).max() <= 1
+    assert (ns[~inferred] == 0).all()
+
+
+def test_maps_do_not_depend_on_chunk_size(model, tissue_canvas, tmp_path):
+    slide = fake_slide(tissue_canvas, 0.25, tmp_path)
+    a = infer_slide(slide, tmp_path / "a", InferConfig(chunk_size=128, **FAST), model, progress=False)
+    b = infer_slide(slide, tmp_path / "b", InferConfig(chunk_size=512, **FAST), model, progress=False)
+    ga, gb = zarr.open_group(str(a.maps), mode="r"), zarr.open_group(str(b.maps), mode="r")
+    np.testing.assert_array_equal(ga["inferred"][:], gb["inferred"][:])
+    np.testing.assert_allclose(ga["ns"][:].astype(float), gb["ns"][:].astype(float), atol=2e-3)
+    assert a.n_tiles == b.n_tiles
+
+
+def test_resampled_slide_maps_to_level0(model, tissue_canvas, tmp_path):
+    """A 0.5 µm/px slide gives a map twice its size; map (r, c) <-> level-0 (c*scale, r*scale)."""
+    small = np.asarray(Image.fromarray(tissue_canvas).resize((288, 224), Image.Resampling.BILINEAR))
+    slide = fake_slide(small, 0.5, tmp_path)
+    result = infer_slide(slide, tmp_path / "out", InferConfig(chunk_size=256, **FAST), model,
+                         progress=False)
+    g = zarr.open_group(str(result.maps), mode="r")
+    assert g.attrs["scale"] == 0.5 and g.attrs["map_size"] == [576, 448]
+    assert g.attrs["level0_size"] == [288, 224]
+    inferred = g["inferred"][:]
+    assert inferred[160:288, 160:416].all() and not inferred[:64].any()
+
+
+def test_blank_slide_gives_empty_valid_maps(model, tmp_path):
+    slide = fake_slide(np.full((300, 400, 3), 250, np.uint8), 0.25, tmp_path)
+    result = infer_slide(slide, tmp_path / "out", InferConfig(**FAST), model, progress=False)
+    assert result.no_tissue and result.n_tiles == 0 and result.tissue_mm2 == 0
+    g = zarr.open_group(str(result.maps), mode="r")
+    assert g["ns"].shape == (300, 400) and not g["inferred"][:].any() and (g["ns"][:] == 0).all()
+    assert g.attrs["tissue_mm2"] == 0
+
+
+def test_interrupted_run_leaves_only_partial(model, tissue_canvas, tmp_path, monkeypatch):
+    slide = fake_slide(tissue_canvas, 0.25, tmp_path)
+    import wsi_pipeline.infer as infer_mod
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(infer_mod, "predict_batch_compact", boom)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        infer_slide(slide, tmp_path / "out", InferConfig(**FAST), model, progress=False)
+    assert (tmp_path / "out" / "maps.zarr.partial").exists()
+    assert not (tmp_path / "out" / "maps.zarr").exists()
+
+
+def test_real_slide_end_to_end(shared_data, tmp_path_factory, tmp_path):
+    """CMU through OpenSlide, with a model working at 4 µm/px (downsampling path, few tiles)."""
+    model = tiny_model(tmp_path_factory, 4.0)
+    with open_slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as slide:
+        result = infer_slide(slide, tmp_path, InferConfig(**FAST), model, progress=False)
+    g = zarr.open_group(str(result.maps), mode="r")
+    assert g.attrs["map_size"] == [277, 371]  # ceil(2220 * 0.499 / 4), ceil(2967 * 0.499 / 4)
+    assert 0.4 < result.tissue_mm2 < 1.0
+    inferred = g["inferred"][:]
+    assert 0.3 < inferred.mean() < 0.8
+    assert g.attrs["slide"]["size"] == 1938955
+
+
+def test_slide_without_mpp_fails_before_writing(shared_data, model, tmp_path):
+    with open_slide(shared_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs") as slide:
+        with pytest.raises(MissingMppError, match="tcga-cr-7395"):
+            infer_slide(slide, tmp_path, InferConfig(**FAST), model, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_config_rejects_stride_inside_margin():
+    with pytest.raises(ValueError, match="margin"):
+        InferConfig(tile_size=256, margin=32, stride=200)
+    assert InferConfig().effective_stride == 192
