@@ -143,7 +143,7 @@ def test_real_slide_end_to_end(shared_data, tmp_path_factory, tmp_path):
     assert g.attrs["map_size"] == [277, 371]  # ceil(2220 * 0.499 / 4), ceil(2967 * 0.499 / 4)
     assert 0.4 < result.tissue_mm2 < 1.0
     inferred = g["inferred"][:]
-    assert 0.3 < inferred.mean() < 0.8
+    assert 0.3 < inferred.mean() < 0.9  # coarse 256 µm tiles: some background is skipped
     assert g.attrs["slide"]["size"] == 1938955
 
 
