@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
-from postproc_oracle import DEFAULT_DATA, degrade, load_patches, oracle_maps
 
 from wsi_pipeline.metrics import Instances
 from wsi_pipeline.postproc import segment_instances
+from wsi_pipeline.postproc.oracle import degrade, load_consep_truth, oracle_maps
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "consep_patches" / "train"
 
 
 def mosaics(patches: list[tuple[str, Instances]], n: int) -> list[Instances]:
@@ -48,7 +51,7 @@ def main() -> None:
         "--degrade", action="store_true", help="time on soft, noisy maps instead of oracle maps"
     )
     args = ap.parse_args()
-    patches = load_patches(DEFAULT_DATA)
+    patches = load_consep_truth(DEFAULT_DATA)
     rng = np.random.default_rng(0)
     inputs = []
     for mos in mosaics(patches, args.mosaics):

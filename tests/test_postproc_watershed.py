@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +9,10 @@ from scipy import ndimage as ndi
 
 from wsi_pipeline.postproc import PostprocConfig, SegmentationResult, segment_instances
 from wsi_pipeline.postproc.merge import merge_groups
+from wsi_pipeline.postproc.oracle import load_consep_truth, score_oracle
 from wsi_pipeline.postproc.watershed import relabel_sequential, step1
 from wsi_pipeline.targets import hv_maps
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from postproc_oracle import load_patches, run
 
 
 def _disk(shape, centre, radius):
@@ -168,15 +165,15 @@ def test_degraded_maps_give_sane_instances():
 
 def test_oracle_pq_on_consep_subset(shared_data):
     """Oracle maps from the ground truth: PQ ≥ 0.85 (HoVer-Net's own post-processing: 0.789)."""
-    patches = load_patches(shared_data / "consep_patches" / "train", step=8)
+    patches = load_consep_truth(shared_data / "consep_patches" / "train", step=8)
     assert len(patches) == 54
     for two_step in (False, True):
-        s = run(patches, two_step=two_step)
+        s = score_oracle(patches, two_step=two_step)
         assert s["pq"] >= 0.85, (two_step, s)
         assert s["mpq"] >= 0.85, (two_step, s)
 
 
 def test_oracle_pq_on_degraded_consep_subset(shared_data):
-    patches = load_patches(shared_data / "consep_patches" / "train", step=16)
-    s = run(patches, two_step=True, degraded=True)
+    patches = load_consep_truth(shared_data / "consep_patches" / "train", step=16)
+    s = score_oracle(patches, two_step=True, degraded=True)
     assert s["pq"] >= 0.7, s
