@@ -60,3 +60,20 @@ def test_not_a_checkpoint(tmp_path):
 def test_class_names_must_match_types(tmp_path):
     with pytest.raises(ValueError, match="class names"):
         save_checkpoint(tmp_path / "m.pt", _net(), class_names=("x",), mpp=0.25)
+
+
+def test_export_model_cli_writes_half_copy(tmp_path):
+    from click.testing import CliRunner
+
+    from wsi_pipeline.cli import main
+
+    src = tmp_path / "train.pt"
+    save_checkpoint(src, _net(), class_names=NAMES, mpp=0.25, meta={"epoch": 4},
+                    train_state={"epoch": 4})
+    result = CliRunner().invoke(main, ["export-model", str(src), str(tmp_path / "ship.pt")])
+    assert result.exit_code == 0, result.output
+    shipped = load_checkpoint(tmp_path / "ship.pt")
+    assert shipped.meta["epoch"] == 4 and shipped.meta["exported_from"]["file"] == "train.pt"
+    assert "train_state" not in torch.load(tmp_path / "ship.pt", weights_only=True)
+    assert (tmp_path / "ship.pt").stat().st_size < 0.6 * src.stat().st_size
+    assert shipped.sha256 in result.output

@@ -19,6 +19,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("wsi_pipeline.cli.evaluate", "Score predicted instances against ground truth."),
     "train": ("wsi_pipeline.cli.train", "Train the multi-task network."),
     "convert": ("wsi_pipeline.cli.convert", "Convert annotated datasets to the common layout."),
+    "export-model": ("wsi_pipeline.cli.export_model", "Write a lean (fp16) copy of a checkpoint."),
     "summarize": ("wsi_pipeline.cli.summarize", "Cohort-level statistics from finished runs."),
 }
 
