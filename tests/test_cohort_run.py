@@ -14,7 +14,9 @@ import pytest
 from cohort_fixtures import (
     CMU_CROPS,
     assert_same_tables,
+    cli,
     cmu_crop,
+    kill_group,
     make_cohort,
     result_tables,
     run_cli,
@@ -97,13 +99,30 @@ def dask_cluster(tmp_path):
                 p.wait()
 
 
-def test_external_scheduler_gives_same_tables(cohort, local_run, dask_cluster):
+def test_external_scheduler_gives_same_tables_despite_worker_death(cohort, local_run, dask_cluster):
+    """Through --scheduler, with the inference worker SIGKILLed mid-slide once: its nanny
+    restarts it, Dask reruns the task, and the tables equal the embedded cluster's."""
+    from distributed import Client
+
     root, ckpt = cohort
     out = root / "out_sched"
-    proc = run_cli("run", str(root / "slides"), "-o", str(out), "--checkpoint", str(ckpt),
-                   "--scheduler", dask_cluster, timeout=240)
-    assert proc.returncode == 1, proc.stdout  # the broken inputs
-    assert "external Dask cluster: 1 inference slot(s)" in proc.stdout
+    p = cli("run", str(root / "slides"), "-o", str(out), "--checkpoint", str(ckpt),
+            "--scheduler", dask_cluster)
+    try:
+        assert wait_for(lambda: any("infer started" in f.read_text()
+                                    for f in (out / "logs").glob("*.log") if f.name != "run.log"), 90)
+        with Client(dask_cluster, timeout=30) as client:
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
+            pid = client.run(os.getpid, workers=gpu)[gpu[0]]
+        os.kill(pid, signal.SIGKILL)
+        stdout, _ = p.communicate(timeout=240)
+    finally:
+        kill_group(p)
+    assert p.returncode == 1, stdout  # the broken inputs
+    assert "external Dask cluster: 1 inference slot(s)" in stdout
+    restarted = [f.stem for f in (out / "logs").glob("*.log") if f.read_text().count("infer started") > 1]
+    assert restarted, "the killed inference should have been started again"
     assert_same_tables(result_tables(local_run[0]), result_tables(out))
 
 
