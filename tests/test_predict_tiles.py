@@ -1,0 +1,138 @@
+"""Tile mode: `wsi-pipeline predict-tiles` end to end, and its writers on ground-truth instances."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import scipy.io as sio
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from wsi_pipeline.cli import main
+from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
+from wsi_pipeline.postproc import SegmentationResult
+from wsi_pipeline.tile_mode import segment_image, write_geojson, write_mat, write_overlay
+
+CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, MultiTaskNet(encoder="resnet18", width=8), class_names=CLASSES, mpp=0.25)
+    return path
+
+
+@pytest.fixture()
+def input_dir(shared_data, tmp_path):
+    src = shared_data / "consep_patches/train/images"
+    d = tmp_path / "in"
+    d.mkdir()
+    a = np.asarray(Image.open(src / "train_3_000.jpg"))
+    b = np.asarray(Image.open(src / "train_3_001.jpg"))
+    Image.fromarray(a).save(d / "small.jpg")
+    Image.fromarray(np.concatenate([a, b], axis=1)[:200]).save(d / "wide.png")  # 200 x 512
+    (d / "broken.png").write_bytes(b"\x89PNG not really")
+    (d / "notes.txt").write_text("ignored")
+    return d
+
+
+def test_cli_writes_mat_overlay_geojson_and_skips_unreadable(checkpoint, input_dir, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["predict-tiles", str(input_dir), str(out), "--checkpoint",
+                                    str(checkpoint), "--overlay", "--geojson", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "broken.png" in res.output and "2 image(s) written" in res.output
+    for stem, shape in [("small", (256, 256)), ("wide", (200, 512))]:
+        mat = sio.loadmat(out / f"{stem}.mat")
+        n = int(mat["inst_map"].max())
+        assert mat["inst_map"].shape == shape and mat["inst_map"].dtype == np.int32
+        assert mat["type_map"].shape == shape
+        assert mat["inst_type"].shape == (n, 1) and mat["inst_centroid"].shape == (n, 2)
+        assert mat["inst_uid"].shape == (n, 1)
+        assert (out / f"{stem}.png").is_file() and (out / f"{stem}.geojson.gz").is_file()
+    assert not (out / "broken.mat").exists()
+
+
+def test_cli_mpp_keeps_image_geometry(checkpoint, input_dir, tmp_path):
+    """A 0.5 µm/px image is upsampled for the 0.25 µm/px model; outputs stay in its own pixels."""
+    d = tmp_path / "half"
+    d.mkdir()
+    Image.open(input_dir / "wide.png").crop((0, 0, 150, 100)).save(d / "half.png")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["predict-tiles", str(d), str(out), "--checkpoint",
+                                    str(checkpoint), "--mpp", "0.5", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert sio.loadmat(out / "half.mat")["inst_map"].shape == (100, 150)
+
+
+def test_cli_without_checkpoint(input_dir, tmp_path):
+    from wsi_pipeline.model import CheckpointError, default_checkpoint_path
+
+    res = CliRunner().invoke(main, ["predict-tiles", str(input_dir), str(tmp_path / "o"), "--device", "cpu"])
+    try:
+        default_checkpoint_path()
+    except CheckpointError:
+        assert res.exit_code != 0 and "no default weights shipped yet: pass --checkpoint" in res.output
+    else:
+        assert res.exit_code == 0, res.output
+
+
+def test_cli_empty_dir(tmp_path, checkpoint):
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(main, ["predict-tiles", str(tmp_path / "empty"), str(tmp_path / "o"),
+                                    "--checkpoint", str(checkpoint)])
+    assert res.exit_code != 0 and "no images" in res.output
+
+
+def test_segment_image_shapes(checkpoint):
+    model = load_checkpoint(checkpoint)
+    img = np.random.default_rng(0).integers(0, 255, (90, 130, 3), dtype=np.uint8)
+    for mpp in (None, 0.5):
+        result = segment_image(model, img, image_mpp=mpp, tile=128, stride=64)
+        assert result.inst_map.shape == (90, 130)
+        assert result.types.shape == (result.n,) and result.type_probs.shape[0] == result.n
+
+
+@pytest.fixture()
+def truth(shared_data):
+    stem = "train_3_000"
+    root = shared_data / "consep_patches/train"
+    inst = np.load(root / "inst" / f"{stem}.npy")
+    types_map = np.asarray(Image.open(root / "seg_mask" / f"{stem}.png"))
+    ids = np.unique(inst)[1:]
+    inst_map = np.searchsorted(np.concatenate([[0], ids]), inst).astype(np.int32)
+    types = np.array([np.bincount(types_map[inst_map == i]).argmax() for i in range(1, ids.size + 1)])
+    probs = np.eye(len(CLASSES), dtype=np.float32)[types]
+    image = np.asarray(Image.open(root / "images" / f"{stem}.jpg"))
+    return image, SegmentationResult(inst_map=inst_map, types=types.astype(np.int32), type_probs=probs)
+
+
+def test_writers_on_ground_truth(truth, checkpoint, tmp_path):
+    image, result = truth
+    model = load_checkpoint(checkpoint)
+    write_mat(tmp_path / "t.mat", result, model, 0.25)
+    mat = sio.loadmat(tmp_path / "t.mat")
+    np.testing.assert_array_equal(mat["inst_map"], result.inst_map)
+    np.testing.assert_array_equal(mat["inst_type"].ravel(), result.types)
+    np.testing.assert_allclose(mat["inst_type_prob"], result.type_probs)
+    assert mat["model_sha256"][0] == model.sha256
+    ys, xs = np.nonzero(result.inst_map == 1)
+    np.testing.assert_allclose(mat["inst_centroid"][0], [xs.mean(), ys.mean()], atol=1e-6)
+
+    write_overlay(tmp_path / "t.png", image, result, model.class_colors)
+    overlay = np.asarray(Image.open(tmp_path / "t.png"))
+    assert overlay.shape == image.shape and (overlay != image).any()
+
+    write_geojson(tmp_path / "t.geojson.gz", result, model, 0.25)
+    fc = json.loads(gzip.decompress((tmp_path / "t.geojson.gz").read_bytes()))
+    assert len(fc["features"]) == result.n
+    f0 = fc["features"][0]
+    assert f0["geometry"]["type"] == "Polygon" and f0["properties"]["objectType"] == "detection"
+    assert f0["properties"]["classification"]["name"] == CLASSES[result.types[0]]
+    assert f0["properties"]["measurements"]["area_um2"] > 0

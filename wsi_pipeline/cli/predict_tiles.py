@@ -1,0 +1,66 @@
+"""`wsi-pipeline predict-tiles`: every image in a folder -> HoVer-Net style .mat (+ overlay, GeoJSON)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+@click.command(name="predict-tiles")
+@click.argument("input_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+              help="Model checkpoint (default: the weights shipped with the package).")
+@click.option("--mpp", type=click.FloatRange(min=0, min_open=True),
+              help="Pixel size of the images in µm (default: the model's, no resampling).")
+@click.option("--overlay", is_flag=True, help="Also write <stem>.png with contours coloured by type.")
+@click.option("--geojson", is_flag=True, help="Also write <stem>.geojson.gz (QuPath detections).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: float | None,
+            overlay: bool, geojson: bool, device: str, batch_size: int) -> None:
+    """Segment and classify nuclei in every image of INPUT_DIR; write OUTPUT_DIR/<stem>.mat.
+
+    Images of any size are tiled with overlap. Unreadable images are reported and skipped.
+    """
+    from tqdm import tqdm
+
+    from wsi_pipeline.io import SlideReadError
+    from wsi_pipeline.io.plain_image import read_rgb
+    from wsi_pipeline.model import CheckpointError, default_checkpoint_path, load_checkpoint
+    from wsi_pipeline.model.predict import prepare_model, resolve_device
+    from wsi_pipeline.tile_mode import segment_image, write_geojson, write_mat, write_overlay
+
+    images = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if not images:
+        raise click.ClickException(f"no images ({', '.join(SUFFIXES)}) in {input_dir}")
+    torch_device = resolve_device(device)
+    try:
+        model = load_checkpoint(checkpoint or default_checkpoint_path(), map_location="cpu")
+    except CheckpointError as exc:
+        raise click.ClickException(str(exc)) from exc
+    model.net = prepare_model(model.net, torch_device)
+    image_mpp = mpp if mpp is not None else model.mpp
+    output_dir.mkdir(parents=True, exist_ok=True)
+    skipped: list[str] = []
+    for path in tqdm(images, unit="image", disable=len(images) < 2):
+        try:
+            image = read_rgb(path)
+        except SlideReadError as exc:
+            click.echo(f"skipped {path.name}: {exc.reason}", err=True)
+            skipped.append(path.name)
+            continue
+        result = segment_image(model, image, image_mpp=image_mpp, batch_size=batch_size,
+                               device=torch_device)
+        write_mat(output_dir / f"{path.stem}.mat", result, model, image_mpp)
+        if overlay:
+            write_overlay(output_dir / f"{path.stem}.png", image, result, model.class_colors)
+        if geojson:
+            write_geojson(output_dir / f"{path.stem}.geojson.gz", result, model, image_mpp)
+    done = len(images) - len(skipped)
+    click.echo(f"{done} image(s) written to {output_dir}" + (f"; {len(skipped)} skipped" if skipped else ""))
+    if done == 0:
+        raise click.ClickException("no image could be read")

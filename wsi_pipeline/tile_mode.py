@@ -1,0 +1,123 @@
+"""Tile mode: one plain image in, HoVer-Net style instance outputs out.
+
+Images of any size go through `tiled.predict_tiled`. An image whose pixel size differs from
+the model's is resampled to the model's for the network only; the maps are resampled back,
+so instances, centroids and overlays are in the input image's own pixels.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import shapely
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from skimage.segmentation import find_boundaries
+
+from wsi_pipeline import __version__
+from wsi_pipeline.geojson import hex_to_rgb
+from wsi_pipeline.metrics.matio import write_instance_mat
+from wsi_pipeline.model import LoadedModel
+from wsi_pipeline.postproc import SegmentationResult, segment_instances
+from wsi_pipeline.postproc.measure import measure_instances
+from wsi_pipeline.tiled import predict_tiled
+
+
+def segment_image(
+    model: LoadedModel,
+    image: np.ndarray,
+    *,
+    image_mpp: float | None = None,
+    tile: int = 256,
+    stride: int = 192,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    two_step: bool = True,
+) -> SegmentationResult:
+    """Instances of an RGB uint8 image; `image_mpp` None means "already at the model's mpp"."""
+    mpp = float(model.mpp) if image_mpp is None else float(image_mpp)
+    h, w = image.shape[:2]
+    factor = mpp / float(model.mpp)  # > 1: the image is coarser than the model wants
+    net_input = image
+    if abs(factor - 1) > 1e-3:
+        size = (max(1, round(w * factor)), max(1, round(h * factor)))
+        net_input = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+    maps = predict_tiled(model.net, net_input, tile=tile, stride=stride, batch_size=batch_size,
+                         device=device)
+    if net_input is not image:
+        maps = {k: _resize_maps(v, (h, w)) for k, v in maps.items()}
+    return segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=mpp, two_step=two_step)
+
+
+def _resize_maps(arr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    t = torch.from_numpy(arr)
+    t = t[None, None] if t.ndim == 2 else t[None]
+    out = F.interpolate(t, size=hw, mode="bilinear", align_corners=False)[0]
+    return (out[0] if arr.ndim == 2 else out).numpy()
+
+
+def write_mat(path: Path, result: SegmentationResult, model: LoadedModel, mpp: float) -> Path:
+    """HoVer-Net .mat with per-instance type probabilities and provenance."""
+    return write_instance_mat(
+        path, result.inst_map, result.types,
+        inst_type_prob=result.type_probs,
+        inst_uid=np.arange(1, result.n + 1),
+        extra={"model_sha256": model.sha256, "wsi_pipeline_version": __version__, "mpp": mpp,
+               "class_names": np.array(model.class_names, dtype=object)},
+    )
+
+
+def write_overlay(path: Path, image: np.ndarray, result: SegmentationResult,
+                  class_colors: tuple[str, ...]) -> None:
+    """The image with every nucleus contour drawn in its type's colour."""
+    lut = np.zeros((result.n + 1, 3), np.uint8)
+    palette = np.array([hex_to_rgb(c) for c in class_colors], np.uint8)
+    lut[1:] = palette[np.clip(result.types, 0, len(palette) - 1)]
+    edges = find_boundaries(result.inst_map, mode="inner")
+    out = image.copy()
+    out[edges] = lut[result.inst_map[edges]]
+    _atomic(path, lambda tmp: Image.fromarray(out).save(tmp, format="PNG"))
+
+
+def write_geojson(path: Path, result: SegmentationResult, model: LoadedModel, mpp: float) -> None:
+    """QuPath detections (image pixel coordinates) with class name, colour and measurements."""
+    table = measure_instances(result.inst_map, result.types, result.type_probs, mpp=mpp,
+                              class_names=model.class_names)
+    features = []
+    for row in table.itertuples(index=False):
+        tid = int(row.type_id)
+        features.append({
+            "type": "Feature",
+            "geometry": json.loads(shapely.to_geojson(row.polygon)),
+            "properties": {
+                "objectType": "detection",
+                "classification": {"name": model.class_names[tid],
+                                   "color": hex_to_rgb(model.class_colors[tid])},
+                "measurements": {
+                    "nucleus_id": int(row.id), "area_um2": float(row.area_um2),
+                    "perimeter_um": float(row.perimeter_um), "eccentricity": float(row.eccentricity),
+                    "solidity": float(row.solidity),
+                    "type_prob": float(result.type_probs[int(row.id) - 1, tid]) if result.type_probs.size
+                    else float("nan"),
+                },
+            },
+        })
+    payload = json.dumps({"type": "FeatureCollection", "features": features}).encode()
+    _atomic(path, lambda tmp: tmp.write_bytes(gzip.compress(payload)))
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
