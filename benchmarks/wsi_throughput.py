@@ -113,16 +113,16 @@ class RssSampler(threading.Thread):
         self.stage = "start"
         self.peaks: dict[str, float] = {}
         self._page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(0.05):
+        while not self._halt.wait(0.05):
             with open("/proc/self/statm") as f:
                 rss = int(f.read().split()[1]) * self._page_mb
             self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), rss)
 
     def stop(self) -> dict[str, float]:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return {k: round(v) for k, v in self.peaks.items()}
 
