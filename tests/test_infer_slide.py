@@ -20,8 +20,8 @@ from wsi_pipeline.tissue import TissueConfig
 
 CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
 # small tiles, and tissue islands far smaller than real sections still count as tissue
-FAST = dict(tile_size=128, margin=32, batch_size=8, reader_threads=2, precision="fp32",
-            tissue=TissueConfig(min_object_um2=500))
+FAST = {"tile_size": 128, "margin": 32, "batch_size": 8, "reader_threads": 2, "precision": "fp32",
+        "tissue": TissueConfig(min_object_um2=500)}
 
 
 def tiny_model(tmp_path_factory, mpp: float):
@@ -148,9 +148,9 @@ def test_real_slide_end_to_end(shared_data, tmp_path_factory, tmp_path):
 
 
 def test_slide_without_mpp_fails_before_writing(shared_data, model, tmp_path):
-    with open_slide(shared_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs") as slide:
-        with pytest.raises(MissingMppError, match="tcga-cr-7395"):
-            infer_slide(slide, tmp_path, InferConfig(**FAST), model, progress=False)
+    path = shared_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+    with open_slide(path) as slide, pytest.raises(MissingMppError, match="tcga-cr-7395"):
+        infer_slide(slide, tmp_path, InferConfig(**FAST), model, progress=False)
     assert not any(tmp_path.iterdir())
 
 

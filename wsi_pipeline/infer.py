@@ -226,7 +226,7 @@ def _run_pipeline(slide: Slide, group: zarr.Group, geo: _Geometry, cfg: InferCon
             try:
                 writer.add(*item)
                 bar.update(len(item[0]))
-            except BaseException as exc:  # surfaced in the calling thread
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
                 errors.append(exc)
 
     writer_thread = threading.Thread(target=write_loop, name="zarr-writer", daemon=True)

@@ -73,7 +73,7 @@ def detect_tissue(thumb: np.ndarray, mpp: float, cfg: TissueConfig | None = None
     mask = remove_small_objects(mask, max_size=max(int(cfg.min_object_um2 / px_area) - 1, 0))
     mask = _fill_small_holes(mask, max(int(cfg.max_hole_um2 / px_area) - 1, 0))
     mm2 = float(mask.sum()) * px_area / 1e6
-    radius = int(round(cfg.dilate_um / mpp))
+    radius = round(cfg.dilate_um / mpp)
     if radius > 0 and mask.any():
         mask = ndi.binary_dilation(mask, structure=disk(radius))
     log.debug("tissue: saturation threshold %.3f, %.3f mm2", threshold, mm2)

@@ -12,6 +12,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 from PIL import Image
@@ -82,7 +83,7 @@ class Slide(ABC):
     def _read_level(self, level: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         """uint8 (h, w, 3) of `level` starting at level-0 pixel (x0, y0); white outside."""
 
-    def close(self) -> None:  # noqa: B027 - backends without handles need nothing
+    def close(self) -> None:
         """Release file handles."""
 
     # -- shared behaviour --------------------------------------------------------------------
@@ -128,7 +129,7 @@ class Slide(ABC):
         xl, yl = x0 / ds, y0 / ds
         if abs(f - 1) < 1e-9 and float(xl).is_integer() and float(yl).is_integer() and level == 0:
             return self._read_level(0, int(x0), int(y0), w, h)
-        pad = int(math.ceil(max(f, 1.0))) + 1  # filter support beyond the box
+        pad = math.ceil(max(f, 1.0)) + 1  # filter support beyond the box
         ix0, iy0 = math.floor(xl) - pad, math.floor(yl) - pad
         ix1, iy1 = math.ceil(xl + w * f) + pad, math.ceil(yl + h * f) + pad
         gx0, gy0 = round(ix0 * ds), round(iy0 * ds)  # level-0 origin the backend is asked for
@@ -160,7 +161,7 @@ class Slide(ABC):
                 out[r : r + bh, c : c + bw] = self.read_region_at_mpp(c * s, r * s, (bw, bh), mpp)
         return out
 
-    def __enter__(self) -> Slide:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
