@@ -18,9 +18,9 @@ from wsi_pipeline.model import MultiTaskNet
 from wsi_pipeline.model.predict import autocast_dtype
 
 CONFIGS = {
-    "default (resnet34, width 64)": dict(encoder="resnet34", width=64),
-    "compact (resnet34, width 32)": dict(encoder="resnet34", width=32),
-    "tiny (resnet18, width 16)": dict(encoder="resnet18", width=16),
+    "default (resnet34, width 64)": {"encoder": "resnet34", "width": 64},
+    "compact (resnet34, width 32)": {"encoder": "resnet34", "width": 32},
+    "tiny (resnet18, width 16)": {"encoder": "resnet18", "width": 16},
 }
 
 

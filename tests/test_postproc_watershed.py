@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -12,7 +11,6 @@ from wsi_pipeline.postproc.merge import merge_groups
 from wsi_pipeline.postproc.oracle import load_consep_truth, score_oracle
 from wsi_pipeline.postproc.watershed import relabel_sequential, step1
 from wsi_pipeline.targets import hv_maps
-
 
 
 def _disk(shape, centre, radius):

@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader
 from wsi_pipeline.data import Augmenter, NucleusDataset, Sample, read_consep_patches, split_by_group
 from wsi_pipeline.metrics import DatasetEvaluator, Instances
 from wsi_pipeline.model import MultiTaskNet, save_checkpoint
+from wsi_pipeline.model.losses import cost_matrix_from_counts, multitask_loss
 from wsi_pipeline.model.predict import autocast_dtype, predict_batch, resolve_device
 from wsi_pipeline.postproc import segment_instances
-from wsi_pipeline.model.losses import cost_matrix_from_counts, multitask_loss
 from wsi_pipeline.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -240,8 +240,8 @@ def train(
     train_ds = NucleusDataset(train_samples, Augmenter(cfg.augment), seed=cfg.seed)
     val_ds = NucleusDataset(val_samples, None)
     gen = torch.Generator()
-    loader_kw = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                     persistent_workers=cfg.num_workers > 0)
+    loader_kw = {"num_workers": cfg.num_workers, "pin_memory": device.type == "cuda",
+                     "persistent_workers": cfg.num_workers > 0}
     train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, drop_last=True,
                               generator=gen, **loader_kw)
     val_loader = DataLoader(val_ds, cfg.batch_size, shuffle=False, **loader_kw) if val_samples else None

@@ -14,8 +14,7 @@ import os
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from wsi_pipeline.cohort.stages import (
     slide_fingerprint,
     stage_hashes,
 )
-from wsi_pipeline.cohort.tasks import SlideJob, record_failure, run_stage, slide_log
+from wsi_pipeline.cohort.tasks import SlideJob, log_to_file, record_failure, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +156,7 @@ class CohortRunner:
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> RunReport:
-        with run_log(self.out_dir / "logs" / "run.log"):
+        with log_to_file(self.out_dir / "logs" / "run.log", this_thread_only=False):
             return self._run()
 
     def _run(self) -> RunReport:
@@ -252,7 +251,7 @@ class CohortRunner:
             if fut.status == "error":
                 exc = fut.exception()
                 job = self.job(plan, progress=False)
-                with slide_log(job.log_path):
+                with log_to_file(job.log_path):
                     log.error("%s: %s lost: %s\n%s", job.slide_id, stage, type(exc).__name__,
                               "".join(traceback.format_exception(exc)))
                 record_failure(job, stage, type(exc).__name__, str(exc))
@@ -276,21 +275,3 @@ class CohortRunner:
         if force or now - self._last_manifest >= MANIFEST_INTERVAL_S:
             write_manifest(self.out_dir, list(rows.values()))
             self._last_manifest = now
-
-
-@contextmanager
-def run_log(path: Path) -> Iterator[None]:
-    """Append everything `wsi_pipeline` logs in this process during the run to OUT/logs/run.log."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    pkg = logging.getLogger("wsi_pipeline")
-    if pkg.getEffectiveLevel() > logging.INFO:
-        pkg.setLevel(logging.INFO)
-    pkg.addHandler(handler)
-    try:
-        yield
-    finally:
-        pkg.removeHandler(handler)
-        handler.close()

@@ -60,7 +60,7 @@ def run_stage(job: SlideJob, stage: str, upstream: Outcome | None = None) -> Out
     if upstream is not None and not upstream["ok"]:
         return upstream
     stages = SlideStages(job.slide_dir)
-    with slide_log(job.log_path):
+    with log_to_file(job.log_path):
         log.info("%s: %s started on %s (pid %d)", job.slide_id, stage, _host(), os.getpid())
         t0 = time.perf_counter()
         try:
@@ -175,16 +175,17 @@ class _ThreadFilter(logging.Filter):
 
 
 @contextmanager
-def slide_log(path: Path) -> Iterator[None]:
-    """Append this thread's `wsi_pipeline` log records to `path` while the block runs.
+def log_to_file(path: Path, *, this_thread_only: bool = True) -> Iterator[None]:
+    """Append `wsi_pipeline` log records to `path` while the block runs.
 
-    Other slides' tasks in the same worker process run in other threads; the filter keeps
-    their lines out of this slide's log.
+    For a slide log, other slides' tasks in the same worker process run in other threads;
+    `this_thread_only` keeps their lines out. The run log takes every thread.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_ThreadFilter(threading.get_ident()))
+    if this_thread_only:
+        handler.addFilter(_ThreadFilter(threading.get_ident()))
     pkg = logging.getLogger("wsi_pipeline")
     if pkg.getEffectiveLevel() > logging.INFO:
         pkg.setLevel(logging.INFO)  # slide logs keep INFO whatever the console shows

@@ -33,7 +33,7 @@ def criss_cross(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tens
 
     q, k: (B, c, H, W); v: (B, C, H, W). Returns (B, C, H, W).
     """
-    _, _, h, w = q.shape
+    _, _, h, _w = q.shape
     # Column energies (B, H, W, H'): pixel (h, w) against (h', w); row energies (B, H, W, W').
     e_col = torch.einsum("bchw,bcgw->bhwg", q, k)
     e_row = torch.einsum("bchw,bchg->bhwg", q, k)
