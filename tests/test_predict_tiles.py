@@ -136,3 +136,14 @@ def test_writers_on_ground_truth(truth, checkpoint, tmp_path):
     assert f0["geometry"]["type"] == "Polygon" and f0["properties"]["objectType"] == "detection"
     assert f0["properties"]["classification"]["name"] == CLASSES[result.types[0]]
     assert f0["properties"]["measurements"]["area_um2"] > 0
+
+
+def test_cli_match_selects_images(checkpoint, input_dir, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["predict-tiles", str(input_dir), str(out), "--checkpoint",
+                                    str(checkpoint), "--match", "sm*", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.glob("*.mat")) == ["small.mat"]
+    res = CliRunner().invoke(main, ["predict-tiles", str(input_dir), str(out), "--checkpoint",
+                                    str(checkpoint), "--match", "nothing*"])
+    assert res.exit_code != 0 and "matching nothing*" in res.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import click
@@ -20,8 +21,11 @@ SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 @click.option("--geojson", is_flag=True, help="Also write <stem>.geojson.gz (QuPath detections).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--match", "patterns", multiple=True, metavar="GLOB",
+              help="Only images whose file name matches (repeatable), e.g. --match 'train_3_*'.")
 def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: float | None,
-            overlay: bool, geojson: bool, device: str, batch_size: int) -> None:
+            overlay: bool, geojson: bool, device: str, batch_size: int,
+            patterns: tuple[str, ...]) -> None:
     """Segment and classify nuclei in every image of INPUT_DIR; write OUTPUT_DIR/<stem>.mat.
 
     Images of any size are tiled with overlap. Unreadable images are reported and skipped.
@@ -35,8 +39,13 @@ def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: flo
     from wsi_pipeline.tile_mode import segment_image, write_geojson, write_mat, write_overlay
 
     images = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if patterns:
+        images = [p for p in images if any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
     if not images:
-        raise click.ClickException(f"no images ({', '.join(SUFFIXES)}) in {input_dir}")
+        raise click.ClickException(
+            f"no images ({', '.join(SUFFIXES)}) in {input_dir}"
+            + (f" matching {' or '.join(patterns)}" if patterns else "")
+        )
     torch_device = resolve_device(device)
     try:
         model = load_checkpoint(checkpoint or default_checkpoint_path(), map_location="cpu")
