@@ -6,12 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# One intra-op thread per process: several test processes (Dask workers, CLI subprocesses) run
+# torch at once, and OpenMP threads that outnumber the cores spin-wait each other into
+# 10-50x slowdowns. Set before torch is imported so subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-# Tests share two cores with everything else: keep torch from oversubscribing them.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
