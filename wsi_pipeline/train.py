@@ -240,8 +240,9 @@ def train(
     train_ds = NucleusDataset(train_samples, Augmenter(cfg.augment), seed=cfg.seed)
     val_ds = NucleusDataset(val_samples, None)
     gen = torch.Generator()
-    loader_kw = {"num_workers": cfg.num_workers, "pin_memory": device.type == "cuda",
-                     "persistent_workers": cfg.num_workers > 0}
+    # Workers are NOT persistent: a persistent worker keeps the dataset copy it started with,
+    # so set_epoch would never reach it and every epoch would repeat one augmentation.
+    loader_kw = {"num_workers": cfg.num_workers, "pin_memory": device.type == "cuda"}
     train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, drop_last=True,
                               generator=gen, **loader_kw)
     val_loader = DataLoader(val_ds, cfg.batch_size, shuffle=False, **loader_kw) if val_samples else None
