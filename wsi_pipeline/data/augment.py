@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage as ndi
 from skimage.color import hed_from_rgb, rgb_from_hed
 
-from wsi_pipeline.data.validate import relabel_contiguous
+from wsi_pipeline.labels import relabel
 
 
 class AugmentConfig(BaseModel):
@@ -120,7 +120,7 @@ def warp_labels(
     mirrored = (cell > 0) & (inst > 0)
     if mirrored.any():
         inst = np.where(mirrored, inst + cell * (int(inst_map.max()) + 1), inst)
-        inst = relabel_contiguous(inst)
+        inst = relabel(inst)
     typ = None if type_map is None else type_map.reshape(-1)[idx]
     return inst.astype(np.int32, copy=False), typ
 

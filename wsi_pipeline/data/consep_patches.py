@@ -13,7 +13,8 @@ import scipy.io as sio
 from PIL import Image
 
 from wsi_pipeline.data.sample import Sample
-from wsi_pipeline.data.validate import OnError, instance_types, load_all, relabel_contiguous
+from wsi_pipeline.data.validate import OnError, instance_types, load_all
+from wsi_pipeline.labels import relabel
 
 CONSEP_CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
 CONSEP_MPP = 0.25
@@ -28,7 +29,7 @@ def group_of(name: str) -> str:
 def _load_patch(root: Path, image_path: Path) -> Sample:
     name = image_path.stem
     image = np.asarray(Image.open(image_path).convert("RGB"))
-    inst = relabel_contiguous(np.load(root / "inst" / f"{name}.npy"))
+    inst = relabel(np.load(root / "inst" / f"{name}.npy"))
     type_map = np.asarray(Image.open(root / "seg_mask" / f"{name}.png")).astype(np.int32)
     mat_path = root / "type_mat" / f"{name}.mat"
     if mat_path.exists() and type_map.shape == inst.shape:

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 
 from wsi_pipeline.data.sample import Sample
-from wsi_pipeline.data.validate import OnError, load_all, relabel_contiguous
+from wsi_pipeline.data.validate import OnError, load_all
+from wsi_pipeline.labels import relabel
 
 CPM15_CLASSES = ("background", "nucleus")
 _MAG = re.compile(r"^\s*(image\d+)\.png\s+(\d+)x", re.IGNORECASE | re.MULTILINE)
@@ -42,7 +43,7 @@ def _load(path: Path, mags: dict[str, int]) -> Sample:
     return Sample(
         name=path.stem,
         image=np.asarray(Image.open(path).convert("RGB")),
-        inst_map=relabel_contiguous(read_mask_txt(mask_path)),
+        inst_map=relabel(read_mask_txt(mask_path)),
         type_map=None,
         class_names=CPM15_CLASSES,
         mpp=10.0 / mag if mag else None,

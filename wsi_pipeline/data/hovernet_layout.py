@@ -11,7 +11,8 @@ from PIL import Image
 
 from wsi_pipeline.data.consep_patches import CONSEP_CLASSES
 from wsi_pipeline.data.sample import Sample
-from wsi_pipeline.data.validate import OnError, load_all, relabel_contiguous
+from wsi_pipeline.data.validate import OnError, load_all
+from wsi_pipeline.labels import relabel
 
 CONSEP_7_CLASSES = (
     "background",
@@ -37,7 +38,7 @@ def merge_consep_types(type_map: np.ndarray) -> np.ndarray:
 
 def _load(path: Path, labels: Path, merge: bool, class_names, mpp: float | None) -> Sample:
     mat = sio.loadmat(labels / f"{path.stem}.mat")
-    inst = relabel_contiguous(np.asarray(mat["inst_map"]))
+    inst = relabel(np.asarray(mat["inst_map"]))
     typ = np.asarray(mat["type_map"]).astype(np.int32) if "type_map" in mat else None
     if typ is not None and merge:
         typ = merge_consep_types(typ)

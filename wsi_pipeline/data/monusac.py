@@ -17,6 +17,7 @@ from skimage.draw import polygon
 
 from wsi_pipeline.data.sample import Sample
 from wsi_pipeline.data.validate import OnError, load_all
+from wsi_pipeline.labels import relabel
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,9 @@ def rasterise_monusac_xml(xml_path: Path, shape: tuple[int, int]) -> tuple[np.nd
             inst[rr, cc] = n
             typ[rr, cc] = class_id
     # A later region can cover an earlier one completely; drop the ids that vanished.
-    ids = np.unique(inst)
-    if ids.size - 1 != n:
-        log.debug("%s: %d region(s) fully covered by later ones", xml_path.name, n - ids.size + 1)
-        inst = np.searchsorted(ids, inst).astype(np.int32)
+    inst = relabel(inst)
+    if int(inst.max(initial=0)) != n:
+        log.debug("%s: %d region(s) fully covered by later ones", xml_path.name, n - int(inst.max()))
     return inst, typ
 
 

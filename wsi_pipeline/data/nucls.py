@@ -11,7 +11,8 @@ import yaml
 from PIL import Image
 
 from wsi_pipeline.data.sample import Sample
-from wsi_pipeline.data.validate import OnError, load_all, relabel_contiguous
+from wsi_pipeline.data.validate import OnError, load_all
+from wsi_pipeline.labels import relabel
 
 
 def read_label_map(path: Path) -> tuple[str, ...]:
@@ -29,7 +30,7 @@ def _load(path: Path, class_names: tuple[str, ...], mpp: float | None, split: st
     return Sample(
         name=path.stem,
         image=np.asarray(Image.open(path).convert("RGB")),
-        inst_map=relabel_contiguous(np.asarray(labels["inst_map"]).astype(np.int64)),
+        inst_map=relabel(np.asarray(labels["inst_map"]).astype(np.int64)),
         type_map=np.asarray(labels["type_map"]).astype(np.int32),
         class_names=class_names,
         mpp=mpp,

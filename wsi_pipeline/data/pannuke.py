@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from wsi_pipeline.data.sample import Sample
-from wsi_pipeline.data.validate import OnError, load_all, relabel_contiguous
+from wsi_pipeline.data.validate import OnError, load_all
+from wsi_pipeline.labels import relabel
 
 PANNUKE_CLASSES = ("background", "neoplastic", "inflammatory", "connective", "dead", "epithelial")
 
@@ -29,7 +30,7 @@ def pannuke_labels(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids = np.take_along_axis(per_class, channel[..., None], axis=-1)[..., 0]
     fg = ids > 0
     key = np.where(fg, channel * (int(per_class.max()) + 1) + ids, 0)
-    return relabel_contiguous(key), np.where(fg, channel + 1, 0).astype(np.int32)
+    return relabel(key), np.where(fg, channel + 1, 0).astype(np.int32)
 
 
 def read_pannuke(fold_dir: Path, *, mpp: float | None = 0.25, on_error: OnError = "fail") -> list[Sample]:

@@ -11,6 +11,7 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from wsi_pipeline.data.sample import Sample
+from wsi_pipeline.labels import relabel as relabel_contiguous  # noqa: F401  (public name, kept)
 
 log = logging.getLogger(__name__)
 
@@ -20,19 +21,6 @@ T = TypeVar("T")
 
 class SampleError(ValueError):
     """A sample whose files disagree with each other; the message starts with the file name."""
-
-
-def relabel_contiguous(inst_map: np.ndarray) -> np.ndarray:
-    """Map instance ids to 1..N in ascending order of the original ids (0 stays background)."""
-    inst_map = np.asarray(inst_map)
-    ids = np.unique(inst_map)
-    if ids.size and ids[0] < 0:
-        raise ValueError("instance ids must be >= 0")
-    ids = ids[ids != 0]
-    if ids.size == 0 or ids[-1] == ids.size:
-        return inst_map.astype(np.int32, copy=False)
-    lut_keys = np.concatenate([[0], ids])
-    return np.searchsorted(lut_keys, inst_map).astype(np.int32)
 
 
 def instance_types(inst_map: np.ndarray, type_map: np.ndarray) -> np.ndarray:

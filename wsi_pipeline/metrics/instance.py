@@ -18,25 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from wsi_pipeline.labels import relabel as remap_labels  # public name of this module, kept
+
 # The reference adds this to the union before dividing in AJI/AJI+; keeping it makes the
 # argmax / Hungarian tie-breaking identical.
 _AJI_EPS = 1.0e-6
-
-
-def remap_labels(inst_map: np.ndarray) -> np.ndarray:
-    """Renumber ids to 1..N keeping their order (0 stays background)."""
-    inst_map = np.asarray(inst_map)
-    if inst_map.size and inst_map.min() < 0:
-        raise ValueError("instance ids must be non-negative")
-    top = int(inst_map.max(initial=0))
-    if top <= 4 * inst_map.size:  # dense enough for a lookup table: no sort of every pixel
-        present = np.bincount(inst_map.ravel().astype(np.int64), minlength=1) > 0
-        present[0] = False
-        lut = np.cumsum(present).astype(np.int32)
-        return lut[inst_map]
-    ids = np.unique(inst_map)
-    ids = ids[ids != 0]
-    return np.where(inst_map > 0, np.searchsorted(ids, inst_map) + 1, 0).astype(np.int32)
 
 
 @dataclass(frozen=True)

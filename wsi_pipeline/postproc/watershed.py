@@ -22,6 +22,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import h_maxima, remove_small_objects
 from skimage.segmentation import watershed
 
+from wsi_pipeline.labels import relabel
 from wsi_pipeline.postproc.config import PostprocConfig
 from wsi_pipeline.postproc.edges import hv_edges
 from wsi_pipeline.postproc.merge import merge_groups
@@ -44,13 +45,9 @@ class SegmentationResult:
 
 
 def relabel_sequential(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Ids → 1..N keeping their order; returns (map, N). Labels are non-negative and dense
-    (watershed output), so a bincount lookup table beats sorting every pixel."""
-    present = np.bincount(labels.ravel()) > 0
-    present[0] = False
-    lut = np.cumsum(present).astype(np.int32)
-    lut[0] = 0
-    return lut[labels], int(lut[-1])
+    """Ids → 1..N keeping their order; returns (map, N)."""
+    labels = relabel(labels)
+    return labels, int(labels.max(initial=0))
 
 
 def drop_small(labels: np.ndarray, min_px: int) -> np.ndarray:
