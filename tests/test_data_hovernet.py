@@ -48,3 +48,10 @@ def test_inconsistent_sample_named(tmp_path: Path) -> None:
     with pytest.raises(SampleError, match=r"bad_one\.png.*disagrees"):
         read_hovernet(tmp_path)
     assert [s.name for s in read_hovernet(tmp_path, on_error="skip")] == ["good"]
+
+
+def test_missing_inst_map_names_the_label_file(tmp_path: Path) -> None:
+    image, _inst, typ = disc_labels()
+    _write(tmp_path, "no_inst", image, {"type_map": typ})
+    with pytest.raises(SampleError, match=r"no_inst\.mat: no 'inst_map'"):
+        read_hovernet(tmp_path)

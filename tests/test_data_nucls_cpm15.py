@@ -46,3 +46,13 @@ def test_cpm15_mask_order_and_bad_size(tmp_path: Path) -> None:
         read_cpm15(tmp_path)
     (s,) = read_cpm15(tmp_path, on_error="skip")
     assert s.name == "image01" and s.mpp is None and s.image.shape == (3, 5, 3)
+
+
+def test_nucls_missing_inst_map_names_the_label_file(tmp_path: Path) -> None:
+    (tmp_path / "label_map.yaml").write_text("1: Tumor\n")
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    (tmp_path / "train" / "labels").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / "images" / "a.png")
+    np.save(tmp_path / "train" / "labels" / "a.npy", np.array({"type_map": np.zeros((8, 8))}))
+    with pytest.raises(SampleError, match=r"a\.npy: no 'inst_map'"):
+        read_nucls(tmp_path, splits=("train",))

@@ -8,9 +8,9 @@ import torch
 from skimage.draw import disk
 
 from wsi_pipeline.config import ConfigError, load_config
-from wsi_pipeline.data import Sample
+from wsi_pipeline.data import Sample, SampleError, write_common
 from wsi_pipeline.model import load_checkpoint
-from wsi_pipeline.train import class_counts, train
+from wsi_pipeline.train import class_counts, load_samples, train
 from wsi_pipeline.train_config import TrainConfig
 
 NAMES = ("background", "round", "small")
@@ -88,3 +88,13 @@ def test_config_errors_name_key_and_file(tmp_path):
         load_config(bad, TrainConfig)
     text = str(err.value)
     assert "bad.yaml" in text and "epochs:" in text and "optim.warmup: unknown key" in text
+
+
+def test_common_format_honours_on_error(tmp_path):
+    write_common([_sample(i) for i in range(3)], tmp_path / "data")
+    np.savez_compressed(tmp_path / "data" / "labels" / "s1.npz", inst_map=np.zeros((8, 8), np.int32))
+    data = {"format": "common", "root": str(tmp_path / "data"), "val_fraction": 0.0}
+    with pytest.raises(SampleError, match="s1"):
+        load_samples(_cfg(tmp_path, data=data))
+    train_set, _ = load_samples(_cfg(tmp_path, data={**data, "on_error": "skip"}))
+    assert [s.name for s in train_set] == ["s0", "s2"]

@@ -79,7 +79,7 @@ def load_samples(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     else:
         from wsi_pipeline.data import read_common
 
-        samples = read_common(root)
+        samples = read_common(root, on_error=cfg.data.on_error)
     if not samples:
         raise ValueError(f"{root}: no training samples found")
     return split_by_group(samples, cfg.data.val_fraction, cfg.data.split_seed)

@@ -37,7 +37,10 @@ def merge_consep_types(type_map: np.ndarray) -> np.ndarray:
 
 
 def _load(path: Path, labels: Path, merge: bool, class_names, mpp: float | None) -> Sample:
-    mat = sio.loadmat(labels / f"{path.stem}.mat")
+    label_path = labels / f"{path.stem}.mat"
+    mat = sio.loadmat(label_path)
+    if "inst_map" not in mat:
+        raise ValueError(f"{label_path.name}: no 'inst_map' array")
     inst = relabel(np.asarray(mat["inst_map"]))
     typ = np.asarray(mat["type_map"]).astype(np.int32) if "type_map" in mat else None
     if typ is not None and merge:

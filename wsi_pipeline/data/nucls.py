@@ -27,6 +27,9 @@ def _load(path: Path, class_names: tuple[str, ...], mpp: float | None, split: st
     label_path = path.parent.parent / "labels" / f"{path.stem}.npy"
     # These label files are pickles by format: only load datasets you trust.
     labels = np.load(label_path, allow_pickle=True).item()
+    missing = [k for k in ("inst_map", "type_map") if not isinstance(labels, dict) or k not in labels]
+    if missing:
+        raise ValueError(f"{label_path.name}: no {' or '.join(repr(k) for k in missing)}")
     return Sample(
         name=path.stem,
         image=np.asarray(Image.open(path).convert("RGB")),
