@@ -10,7 +10,7 @@ from skimage.draw import disk
 from wsi_pipeline.config import ConfigError, load_config
 from wsi_pipeline.data import Sample, SampleError, write_common
 from wsi_pipeline.model import load_checkpoint
-from wsi_pipeline.train import class_counts, load_samples, train
+from wsi_pipeline.train import class_counts, cost_matrix, load_samples, train
 from wsi_pipeline.train_config import TrainConfig
 
 NAMES = ("background", "round", "small")
@@ -79,6 +79,14 @@ def test_class_counts_pixels_and_instances():
     assert pixels.sum() == 64 * 64
     inst = class_counts([s], 3, "instances")
     assert inst[1:].sum() == len(np.unique(s.inst_map)) - 1
+    assert inst[0] == inst[1:].max()
+
+
+def test_instance_mode_background_gets_the_smallest_cost(tmp_path):
+    samples = [_sample(i) for i in range(4)]
+    w, info = cost_matrix(_cfg(tmp_path, cost={"counts": "instances"}), samples)
+    assert info["counts"][0] == max(info["counts"][1:])
+    assert w[0, 1] == w[1:, 0].min() and w[0, 1] < w.max()
 
 
 def test_config_errors_name_key_and_file(tmp_path):

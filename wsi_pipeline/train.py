@@ -40,7 +40,12 @@ class TrainResult:
 
 
 def class_counts(samples: list[Sample], n_types: int, mode: str) -> np.ndarray:
-    """Pixels (or instances) per class over the training set, class 0 = background."""
+    """Pixels (or instances) per class over the training set, class 0 = background.
+
+    Background is not made of instances, so in "instances" mode its count is set to that of the
+    most frequent nucleus class: it then gets the smallest cost, as in "pixels" mode, instead of
+    counting once per image and becoming the "rarest", most expensive class.
+    """
     counts = np.zeros(n_types, dtype=np.float64)
     for s in samples:
         if s.type_map is None:
@@ -51,7 +56,8 @@ def class_counts(samples: list[Sample], n_types: int, mode: str) -> np.ndarray:
             ids, first = np.unique(s.inst_map, return_index=True)
             types = s.type_map.ravel()[first[ids > 0]]
             counts += np.bincount(types, minlength=n_types)[:n_types]
-            counts[0] += int((s.inst_map == 0).any())
+    if mode == "instances":
+        counts[0] = counts[1:].max(initial=0)
     return counts
 
 
