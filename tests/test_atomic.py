@@ -61,6 +61,11 @@ def test_final_file_gets_umask_permissions_not_private(tmp_path):
     assert stat.S_IMODE((tmp_path / "p.txt").stat().st_mode) == 0o644
 
 
+def test_missing_folder_is_created(tmp_path):
+    write_bytes_atomic(tmp_path / "a" / "b" / "c.bin", b"x")
+    assert (tmp_path / "a" / "b" / "c.bin").read_bytes() == b"x"
+
+
 def test_temp_names_do_not_collide(tmp_path):
     target = tmp_path / "same.txt"
     with atomic_path(target) as a, atomic_path(target) as b:

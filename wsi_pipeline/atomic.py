@@ -27,12 +27,14 @@ def _temp_name(path: Path) -> Path:
 def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it over `path`, on error delete it.
 
-    The caller writes the whole file to the yielded path with whatever writer it likes. Writers
+    The caller writes the whole file to the yielded path with whatever writer it likes (the folder
+    of `path` is created if missing). Writers
     that pick a format from the file suffix must be told the format explicitly (the temp name ends
     in .tmp). `fsync=True` flushes the data to disk before the rename, for markers whose presence
     must imply their content survived a power loss.
     """
     final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(final)
     try:
         yield tmp
