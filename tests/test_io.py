@@ -72,15 +72,26 @@ def test_synthetic_pyramid_opens_in_openslide_and_reads_best_level(tmp_path):
 
 
 def test_resampling_geometry_on_a_ramp():
-    """Map pixel c covers level-0 [x0 + c*s, x0 + (c+1)*s): its centre value is known on a ramp."""
-    w = 400
-    ramp = np.tile(np.arange(w, dtype=np.float64)[None, :, None] * 0.5, (50, 1, 3)).astype(np.uint8)
+    """Map pixel c covers level-0 [x0 + c*s, x0 + (c+1)*s): its centre value is known on a ramp.
+
+    Level-0 pixel i holds 2*i exactly, so the resampled value at a point is twice its level-0
+    pixel coordinate (interpolation is exact on a linear ramp) up to uint8 rounding. Averaged
+    over sub-pixel phases of x0 the rounding cancels, so a centre half a pixel off at either
+    resolution (a systematic shift of >= 0.25 level-0 px, i.e. >= 0.5 in value) fails.
+    """
+    w = 128
+    ramp = np.tile((2 * np.arange(w))[None, :, None], (50, 1, 3)).astype(np.uint8)
     slide = PlainImageSlide("ramp.png", mpp=0.5, pixels=ramp)
-    for target, x0 in [(0.25, 100.0), (0.25, 100.3), (1.0, 37.0), (0.4, 55.5)]:
+    for target, n in [(0.25, 100), (0.4, 100), (1.0, 50), (2.0, 25)]:
         s = target / 0.5
-        out = slide.read_region_at_mpp(x0, 10, (100, 4), target)
-        centres = x0 + (np.arange(100) + 0.5) * s - 0.5  # level-0 pixel coordinate of each centre
-        np.testing.assert_allclose(out[2, :, 0], centres * 0.5, atol=1.01)
+        errors = []
+        for x0 in 7.0 + (np.arange(8) + 0.5) / 8:  # no rounding ties
+            out = slide.read_region_at_mpp(x0, 10, (n, 4), target)[2, 2:-2, 0].astype(float)
+            centres = x0 + (np.arange(n) + 0.5) * s - 0.5  # level-0 pixel coordinate of each centre
+            errors.append(out - 2 * centres[2:-2])
+        err = np.concatenate(errors)
+        assert np.abs(err).max() <= 0.51, (target, err)
+        assert abs(err.mean()) < 0.1, (target, err.mean())
 
 
 def test_plain_image_needs_mpp_and_reads_white_outside(tmp_path):

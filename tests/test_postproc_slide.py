@@ -9,12 +9,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import shapely
+import zarr
+from scipy.spatial import cKDTree
 from maps_synth import CLASSES, consep_mosaic, oracle_maps, write_maps_zarr
 
 from wsi_pipeline.postproc import PostprocConfig
 from wsi_pipeline.postproc.chunks import ChunkingConfig
 from wsi_pipeline.postproc.slide import postprocess_slide
 
+SCALE = 0.5  # level-0 px per map px in write_maps_zarr's attrs
+ORIGIN = (SCALE - 1) / 2  # as infer_slide writes it: level-0 coordinate of map pixel 0's centre
 REQUIRED = [
     "nucleus_id", "x", "y", "x_um", "y_um", "area_um2", "perimeter_um", "eccentricity",
     "solidity", "type_id", "type_name", "type_prob",
@@ -38,14 +42,16 @@ def mosaic_runs(shared_data, tmp_path_factory):
     out = {}
     for chunk in (512, 2048):
         maps_path = write_maps_zarr(tmp / f"maps{chunk}.zarr", maps, chunk)
+        zarr.open_group(str(maps_path), mode="r+").attrs["origin"] = [ORIGIN, ORIGIN]
         res = postprocess_slide(maps_path, tmp / f"nuclei{chunk}.parquet", PostprocConfig(),
                                 progress=False)
         out[chunk] = (res, gpd.read_parquet(res.out_path))
-    return out, int(np.unique(inst).size - 1)
+    return out, inst
 
 
 def test_nuclei_do_not_depend_on_chunk_size(mosaic_runs):
-    runs, n_true = mosaic_runs
+    runs, inst = mosaic_runs
+    n_true = int(np.unique(inst).size - 1)
     (res_s, small), (res_l, large) = runs[512], runs[2048]
     assert res_s.n_chunks == 16 and res_l.n_chunks == 1
     assert res_s.n_edge_cut == 0
@@ -67,14 +73,24 @@ def test_no_two_nuclei_in_one_table_overlap(mosaic_runs):
 
 
 def test_geoparquet_columns_metadata_and_coordinates(mosaic_runs):
-    runs, _ = mosaic_runs
+    runs, inst = mosaic_runs
     res, table = runs[512]
     assert list(table.columns) == REQUIRED
     assert isinstance(table, gpd.GeoDataFrame) and table.geometry.name == "geometry"
     assert table.geometry.geom_type.eq("Polygon").all() and table.geometry.is_valid.all()
     # Centroid columns agree with the polygons (level-0 px) and with µm via slide mpp (0.5).
     cent = table.geometry.centroid
-    assert np.median(np.hypot(cent.x - table.x, cent.y - table.y)) < 0.5
+    assert np.median(np.hypot(cent.x - table.x, cent.y - table.y)) < 0.05
+    # ... and with the oracle nuclei's own centroids, placed as infer_slide's origin says: map
+    # pixel c's centre is level-0 pixel coordinate ORIGIN + c * SCALE. Dropping the origin, or
+    # any other half-pixel slip at either resolution, moves every centroid by >= 0.25 level-0 px.
+    ids = inst.ravel()
+    n = np.bincount(ids)
+    rows, cols = np.indices(inst.shape)
+    true_rc = np.stack([np.bincount(ids, rows.ravel()), np.bincount(ids, cols.ravel())], 1)[1:]
+    true_xy = ORIGIN + SCALE * true_rc[n[1:] > 0][:, ::-1] / n[1:][n[1:] > 0, None]
+    dist, _ = cKDTree(true_xy).query(table[["x", "y"]].to_numpy())
+    assert np.median(dist) < 0.02
     assert np.allclose(table.x_um, table.x * 0.5) and np.allclose(table.y_um, table.y * 0.5)
     probs = table[[f"prob_{c}" for c in CLASSES]].to_numpy()
     assert np.allclose(probs.sum(axis=1), 1.0, atol=0.02)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import zarr
 from maps_synth import disc_instances, oracle_maps, write_maps_zarr
 
 from wsi_pipeline.postproc import PostprocConfig
@@ -69,6 +70,10 @@ def test_seam_and_corner_nuclei_counted_once_through_segmentation(tmp_path, chun
     inst = disc_instances((256, 256), centres, radius=12)
     types = np.where(inst > 0, 3, 0).astype(np.uint8)
     maps_path = write_maps_zarr(tmp_path / "maps.zarr", oracle_maps(inst, types), chunk)
+    # As infer_slide writes it: level-0 pixel coordinate of map pixel (0, 0)'s centre.
+    scale = 0.5
+    origin = (scale - 1) / 2
+    zarr.open_group(str(maps_path), mode="r+").attrs["origin"] = [origin, origin]
     res = postprocess_slide(
         maps_path, tmp_path / "nuclei.parquet", PostprocConfig(), progress=False,
         chunking=ChunkingConfig(halo_um=10.0),
@@ -76,7 +81,10 @@ def test_seam_and_corner_nuclei_counted_once_through_segmentation(tmp_path, chun
     table = pq.read_table(tmp_path / "nuclei.parquet").to_pandas()
     assert res.n_nuclei == len(centres) == len(table)
     assert res.n_edge_cut == 0
-    # Level-0 centroid = map centroid * scale (0.5), one per disc.
-    got = sorted(map(tuple, np.round(table[["y", "x"]].to_numpy() / 0.5, 2)))
-    assert got == sorted((float(r), float(c)) for r, c in centres)
+    # Level-0 centroid = origin + map centroid * scale, one per disc: the map pixel centre
+    # (c + 0.5) * scale in continuous level-0 coordinates, i.e. pixel coordinate
+    # c * scale + (scale - 1) / 2 (a quarter level-0 pixel from c * scale at this scale).
+    got = np.array(sorted(map(tuple, table[["y", "x"]].to_numpy())))
+    want = np.array(sorted((origin + r * scale, origin + c * scale) for r, c in centres))
+    np.testing.assert_allclose(got, want, atol=0.01)
     assert table["nucleus_id"].is_unique

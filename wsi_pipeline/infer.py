@@ -57,6 +57,15 @@ class _Geometry:
     grid: TileGrid
     plan: Schedule
 
+    @property
+    def origin(self) -> float:
+        """Level-0 pixel coordinate (centres at integers) of map pixel 0's centre, per axis.
+
+        Map pixel c covers level-0 [c*s, (c+1)*s) (see `Slide.read_region_at_mpp`), so its
+        centre is the point (c + 0.5)*s, i.e. pixel coordinate c*s + (s - 1)/2.
+        """
+        return (self.scale - 1.0) / 2.0
+
 
 def infer_slide(slide: Slide, out_dir: Path, cfg: InferConfig, model: LoadedModel,
                 progress: bool = True) -> InferResult:
@@ -125,7 +134,7 @@ def _attributes(slide: Slide, geo: _Geometry, cfg: InferConfig, model: LoadedMod
         "mpp": geo.model_mpp,
         "slide_mpp": geo.slide_mpp,
         "scale": geo.scale,
-        "origin": [0.0, 0.0],
+        "origin": [geo.origin, geo.origin],
         "level0_size": list(slide.dimensions),
         "map_size": [geo.grid.width, geo.grid.height],
         "class_names": list(model.class_names),
