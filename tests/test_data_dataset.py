@@ -1,8 +1,9 @@
+import numpy as np
 import torch
 from data_fixtures import disc_labels
 
 from wsi_pipeline.data.augment import Augmenter
-from wsi_pipeline.data.dataset import NucleusDataset
+from wsi_pipeline.data.dataset import NucleusDataset, fit_patch
 from wsi_pipeline.data.sample import Sample
 from wsi_pipeline.data.validate import relabel_contiguous
 
@@ -41,3 +42,46 @@ def test_augmentation_reproducible_per_epoch() -> None:
     ds.set_epoch(1)
     other = [ds[i]["inst"] for i in range(8)]
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_fit_patch_pads_image_by_reflection_and_labels_with_background() -> None:
+    image, inst, typ = disc_labels(size=40)
+    img, ins, ty = fit_patch(image[:, :30], inst[:, :30], typ[:, :30], 64, None)
+    assert img.shape == (64, 64, 3) and ins.shape == ty.shape == (64, 64)
+    # rows: 12 above / 12 below; columns: 17 left / 17 right
+    np.testing.assert_array_equal(ins[12:52, 17:47], inst[:, :30])
+    assert not ins[:12].any() and not ins[:, :17].any() and not ty[52:].any()
+    np.testing.assert_array_equal(img[12:52, 16], image[:, 1])  # reflected, not constant
+
+
+def test_fit_patch_centre_and_random_crops() -> None:
+    image, inst, typ = disc_labels(size=64)
+    img, ins, _ = fit_patch(image, inst, typ, 32, None)
+    np.testing.assert_array_equal(img, image[16:48, 16:48])
+    np.testing.assert_array_equal(ins, inst[16:48, 16:48])
+    offsets = set()
+    for seed in range(8):
+        _, ins, _ = fit_patch(image, inst, None, 32, np.random.default_rng(seed))
+        assert ins.shape == (32, 32)
+        offsets.add(ins.tobytes())
+    assert len(offsets) > 1
+
+
+def test_patch_size_items_of_any_image_size() -> None:
+    image, inst, typ = disc_labels(size=96)
+    big = Sample("big", image[:, :80], relabel_contiguous(inst[:, :80]), typ[:, :80],
+                 ("background", "a", "b", "c"), 0.25)
+    for aug, crop in ((Augmenter(), "random"), (None, "center")):
+        ds = NucleusDataset([big, _sample()], aug, seed=3, patch_size=64, crop=crop)
+        items = [ds[i] for i in range(2)]
+        assert all(it["image"].shape == (3, 64, 64) and it["hv"].shape == (2, 64, 64) for it in items)
+        assert all(torch.equal(it["ns"], (it["inst"] > 0).long()) for it in items)
+
+
+def test_fitting_patches_keep_their_augmentation_stream() -> None:
+    """patch_size == image size draws nothing: runs resumed across the change see the same data."""
+    plain = NucleusDataset([_sample()] * 3, Augmenter(), seed=2)
+    fitted = NucleusDataset([_sample()] * 3, Augmenter(), seed=2, patch_size=64)
+    for ds in (plain, fitted):
+        ds.set_epoch(4)
+    assert all(torch.equal(plain[i]["image"], fitted[i]["image"]) for i in range(3))

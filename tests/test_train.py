@@ -16,18 +16,18 @@ from wsi_pipeline.train_config import TrainConfig
 NAMES = ("background", "round", "small")
 
 
-def _sample(seed: int) -> Sample:
+def _sample(seed: int, shape: tuple[int, int] = (64, 64), mpp: float | None = 0.25) -> Sample:
     rng = np.random.default_rng(seed)
-    inst = np.zeros((64, 64), np.int32)
-    typ = np.zeros((64, 64), np.int32)
-    image = np.full((64, 64, 3), 230, np.uint8)
+    inst = np.zeros(shape, np.int32)
+    typ = np.zeros(shape, np.int32)
+    image = np.full((*shape, 3), 230, np.uint8)
     for i in range(1, 6):
-        r, c, rad = rng.integers(10, 54), rng.integers(10, 54), rng.integers(4, 8)
+        r, c, rad = rng.integers(10, shape[0] - 10), rng.integers(10, shape[1] - 10), rng.integers(4, 8)
         rr, cc = disk((r, c), rad, shape=inst.shape)
         inst[rr, cc] = i
         typ[rr, cc] = 1 if rad > 5 else 2
         image[rr, cc] = (80, 40, 140) if rad > 5 else (120, 60, 160)
-    return Sample(f"s{seed}", image, inst, typ, NAMES, 0.25, group=f"g{seed}")
+    return Sample(f"s{seed}", image, inst, typ, NAMES, mpp, group=f"g{seed}")
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:
@@ -37,6 +37,7 @@ def _cfg(tmp_path, **kw) -> TrainConfig:
         "batch_size": 2,
         "num_workers": 0,
         "amp": False,
+        "patch_size": 64,
         "model": {"n_types": 3, "encoder": "resnet18", "width": 8},
         "optim": {"lr": 3e-3, "schedule": "constant"},
         "augment": {"p_affine": 0.0, "p_hed": 0.0, "p_color": 0.0, "p_blur": 0.0},
@@ -106,3 +107,24 @@ def test_common_format_honours_on_error(tmp_path):
         load_samples(_cfg(tmp_path, data=data))
     train_set, _ = load_samples(_cfg(tmp_path, data={**data, "on_error": "skip"}))
     assert [s.name for s in train_set] == ["s0", "s2"]
+
+
+def test_images_of_any_size_train_and_validate(tmp_path):
+    train_set = [_sample(0, (96, 80)), _sample(1, (48, 64)), _sample(2, (64, 64), mpp=None)]
+    val_set = [_sample(9, (72, 100)), _sample(8, (40, 50))]
+    result = train(_cfg(tmp_path, epochs=1, val_every=1), samples=(train_set, val_set), progress=False)
+    row = result.history[0]
+    assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])
+    assert "val_pq" in row and "val_dice" in row
+
+
+def test_sample_at_another_mpp_is_refused_by_name(tmp_path):
+    data = ([_sample(0), _sample(1, mpp=0.5)], [_sample(9, mpp=0.26)])
+    with pytest.raises(ValueError, match=r"s1 .*mpp 0.5 differs .* 0.25"):
+        train(_cfg(tmp_path), samples=data, progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_patch_size_must_be_a_multiple_of_32(tmp_path):
+    with pytest.raises(ValueError, match="multiple"):
+        _cfg(tmp_path, patch_size=100)

@@ -8,9 +8,9 @@ to continue), `best.pt` (weights of the best validation epoch), `history.csv` an
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from wsi_pipeline.atomic import atomic_path, write_text_atomic
 from wsi_pipeline.data import Augmenter, NucleusDataset, Sample, read_consep_patches, split_by_group
 from wsi_pipeline.metrics import DatasetEvaluator, Instances
 from wsi_pipeline.model import MultiTaskNet, save_checkpoint
 from wsi_pipeline.model.losses import cost_matrix_from_counts, multitask_loss
-from wsi_pipeline.model.predict import autocast_dtype, predict_batch, resolve_device
+from wsi_pipeline.model.predict import autocast_dtype, resolve_device
 from wsi_pipeline.postproc import segment_instances
+from wsi_pipeline.tiled import predict_tiled
 from wsi_pipeline.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,18 @@ def load_samples(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     return split_by_group(samples, cfg.data.val_fraction, cfg.data.split_seed)
 
 
+def check_mpp(samples: list[Sample], mpp: float, tolerance: float = 0.05) -> None:
+    """Refuse samples whose pixel size is off by more than `tolerance` (relative): a network
+    trained at mixed scales learns the wrong nucleus sizes. mpp None = trust the config."""
+    for s in samples:
+        if s.mpp is not None and abs(s.mpp - mpp) > tolerance * mpp:
+            source = s.meta.get("source", s.name)
+            raise ValueError(
+                f"sample {s.name} ({source}): mpp {s.mpp:g} differs from the configured mpp {mpp:g} "
+                f"by more than {tolerance:.0%}; resample the data or set mpp to match"
+            )
+
+
 def _selection_score(row: dict) -> float:
     """Best epoch = highest mean of validation PQ and mPQ (segmentation and typing count
     equally); without validation, lowest training loss."""
@@ -123,9 +137,16 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
     return out
 
 
+def _val_tiling(patch_size: int) -> tuple[int, int]:
+    """Validation tiles: every output pixel comes from a patch_size crop with 32 px of real (or
+    reflected) context around it, as in tiled inference; a patch_size image is one tile."""
+    return patch_size + 64, patch_size
+
+
 def _validate(net, loader, device, amp, cw, cfg, samples: list[Sample]) -> dict[str, float]:
-    """Validation loss terms, plus the scores users care about (PQ, mPQ, F_d, F_c per type)
-    from the full prediction path: network -> two-step watershed -> instance metrics."""
+    """Validation loss terms (on centre crops), plus the scores users care about (PQ, mPQ, F_d,
+    F_c per type) on whole images of any size from the full prediction path: tiled network ->
+    two-step watershed -> instance metrics."""
     net.eval()
     sums: dict[str, float] = {}
     n = 0
@@ -139,16 +160,16 @@ def _validate(net, loader, device, amp, cw, cfg, samples: list[Sample]) -> dict[
             n += k
     row = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
     evaluator = DatasetEvaluator(type_ids=list(range(1, cfg.model.n_types)), mpp=cfg.mpp)
-    for start in range(0, len(samples), cfg.batch_size):
-        chunk = samples[start : start + cfg.batch_size]
-        maps = predict_batch(net, np.stack([s.image for s in chunk]), device)
-        for i, s in enumerate(chunk):
-            seg = segment_instances(maps["ns"][i], maps["hv"][i], maps["nc"][i], mpp=cfg.mpp)
-            true_types = None
-            if s.type_map is not None:
-                ids, first = np.unique(s.inst_map, return_index=True)
-                true_types = s.type_map.ravel()[first[ids > 0]]
-            evaluator.add(s.name, Instances(s.inst_map, true_types), Instances(seg.inst_map, seg.types))
+    tile, stride = _val_tiling(cfg.patch_size)
+    for s in samples:
+        maps = predict_tiled(net, s.image, tile=tile, stride=stride, batch_size=cfg.batch_size,
+                             device=device)
+        seg = segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=cfg.mpp)
+        true_types = None
+        if s.type_map is not None:
+            ids, first = np.unique(s.inst_map, return_index=True)
+            true_types = s.type_map.ravel()[first[ids > 0]]
+        evaluator.add(s.name, Instances(s.inst_map, true_types), Instances(seg.inst_map, seg.types))
     summary = evaluator.summary()
     keys = ["dice", "aji", "pq", "mpq", "f_d"] + [k for k in summary if k.startswith(("f_c_", "pq_"))]
     row.update({f"val_{k}": float(summary[k]) for k in keys if k in summary})
@@ -159,12 +180,11 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
     if not history:
         return
     keys = list(dict.fromkeys(k for row in history for k in row))
-    tmp = run_dir / ".history.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, run_dir / "history.csv")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomic(run_dir / "history.csv", text.getvalue())
     _plot_curves(run_dir, history)
 
 
@@ -190,10 +210,11 @@ def _plot_curves(run_dir: Path, history: list[dict]) -> None:
         axes[1].set_title("validation")
         axes[1].legend()
     fig.tight_layout()
-    tmp = run_dir / ".curves.png.tmp.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, run_dir / "curves.png")
+    try:
+        with atomic_path(run_dir / "curves.png") as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
+    finally:
+        plt.close(fig)
 
 
 def train(
@@ -215,6 +236,7 @@ def train(
     torch.manual_seed(cfg.seed)
 
     train_samples, val_samples = samples if samples is not None else load_samples(cfg)
+    check_mpp(train_samples + val_samples, cfg.mpp)
     class_names = train_samples[0].class_names
     if len(class_names) != cfg.model.n_types:
         raise ValueError(
@@ -243,8 +265,9 @@ def train(
         best = tuple(state["train_state"]["best"])
         log.info("resumed from %s at epoch %d", last_path, start_epoch)
 
-    train_ds = NucleusDataset(train_samples, Augmenter(cfg.augment), seed=cfg.seed)
-    val_ds = NucleusDataset(val_samples, None)
+    train_ds = NucleusDataset(train_samples, Augmenter(cfg.augment), seed=cfg.seed,
+                              patch_size=cfg.patch_size, crop="random")
+    val_ds = NucleusDataset(val_samples, None, patch_size=cfg.patch_size, crop="center")
     gen = torch.Generator()
     # Workers are NOT persistent: a persistent worker keeps the dataset copy it started with,
     # so set_epoch would never reach it and every epoch would repeat one augmentation.

@@ -56,7 +56,15 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="bf16 autocast on capable CPUs, fp16/bf16 on CUDA.")
     channels_last: bool = True
-    mpp: float = Field(0.25, gt=0, description="Pixel size of the training data (µm/px).")
+    mpp: float = Field(
+        0.25, gt=0,
+        description="Pixel size of the training data (µm/px); samples more than 5 % off are refused.",
+    )
+    patch_size: int = Field(
+        256, ge=32, multiple_of=32,
+        description="Training crops are patch_size² (random crop; smaller images padded). "
+        "Validation scores use whole images, tiled; the validation loss uses centre crops.",
+    )
     val_every: int = Field(1, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1, description="For smoke tests.")
     model: ModelConfig = ModelConfig()
