@@ -7,6 +7,7 @@ import pytest
 import torch
 from skimage.draw import disk
 
+import wsi_pipeline.train as train_module
 from wsi_pipeline.config import ConfigError, load_config
 from wsi_pipeline.data import Sample, SampleError, write_common
 from wsi_pipeline.model import load_checkpoint
@@ -128,3 +129,27 @@ def test_sample_at_another_mpp_is_refused_by_name(tmp_path):
 def test_patch_size_must_be_a_multiple_of_32(tmp_path):
     with pytest.raises(ValueError, match="multiple"):
         _cfg(tmp_path, patch_size=100)
+
+
+def test_resume_through_worker_process_changes_augmentation_each_epoch(tmp_path, monkeypatch):
+    """The default DataLoader path (one worker process, not persistent): every epoch gets new
+    augmentation, and a resumed run gets the same per-epoch batches as a straight one."""
+    seen: list[torch.Tensor] = []
+    real_loss = train_module.multitask_loss
+
+    def recording_loss(out, batch, *args):
+        if torch.is_grad_enabled():  # training steps only, not validation
+            seen.append(batch["image"].detach().clone())
+        return real_loss(out, batch, *args)
+
+    monkeypatch.setattr(train_module, "multitask_loss", recording_loss)
+    augment = {"p_affine": 1.0, "p_hed": 1.0, "p_color": 0.0, "p_blur": 0.0}
+    data = ([_sample(0)], [])
+    kw = {"batch_size": 1, "num_workers": 1, "augment": augment, "model": {"n_types": 3, "width": 8}}
+    train(_cfg(tmp_path / "a", epochs=2, **kw), samples=data, progress=False)
+    straight, seen[:] = list(seen), []
+    train(_cfg(tmp_path / "b", epochs=1, **kw), samples=data, progress=False)
+    train(_cfg(tmp_path / "b", epochs=2, **kw), samples=data, progress=False)
+    assert len(straight) == len(seen) == 2
+    assert not torch.equal(straight[0], straight[1]), "augmentation frozen across epochs"
+    assert torch.equal(straight[0], seen[0]) and torch.equal(straight[1], seen[1])
