@@ -95,6 +95,7 @@ def infer_slide(slide: Slide, out_dir: Path, cfg: InferConfig, model: LoadedMode
     if partial.exists():
         shutil.rmtree(partial)
     group = _create_maps(partial, geo, cfg, model)
+    _write_tissue(group, tissue.mask, tissue.mpp, cfg)
     if len(plan):
         timings.update(_run_pipeline(slide, group, geo, cfg, model, progress))
     group.attrs.update(_attributes(slide, geo, cfg, model, tissue.mm2))
@@ -125,6 +126,16 @@ def _create_maps(path: Path, geo: _Geometry, cfg: InferConfig, model: LoadedMode
     create("nc", (n_types, h, w), (n_types, c, c), "uint8", "noshuffle", 0)
     create("inferred", (h, w), (c, c), "bool", "noshuffle", False)
     return group
+
+
+def _write_tissue(group: zarr.Group, mask: np.ndarray, mpp: float, cfg: InferConfig) -> None:
+    """The tissue mask that chose the tiles (dilated, at `tissue_mpp`), kept with the maps so
+    later stages and viewers need not re-detect it or trust tissue.png to still match."""
+    codec = BloscCodec(cname="zstd", clevel=cfg.compression_level, shuffle="noshuffle")
+    side = max(1, min(cfg.chunk_size, max(mask.shape)))
+    array = group.create_array("tissue", data=np.ascontiguousarray(mask, dtype=bool),
+                               chunks=(side, side), compressors=[codec])
+    array.attrs["tissue_mpp"] = float(mpp)
 
 
 def _attributes(slide: Slide, geo: _Geometry, cfg: InferConfig, model: LoadedModel,
