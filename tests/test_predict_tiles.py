@@ -147,3 +147,47 @@ def test_cli_match_selects_images(checkpoint, input_dir, tmp_path):
     res = CliRunner().invoke(main, ["predict-tiles", str(input_dir), str(out), "--checkpoint",
                                     str(checkpoint), "--match", "nothing*"])
     assert res.exit_code != 0 and "matching nothing*" in res.output
+
+
+def test_cli_goes_on_after_any_per_image_error(checkpoint, input_dir, tmp_path, monkeypatch):
+    """Not only unreadable files: an image whose processing fails is named and skipped."""
+    import wsi_pipeline.tile_mode as tile_mode
+
+    real = tile_mode.segment_image
+
+    def fail_on_wide(model, image, **kw):
+        if image.shape[:2] == (200, 512):
+            raise ValueError("simulated failure")
+        return real(model, image, **kw)
+
+    monkeypatch.setattr(tile_mode, "segment_image", fail_on_wide)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["predict-tiles", str(input_dir), str(out), "--checkpoint",
+                                    str(checkpoint), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "failed wide.png: ValueError: simulated failure" in res.output
+    assert "skipped broken.png" in res.output and "1 image(s) written" in res.output
+    assert sorted(p.name for p in out.glob("*.mat")) == ["small.mat"]
+
+
+def test_cli_fails_when_every_image_fails(checkpoint, input_dir, tmp_path, monkeypatch):
+    import wsi_pipeline.tile_mode as tile_mode
+
+    def always_fail(*args, **kw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(tile_mode, "segment_image", always_fail)
+    res = CliRunner().invoke(main, ["predict-tiles", str(input_dir), str(tmp_path / "o"),
+                                    "--checkpoint", str(checkpoint), "--device", "cpu"])
+    assert res.exit_code != 0
+    assert "failed small.jpg: RuntimeError: boom" in res.output and "skipped broken.png" in res.output
+    assert "all 3 image(s) failed" in res.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_cuda_without_gpu_is_a_clear_error(checkpoint, input_dir, tmp_path):
+    res = CliRunner().invoke(main, ["predict-tiles", str(input_dir), str(tmp_path / "o"),
+                                    "--checkpoint", str(checkpoint), "--device", "cuda"])
+    assert res.exit_code == 1 and "no CUDA GPU is available" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert not (tmp_path / "o").exists()

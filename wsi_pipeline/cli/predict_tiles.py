@@ -28,8 +28,10 @@ def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: flo
             patterns: tuple[str, ...]) -> None:
     """Segment and classify nuclei in every image of INPUT_DIR; write OUTPUT_DIR/<stem>.mat.
 
-    Images of any size are tiled with overlap. Unreadable images are reported and skipped.
+    Images of any size are tiled with overlap. An image that cannot be read or processed is
+    reported by name and skipped; the exit status is non-zero only if every image failed.
     """
+    import torch
     from tqdm import tqdm
 
     from wsi_pipeline.io import SlideReadError
@@ -47,6 +49,8 @@ def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: flo
             + (f" matching {' or '.join(patterns)}" if patterns else "")
         )
     torch_device = resolve_device(device)
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise click.ClickException("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
     try:
         model = load_checkpoint(checkpoint or default_checkpoint_path(), map_location="cpu")
     except CheckpointError as exc:
@@ -54,14 +58,9 @@ def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: flo
     model.net = prepare_model(model.net, torch_device)
     image_mpp = mpp if mpp is not None else model.mpp
     output_dir.mkdir(parents=True, exist_ok=True)
-    skipped: list[str] = []
-    for path in tqdm(images, unit="image", disable=len(images) < 2):
-        try:
-            image = read_rgb(path)
-        except SlideReadError as exc:
-            click.echo(f"skipped {path.name}: {exc.reason}", err=True)
-            skipped.append(path.name)
-            continue
+
+    def process(path: Path) -> None:
+        image = read_rgb(path)
         result = segment_image(model, image, image_mpp=image_mpp, batch_size=batch_size,
                                device=torch_device)
         write_mat(output_dir / f"{path.stem}.mat", result, model, image_mpp)
@@ -69,7 +68,21 @@ def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: flo
             write_overlay(output_dir / f"{path.stem}.png", image, result, model.class_colors)
         if geojson:
             write_geojson(output_dir / f"{path.stem}.geojson.gz", result, model, image_mpp)
-    done = len(images) - len(skipped)
-    click.echo(f"{done} image(s) written to {output_dir}" + (f"; {len(skipped)} skipped" if skipped else ""))
+
+    # One bad image (unreadable, odd shape, a writer failing on its result) must not cost the
+    # rest of a folder: report it by name and go on; fail only when nothing was written.
+    failed: list[str] = []
+    for path in tqdm(images, unit="image", disable=len(images) < 2):
+        try:
+            process(path)
+        except SlideReadError as exc:
+            click.echo(f"skipped {path.name}: {exc.reason}", err=True)
+            failed.append(path.name)
+        except Exception as exc:  # noqa: BLE001 - per-image isolation, reported by name
+            click.echo(f"failed {path.name}: {type(exc).__name__}: {exc}", err=True)
+            failed.append(path.name)
+    done = len(images) - len(failed)
+    click.echo(f"{done} image(s) written to {output_dir}"
+               + (f"; {len(failed)} skipped or failed: {', '.join(failed)}" if failed else ""))
     if done == 0:
-        raise click.ClickException("no image could be read")
+        raise click.ClickException(f"all {len(images)} image(s) failed")
