@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 import zarr
 
 from wsi_pipeline import __version__
+from wsi_pipeline.atomic import write_text_atomic
 from wsi_pipeline.export_config import ExportConfig
 from wsi_pipeline.geojson import write_geojson
 from wsi_pipeline.overlay import render_overlay
@@ -30,15 +30,6 @@ NUCLEI_PARQUET = "nuclei.parquet"
 GEOJSON = "nuclei.geojson.gz"
 SUMMARY = "summary.json"
 OVERLAY = "overlay.png"
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _stage_timings(slide_dir: Path) -> dict[str, float]:
@@ -161,6 +152,6 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
             },
         },
     }
-    _write_json_atomic(slide_dir / SUMMARY, summary)
+    write_text_atomic(slide_dir / SUMMARY, json.dumps(summary, indent=2, sort_keys=False) + "\n")
     log.info("exported %s: %d nuclei, %.2f mm² tissue", slide_dir.name, n_total, tissue_mm2)
     return summary

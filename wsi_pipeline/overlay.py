@@ -7,7 +7,6 @@ batches; nuclei are outlines where they are big enough to see and dots where the
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import shapely
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
+from wsi_pipeline.atomic import atomic_path
 from wsi_pipeline.geojson import hex_to_rgb
 from wsi_pipeline.io import SlideReadError, open_slide
 
@@ -44,8 +44,8 @@ def _tissue_outline(tissue_png: Path, size_wh) -> np.ndarray | None:
     """Boolean (h, w) ring around the tissue mask, resized to the overlay."""
     if not tissue_png.is_file():
         return None
-    mask = Image.open(tissue_png).convert("L").resize(size_wh, Image.Resampling.NEAREST)
-    mask = np.asarray(mask) > 0
+    with Image.open(tissue_png) as im:
+        mask = np.asarray(im.convert("L").resize(size_wh, Image.Resampling.NEAREST)) > 0
     return mask & ~ndi.binary_erosion(mask, iterations=2, border_value=0)
 
 
@@ -96,10 +96,6 @@ def render_overlay(
             rgb[r.astype(int), c.astype(int)] = colors[type_ids]
             image = Image.fromarray(rgb)
             draw = ImageDraw.Draw(image)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out_path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return thumb_mpp

@@ -7,13 +7,10 @@ so instances, centroids and overlays are in the input image's own pixels.
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import shapely
 import torch
 import torch.nn.functional as F
@@ -21,7 +18,8 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 
 from wsi_pipeline import __version__
-from wsi_pipeline.geojson import hex_to_rgb
+from wsi_pipeline.atomic import atomic_path
+from wsi_pipeline.geojson import MEASUREMENT_COLUMNS, hex_to_rgb, write_feature_collection
 from wsi_pipeline.metrics.matio import write_instance_mat
 from wsi_pipeline.model import LoadedModel
 from wsi_pipeline.postproc import SegmentationResult, segment_instances
@@ -82,42 +80,26 @@ def write_overlay(path: Path, image: np.ndarray, result: SegmentationResult,
     edges = find_boundaries(result.inst_map, mode="inner")
     out = image.copy()
     out[edges] = lut[result.inst_map[edges]]
-    _atomic(path, lambda tmp: Image.fromarray(out).save(tmp, format="PNG"))
+    with atomic_path(path) as tmp:
+        Image.fromarray(out).save(tmp, format="PNG")
 
 
 def write_geojson(path: Path, result: SegmentationResult, model: LoadedModel, mpp: float) -> None:
-    """QuPath detections (image pixel coordinates) with class name, colour and measurements."""
+    """QuPath detections (image pixel coordinates) with class name, colour and measurements,
+    written by the same feature builder as the slide export."""
     table = measure_instances(result.inst_map, result.types, result.type_probs, mpp=mpp,
                               class_names=model.class_names)
-    features = []
-    for row in table.itertuples(index=False):
-        tid = int(row.type_id)
-        features.append({
-            "type": "Feature",
-            "geometry": json.loads(shapely.to_geojson(row.polygon)),
-            "properties": {
-                "objectType": "detection",
-                "classification": {"name": model.class_names[tid],
-                                   "color": hex_to_rgb(model.class_colors[tid])},
-                "measurements": {
-                    "nucleus_id": int(row.id), "area_um2": float(row.area_um2),
-                    "perimeter_um": float(row.perimeter_um), "eccentricity": float(row.eccentricity),
-                    "solidity": float(row.solidity),
-                    "type_prob": float(result.type_probs[int(row.id) - 1, tid]) if result.type_probs.size
-                    else float("nan"),
-                },
-            },
-        })
-    payload = json.dumps({"type": "FeatureCollection", "features": features}).encode()
-    _atomic(path, lambda tmp: tmp.write_bytes(gzip.compress(payload)))
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    ids = table["id"].to_numpy(np.int64)
+    type_ids = table["type_id"].to_numpy(np.int64)
+    probs = np.asarray(result.type_probs, dtype=np.float64)
+    type_prob = probs[ids - 1, type_ids] if probs.size else np.full(len(ids), np.nan)
+    columns = {
+        "geometry": shapely.to_wkb(table["polygon"].to_numpy()),
+        "nucleus_id": ids,
+        "type_id": type_ids,
+        **{c: table[c].to_numpy(np.float64) for c in MEASUREMENT_COLUMNS if c in table},
+        "type_prob": type_prob,
+        **{c: table[c].to_numpy(np.float64) for c in table.columns if c.startswith("prob_")},
+    }
+    batch = pa.RecordBatch.from_pydict(columns)
+    write_feature_collection(path, [batch], model.class_names, model.class_colors)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk, remove_small_objects
+
+from wsi_pipeline.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,7 @@ def _fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
 def save_tissue(result: TissueResult, out_dir: Path) -> None:
     """Write tissue.png (mask) and tissue.json ({mm2, thumb_mpp}) atomically into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    png_tmp = out_dir / ".tissue.png.tmp"
-    Image.fromarray(result.mask.astype(np.uint8) * 255).save(png_tmp, format="PNG")
-    os.replace(png_tmp, out_dir / "tissue.png")
-    json_tmp = out_dir / ".tissue.json.tmp"
-    json_tmp.write_text(json.dumps({"mm2": result.mm2, "thumb_mpp": result.mpp,
-                                    "shape": list(result.mask.shape)}))
-    os.replace(json_tmp, out_dir / "tissue.json")
+    with atomic_path(out_dir / "tissue.png") as tmp:
+        Image.fromarray(result.mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+    write_text_atomic(out_dir / "tissue.json", json.dumps({"mm2": result.mm2, "thumb_mpp": result.mpp,
+                                                           "shape": list(result.mask.shape)}))

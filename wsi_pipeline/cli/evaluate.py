@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from wsi_pipeline import __version__
+from wsi_pipeline.atomic import write_text_atomic
 
 
 def _truth_files(true_dir: Path) -> dict[str, tuple[Path, Path | None]]:
@@ -21,14 +20,6 @@ def _truth_files(true_dir: Path) -> dict[str, tuple[Path, Path | None]]:
             for p in sorted((true_dir / "inst").glob("*.npy"))
         }
     return {p.stem: (p, None) for p in sorted(true_dir.glob("*.mat"))}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _fmt(v: float) -> str:
@@ -128,7 +119,7 @@ def command(
 
     prefix = out_prefix or pred_dir / "evaluation"
     csv_path, json_path = Path(f"{prefix}.csv"), Path(f"{prefix}.json")
-    _write_atomic(csv_path, ev.per_image().to_csv(index=False))
+    write_text_atomic(csv_path, ev.per_image().to_csv(index=False))
     payload = {
         "summary": {
             k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()
@@ -140,5 +131,5 @@ def command(
         "missing_predictions": missing,
         "wsi_pipeline_version": __version__,
     }
-    _write_atomic(json_path, json.dumps(payload, indent=2))
+    write_text_atomic(json_path, json.dumps(payload, indent=2))
     click.echo(f"wrote {csv_path} and {json_path}")

@@ -14,8 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wsi_pipeline import __version__
+from wsi_pipeline.atomic import write_bytes_atomic
 from wsi_pipeline.cohort.discover import SlideEntry
-from wsi_pipeline.cohort.stages import STAGES, SlideStages, atomic_write_bytes
+from wsi_pipeline.cohort.stages import STAGES, SlideStages
 
 MANIFEST = "manifest.parquet"
 STATUSES = ("done", "failed", "no_tissue", "pending")
@@ -96,7 +97,7 @@ def write_manifest(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     path = out_dir / MANIFEST
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue(), fsync=True)
     return path
 
 

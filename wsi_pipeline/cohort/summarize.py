@@ -8,7 +8,6 @@ included) so that tables of different slides line up.
 from __future__ import annotations
 
 import io
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import zarr
 
+from wsi_pipeline.atomic import write_bytes_atomic
 from wsi_pipeline.cohort.manifest import MANIFEST
-from wsi_pipeline.cohort.stages import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def summarize_cohort(out_dir: Path, plot: bool = True) -> CohortSummary:
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
     table_path = out_dir / SUMMARY_TABLE
-    atomic_write_bytes(table_path, buf.getvalue())
+    write_bytes_atomic(table_path, buf.getvalue(), fsync=True)
     plot_path = _plot(table, out_dir / SUMMARY_PLOT, _colors(out_dir, finished)) if plot else None
     log.info("cohort summary: %d slides, %d rows -> %s", len(finished), len(table), table_path)
     return CohortSummary(table=table, table_path=table_path, plot_path=plot_path)
@@ -81,11 +81,11 @@ def _slide_table(slide_dir: Path, slide_id: str, tissue_mm2: float | None, statu
 
 
 def _zarr_attrs(slide_dir: Path) -> dict:
+    """maps.zarr's attributes; {} when the slide has no readable maps (it then gets no class list)."""
     try:
-        meta = json.loads((slide_dir / "maps.zarr" / "zarr.json").read_text())
-    except (OSError, ValueError):
+        return dict(zarr.open_group(str(slide_dir / "maps.zarr"), mode="r").attrs)
+    except (OSError, ValueError):  # zarr's not-found and bad-metadata errors are both of these
         return {}
-    return meta.get("attributes", {})
 
 
 def _class_names(slide_dir: Path) -> list[str] | None:
@@ -125,5 +125,5 @@ def _plot(table: pd.DataFrame, path: Path, colors: dict[str, str]) -> Path | Non
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue(), fsync=True)
     return path

@@ -10,26 +10,17 @@ Every file is written under a temporary name and renamed, so a crash never leave
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 import wsi_pipeline
+from wsi_pipeline.atomic import atomic_path, write_text_atomic
 from wsi_pipeline.data.sample import Sample
 from wsi_pipeline.data.validate import OnError, load_all
 
 CLASSES_FILE = "classes.json"
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_common(samples: list[Sample], dst: Path, *, source: dict | None = None) -> None:
@@ -46,22 +37,19 @@ def write_common(samples: list[Sample], dst: Path, *, source: dict | None = None
     (dst / "images").mkdir(parents=True, exist_ok=True)
     (dst / "labels").mkdir(parents=True, exist_ok=True)
     for s in samples:
-        _atomic(dst / "images" / f"{s.name}.png", lambda p, s=s: Image.fromarray(s.image).save(p, format="PNG"))
+        with atomic_path(dst / "images" / f"{s.name}.png") as tmp:
+            Image.fromarray(s.image).save(tmp, format="PNG")
         arrays = {"inst_map": s.inst_map.astype(np.int32)}
         if s.type_map is not None:
             arrays["type_map"] = s.type_map.astype(np.int32)
-        _atomic(dst / "labels" / f"{s.name}.npz", lambda p, a=arrays: _savez(p, a))
+        with atomic_path(dst / "labels" / f"{s.name}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)  # a file object: savez would append .npz to a name
     index = {
         "class_names": list(class_names),
         "samples": {s.name: {"group": s.group, "mpp": s.mpp} for s in samples},
         "provenance": {"wsi_pipeline_version": wsi_pipeline.__version__, **(source or {})},
     }
-    _atomic(dst / CLASSES_FILE, lambda p: p.write_text(json.dumps(index, indent=1)))
-
-
-def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
+    write_text_atomic(dst / CLASSES_FILE, json.dumps(index, indent=1))
 
 
 def read_common(root: Path, *, on_error: OnError = "fail") -> list[Sample]:

@@ -9,13 +9,13 @@ ascending order (ids 1..N when the map is contiguous).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import scipy.io as sio
 from scipy import ndimage as ndi
 
+from wsi_pipeline.atomic import atomic_path
 from wsi_pipeline.metrics.dataset import Instances
 
 
@@ -117,13 +117,6 @@ def write_instance_mat(
         out["inst_type_prob"] = np.asarray(inst_type_prob, dtype=np.float32).reshape(n, -1)
     if extra:
         out.update(extra)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mat.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            sio.savemat(fh, out, do_compression=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        sio.savemat(fh, out, do_compression=True)  # a file object: savemat would append .mat
     return path

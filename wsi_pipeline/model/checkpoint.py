@@ -8,8 +8,6 @@ package version; the file's sha256 identifies the model in every output.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch
 from pydantic import ValidationError
 
 from wsi_pipeline import __version__
+from wsi_pipeline.atomic import atomic_path
 from wsi_pipeline.model.config import ModelConfig
 from wsi_pipeline.model.network import MultiTaskNet
 
@@ -84,15 +83,8 @@ def save_checkpoint(
     if train_state is not None:
         payload["train_state"] = train_state
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return file_sha256(path)
 
 

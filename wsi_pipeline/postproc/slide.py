@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from wsi_pipeline import __version__
+from wsi_pipeline.atomic import atomic_path
 from wsi_pipeline.postproc import PostprocConfig
 from wsi_pipeline.postproc.chunks import (
     ChunkingConfig,
@@ -196,26 +196,20 @@ def postprocess_slide(
             "wsi_pipeline": json.dumps(_provenance(attrs, cfg, chunking, chunk_hw)),
         }
     )
-    out_parquet.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_parquet.with_name(f".{out_parquet.name}.{os.getpid()}.tmp")
     counts: Counter[str] = Counter()
     n_nuclei = n_segmented = n_edge_cut = 0
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            ordered = _OrderedWriter(writer, chunking.row_group_rows)
-            for res in tqdm(results, total=len(windows), desc="postproc", disable=not progress):
-                ordered.add(res.index, res.table)
-                n_nuclei += res.table.num_rows
-                n_segmented += res.inferred
-                n_edge_cut += res.n_edge_cut
-                for vc in pc.value_counts(res.table.column("type_name")).to_pylist():
-                    counts[vc["values"]] += vc["counts"]
-            ordered.close()
-            if n_nuclei == 0:
-                writer.write_table(schema.empty_table())
-        os.replace(tmp, out_parquet)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out_parquet) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        ordered = _OrderedWriter(writer, chunking.row_group_rows)
+        for res in tqdm(results, total=len(windows), desc="postproc", disable=not progress):
+            ordered.add(res.index, res.table)
+            n_nuclei += res.table.num_rows
+            n_segmented += res.inferred
+            n_edge_cut += res.n_edge_cut
+            for vc in pc.value_counts(res.table.column("type_name")).to_pylist():
+                counts[vc["values"]] += vc["counts"]
+        ordered.close()
+        if n_nuclei == 0:
+            writer.write_table(schema.empty_table())
     if n_edge_cut:
         log.warning(
             "%d nucleus pieces were cut by a halo edge and dropped: raise halo_um (now %.1f)",
