@@ -7,7 +7,7 @@ exactly one place; this module adds what only a run has (checkpoint, device, clu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,6 +15,7 @@ from wsi_pipeline.cohort.discover import SLIDE_EXTENSIONS
 from wsi_pipeline.config import ConfigError, load_config
 from wsi_pipeline.export_config import ExportConfig
 from wsi_pipeline.infer_config import InferConfig
+from wsi_pipeline.io import Backend
 from wsi_pipeline.postproc.chunks import ChunkingConfig
 from wsi_pipeline.postproc.config import PostprocConfig
 
@@ -70,6 +71,11 @@ class DiscoveryConfig(BaseModel):
     )
     probe_unknown: bool = Field(
         False, description="also ask OpenSlide about files with other extensions (slow on big trees)"
+    )
+    reader: Backend = Field(
+        "auto", description=f"slide reader backend, one of {', '.join(get_args(Backend))}: auto = "
+        "plain images for PNG/JPEG/BMP, OpenSlide for the rest (plain image for TIFFs it refuses); "
+        "tiatoolbox needs the optional extra",
     )
 
 

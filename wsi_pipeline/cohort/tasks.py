@@ -92,7 +92,7 @@ def _infer(job: SlideJob) -> dict[str, Any]:
     from wsi_pipeline.infer import infer_slide
     from wsi_pipeline.io import open_slide
 
-    with open_slide(job.path, mpp=job.cfg.mpp) as slide:
+    with open_slide(job.path, mpp=job.cfg.mpp, backend=job.cfg.discovery.reader) as slide:
         model = _model(job)
         res = infer_slide(slide, job.slide_dir, job.cfg.infer, model, progress=job.progress)
     return {"tissue_mm2": float(res.tissue_mm2), "n_tiles": int(res.n_tiles),
