@@ -6,8 +6,6 @@ and unknown keys are errors rather than silently ignored typos.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import TypeVar
 
@@ -52,12 +50,6 @@ def load_config(path: str | Path | None, model: type[M], overrides: dict | None 
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from exc
-
-
-def config_hash(cfg: BaseModel) -> str:
-    """Stable short hash of a config's content, recorded with every output it produced."""
-    text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _merge(base: dict, extra: dict) -> dict:

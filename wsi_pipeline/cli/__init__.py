@@ -40,10 +40,14 @@ class _LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+def log_level(verbose: int) -> int:
+    """No flag: warnings only; -v: progress (INFO); -vv or more: DEBUG."""
+    return logging.WARNING - 10 * min(verbose, 2)
+
+
 @click.group(cls=_LazyGroup)
 @click.version_option(__version__, prog_name="wsi-pipeline")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
     """Find, outline and classify every nucleus in H&E whole-slide images."""
-    level = logging.WARNING - 10 * min(verbose + 1, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level(verbose), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

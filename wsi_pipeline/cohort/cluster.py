@@ -39,8 +39,18 @@ class ClusterHandle:
 
 
 def open_cluster(cfg: ClusterConfig, device: str, out_dir: Path, slide_paths: list[Path]) -> ClusterHandle:
-    """Start the embedded cluster or connect to `cfg.scheduler`, and check it can do the job."""
+    """Start the embedded cluster or connect to `cfg.scheduler`, and check it can do the job.
+
+    `cfg.retries` configures only the embedded cluster: an external scheduler applies its own
+    `distributed.scheduler.allowed-failures`, set where that scheduler is started.
+    """
     if cfg.scheduler:
+        if "retries" in cfg.model_fields_set:
+            log.warning(
+                "cluster.retries=%d is ignored with an external scheduler (%s): set "
+                "distributed.scheduler.allowed-failures where that scheduler is started",
+                cfg.retries, cfg.scheduler,
+            )
         handle = connect(cfg.scheduler, cfg.infer_resource, cfg.connect_timeout_s)
         try:
             if cfg.check_shared_storage:

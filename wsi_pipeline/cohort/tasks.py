@@ -124,12 +124,12 @@ def _model(job: SlideJob) -> Any:
     import torch
 
     from wsi_pipeline.model import load_checkpoint
+    from wsi_pipeline.model.predict import resolve_device
 
-    device = job.cfg.infer.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device 'cuda' requested but no GPU is visible on {_host()}")
+    resolved = resolve_device(job.cfg.infer.device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {job.cfg.infer.device!r} requested but no GPU is visible on {_host()}")
+    device = str(resolved)
     key = (str(job.checkpoint), job.model_sha256, device)
     with _MODELS_LOCK:
         if key not in _MODELS:
@@ -187,11 +187,36 @@ def log_to_file(path: Path, *, this_thread_only: bool = True) -> Iterator[None]:
     if this_thread_only:
         handler.addFilter(_ThreadFilter(threading.get_ident()))
     pkg = logging.getLogger("wsi_pipeline")
-    if pkg.getEffectiveLevel() > logging.INFO:
-        pkg.setLevel(logging.INFO)  # slide logs keep INFO whatever the console shows
+    _raise_to_info(pkg)
     pkg.addHandler(handler)
     try:
         yield
     finally:
         pkg.removeHandler(handler)
         handler.close()
+        _restore_level(pkg)
+
+
+# Slide logs keep INFO whatever the console shows. Several slides' blocks overlap in one worker
+# process, so the package level is raised by the first block to open and restored by the last.
+_LEVEL_LOCK = threading.Lock()
+_LEVEL_USERS = 0
+_SAVED_LEVEL = logging.NOTSET
+
+
+def _raise_to_info(pkg: logging.Logger) -> None:
+    global _LEVEL_USERS, _SAVED_LEVEL
+    with _LEVEL_LOCK:
+        if _LEVEL_USERS == 0:
+            _SAVED_LEVEL = pkg.level
+            if pkg.getEffectiveLevel() > logging.INFO:
+                pkg.setLevel(logging.INFO)
+        _LEVEL_USERS += 1
+
+
+def _restore_level(pkg: logging.Logger) -> None:
+    global _LEVEL_USERS
+    with _LEVEL_LOCK:
+        _LEVEL_USERS -= 1
+        if _LEVEL_USERS == 0:
+            pkg.setLevel(_SAVED_LEVEL)
