@@ -66,7 +66,7 @@ def command(
     pred_dir: Path, true_dir: Path, type_names: str | None, mpp: float, out_prefix: Path | None
 ) -> None:
     from wsi_pipeline.metrics import DatasetEvaluator
-    from wsi_pipeline.metrics.matio import read_consep_patch, read_instance_mat
+    from wsi_pipeline.metrics.matio import MatFileError, read_consep_patch, read_instance_mat
 
     names = [n.strip() for n in type_names.split(",")] if type_names else None
     truths = _truth_files(true_dir)
@@ -79,12 +79,15 @@ def command(
         if not pred_path.exists():
             missing.append(stem)
             continue
-        truth = (
-            read_consep_patch(inst_path, type_path)
-            if inst_path.suffix == ".npy"
-            else read_instance_mat(inst_path)
-        )
-        pred = read_instance_mat(pred_path)
+        try:
+            truth = (
+                read_consep_patch(inst_path, type_path)
+                if inst_path.suffix == ".npy"
+                else read_instance_mat(inst_path)
+            )
+            pred = read_instance_mat(pred_path)
+        except MatFileError as exc:  # the message names the file
+            raise click.ClickException(str(exc)) from exc
         if pred.inst_map.shape != truth.inst_map.shape:
             raise click.ClickException(
                 f"{stem}: prediction {pred.inst_map.shape} vs truth {truth.inst_map.shape}"

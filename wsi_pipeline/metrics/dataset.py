@@ -29,6 +29,16 @@ from wsi_pipeline.metrics.instance import (
 INSTANCE_SCORES = ("dice", "aji", "aji_plus", "dq", "sq", "pq")
 
 
+def centroids_xy(inst_map: np.ndarray) -> np.ndarray:
+    """(N, 2) centres of mass as (x, y), ids in ascending order."""
+    ids = np.unique(inst_map)
+    ids = ids[ids != 0]
+    if ids.size == 0:
+        return np.zeros((0, 2))
+    rc = np.asarray(ndi.center_of_mass(np.ones(inst_map.shape), inst_map, ids)).reshape(-1, 2)
+    return rc[:, ::-1].copy()
+
+
 @dataclass(frozen=True)
 class Instances:
     """One image's instances: label map plus per-instance types/centroids in ascending-id order."""
@@ -44,11 +54,7 @@ class Instances:
     def xy(self) -> np.ndarray:
         if self.centroids is not None:
             return np.asarray(self.centroids, dtype=np.float64).reshape(-1, 2)
-        ids = self.ids()
-        if ids.size == 0:
-            return np.zeros((0, 2))
-        rc = np.asarray(ndi.center_of_mass(np.ones(self.inst_map.shape), self.inst_map, ids))
-        return rc.reshape(-1, 2)[:, ::-1]
+        return centroids_xy(self.inst_map)
 
     def type_array(self) -> np.ndarray:
         n = self.ids().size

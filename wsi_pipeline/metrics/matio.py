@@ -13,60 +13,86 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io as sio
-from scipy import ndimage as ndi
 
 from wsi_pipeline.atomic import atomic_path
-from wsi_pipeline.metrics.dataset import Instances
+from wsi_pipeline.metrics.dataset import Instances, centroids_xy
 
 
-def _column(value: np.ndarray | None, n: int, dtype: type) -> np.ndarray | None:
-    if value is None:
+class MatFileError(ValueError):
+    """An instance file that cannot be read or does not describe its own map; names the file."""
+
+
+def _loadmat(path: str | os.PathLike) -> dict:
+    try:
+        return sio.loadmat(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # scipy raises ValueError, TypeError, MatReadError... for bad files
+        raise MatFileError(f"{path}: not a readable .mat file ({exc})") from exc
+
+
+def _types(mat: dict, n: int, path: str | os.PathLike) -> np.ndarray | None:
+    """``inst_type`` as (N,), or None when absent (or empty for a non-empty map)."""
+    value = mat.get("inst_type")
+    if value is None or (np.asarray(value).size == 0 and n > 0):
         return None
-    arr = np.asarray(value, dtype=dtype)
-    if arr.size == 0:
-        return np.zeros(0, dtype=dtype) if n == 0 else None
-    return arr.reshape(-1)
+    try:
+        arr = np.asarray(value, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise MatFileError(f"{path}: inst_type is not an integer array ({exc})") from exc
+    if arr.size != n:
+        raise MatFileError(f"{path}: inst_type has {arr.size} entries for {n} instances")
+    return arr
+
+
+def _centroids(mat: dict, n: int, path: str | os.PathLike) -> np.ndarray | None:
+    """``inst_centroid`` as (N, 2), or None when absent or empty (then derived from the map)."""
+    value = mat.get("inst_centroid")
+    if value is None or np.asarray(value).size == 0:
+        return None
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise MatFileError(f"{path}: inst_centroid is not a numeric array ({exc})") from exc
+    if arr.size != 2 * n:
+        raise MatFileError(f"{path}: inst_centroid has shape {arr.shape} for {n} instances")
+    return arr.reshape(n, 2)
 
 
 def read_instance_mat(path: str | os.PathLike) -> Instances:
-    """Read a HoVer-Net ``.mat``; ``inst_type``/``inst_centroid`` are optional."""
-    mat = sio.loadmat(str(path))
+    """Read a HoVer-Net ``.mat``. ``inst_type``/``inst_centroid`` are optional but, when present,
+    must have one row per instance: a MatFileError naming the file otherwise."""
+    mat = _loadmat(path)
     if "inst_map" not in mat:
-        raise KeyError(f"{path}: no 'inst_map' in .mat file")
-    inst_map = np.asarray(mat["inst_map"]).astype(np.int32)
+        raise MatFileError(f"{path}: no 'inst_map' in .mat file")
+    inst_map = np.asarray(mat["inst_map"])
+    if inst_map.ndim != 2 or not np.issubdtype(inst_map.dtype, np.number):
+        raise MatFileError(f"{path}: inst_map must be a 2-D numeric array, got {inst_map.shape} {inst_map.dtype}")
+    inst_map = inst_map.astype(np.int32)
     n = int(np.count_nonzero(np.unique(inst_map)))
-    types = _column(mat.get("inst_type"), n, np.int64)
-    centroids = mat.get("inst_centroid")
-    if centroids is not None:
-        centroids = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
-        if len(centroids) != n:
-            centroids = None  # stale or absent: recompute from the map
-    return Instances(inst_map=inst_map, types=types, centroids=centroids)
+    return Instances(inst_map=inst_map, types=_types(mat, n, path), centroids=_centroids(mat, n, path))
 
 
 def read_consep_patch(
     inst_path: str | os.PathLike, type_mat_path: str | os.PathLike | None
 ) -> Instances:
     """CoNSeP patch layout: ``inst/<stem>.npy`` (ids not contiguous) + ``type_mat/<stem>.mat``."""
-    inst_map = np.load(inst_path).astype(np.int32)
+    try:
+        inst_map = np.load(inst_path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise MatFileError(f"{inst_path}: not a readable .npy file ({exc})") from exc
+    if inst_map.ndim != 2:
+        raise MatFileError(f"{inst_path}: instance map must be 2-D, got shape {inst_map.shape}")
+    inst_map = inst_map.astype(np.int32)
     types = centroids = None
     if type_mat_path is not None and Path(type_mat_path).exists():
-        mat = sio.loadmat(str(type_mat_path))
+        mat = _loadmat(type_mat_path)
         n = int(np.count_nonzero(np.unique(inst_map)))
-        types = _column(mat.get("inst_type"), n, np.int64)
-        if "inst_centroid" in mat and np.asarray(mat["inst_centroid"]).size == 2 * n:
-            centroids = np.asarray(mat["inst_centroid"], dtype=np.float64).reshape(-1, 2)
+        types = _types(mat, n, type_mat_path)
+        centroids = _centroids(mat, n, type_mat_path)
     return Instances(inst_map=inst_map, types=types, centroids=centroids)
-
-
-def centroids_xy(inst_map: np.ndarray) -> np.ndarray:
-    """(N, 2) centres of mass as (x, y), ids in ascending order."""
-    ids = np.unique(inst_map)
-    ids = ids[ids != 0]
-    if ids.size == 0:
-        return np.zeros((0, 2))
-    rc = np.asarray(ndi.center_of_mass(np.ones(inst_map.shape), inst_map, ids)).reshape(-1, 2)
-    return rc[:, ::-1].copy()
 
 
 def write_instance_mat(
