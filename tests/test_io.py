@@ -33,7 +33,7 @@ def test_cmu_single_level_with_mpp(shared_data):
     with open_slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as slide:
         assert isinstance(slide, OpenSlideSlide)
         assert slide.dimensions == (2220, 2967)
-        assert slide.level_count == 1
+        assert len(slide.level_dimensions) == 1
         assert slide.mpp == pytest.approx(0.499)
         tile = slide.read_region_at_mpp(1000, 1200, (256, 256), 0.25)
         assert tile.shape == (256, 256, 3) and tile.dtype == np.uint8
@@ -45,7 +45,7 @@ def test_cmu_single_level_with_mpp(shared_data):
 def test_tcga_without_mpp_names_the_file(shared_data):
     path = shared_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
     with open_slide(path) as slide:
-        assert slide.level_count == 2
+        assert len(slide.level_dimensions) == 2
         with pytest.raises(MissingMppError, match="tcga-cr-7395-01a-01-ts1.svs"):
             _ = slide.mpp
     with open_slide(path, mpp=0.5) as slide:
@@ -61,7 +61,7 @@ def test_synthetic_pyramid_opens_in_openslide_and_reads_best_level(tmp_path):
     write_pyramid(path, mpp=0.5)
     with open_slide(path) as slide:
         assert isinstance(slide, OpenSlideSlide)
-        assert slide.level_count == 3
+        assert len(slide.level_dimensions) == 3
         assert slide.mpp == pytest.approx(0.5)
         assert slide.level_downsamples == pytest.approx((1.0, 2.0, 4.0))
         # each level has its own colour, so the colour tells which level was read

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import zarr
 
 from wsi_pipeline.atomic import write_bytes_atomic
-from wsi_pipeline.cohort.manifest import MANIFEST
+from wsi_pipeline.cohort.manifest import MANIFEST, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def summarize_cohort(out_dir: Path, plot: bool = True) -> CohortSummary:
     manifest_path = out_dir / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path}: no manifest: is {out_dir} the output of `wsi-pipeline run`?")
-    manifest = pq.read_table(manifest_path).to_pandas()
+    manifest = read_manifest(out_dir)
     finished = manifest[manifest["status"].isin(["done", "no_tissue"])]
     parts = [_slide_table(out_dir / r.slide_id, r.slide_id, r.tissue_mm2, r.status)
              for r in finished.itertuples()]

@@ -92,10 +92,6 @@ class Slide(ABC):
         return self.level_dimensions[0]
 
     @property
-    def level_count(self) -> int:
-        return len(self.level_dimensions)
-
-    @property
     def mpp(self) -> float:
         """Level-0 microns per pixel; the user's value wins over the file's."""
         if self._mpp_override is not None:

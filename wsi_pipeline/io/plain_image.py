@@ -68,10 +68,6 @@ class PlainImageSlide(Slide):
     def level_downsamples(self) -> tuple[float, ...]:
         return (1.0,)
 
-    @property
-    def pixels(self) -> np.ndarray:
-        return self._pixels
-
     def _native_mpp(self) -> float | None:
         return None
 
