@@ -20,6 +20,7 @@ from wsi_pipeline.model.config import ModelConfig
 from wsi_pipeline.model.network import MultiTaskNet
 
 FORMAT = "wsi-pipeline-checkpoint/1"
+REQUIRED_KEYS = ("state_dict", "model_config", "class_names", "class_colors", "mpp")
 DEFAULT_COLORS = ("#000000", "#ffbf00", "#ff0000", "#00c800", "#0000ff", "#c800c8", "#00c8c8")
 
 
@@ -99,6 +100,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a wsi-pipeline checkpoint (format {FORMAT} expected)")
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
     try:
         config = ModelConfig(**payload["model_config"])
     except ValidationError as exc:
