@@ -132,18 +132,43 @@ def _common_root(paths: list[Path]) -> Path:
 
 
 def _assign_ids(paths: list[Path], root: Path) -> list[SlideEntry]:
+    """The file stem where unique; else the path below `root` joined with "__" (x/s.svs -> x__s),
+    keeping the extension where even that clashes (x.svs and x.tif in one folder -> x.svs, x.tif),
+    so that two inputs never share an output folder."""
     seen: set[Path] = set()
     unique = [p for p in paths if not (p in seen or seen.add(p))]
     stems = Counter(p.stem for p in unique)
+    by_path = {p: _path_id(p, root, keep_suffix=False) for p in unique if stems[p.stem] > 1}
+    clashes = Counter(by_path.values())
     entries = []
     for p in unique:
         if stems[p.stem] == 1:
             slide_id = p.stem
+        elif clashes[by_path[p]] == 1:
+            slide_id = by_path[p]
         else:
-            try:
-                rel = p.relative_to(root)
-            except ValueError:
-                rel = Path(*p.parts[1:])
-            slide_id = "__".join(rel.with_suffix("").parts)
+            slide_id = _path_id(p, root, keep_suffix=True)
         entries.append(SlideEntry(path=p, slide_id=slide_id))
+    _check_unique(entries)
     return entries
+
+
+def _path_id(p: Path, root: Path, *, keep_suffix: bool) -> str:
+    try:
+        rel = p.relative_to(root)
+    except ValueError:
+        rel = Path(*p.parts[1:])
+    return "__".join((rel if keep_suffix else rel.with_suffix("")).parts)
+
+
+def _check_unique(entries: list[SlideEntry]) -> None:
+    by_id: dict[str, list[Path]] = {}
+    for e in entries:
+        by_id.setdefault(e.slide_id, []).append(e.path)
+    dupes = {k: v for k, v in by_id.items() if len(v) > 1}
+    if dupes:
+        sid, clash = next(iter(dupes.items()))
+        raise DiscoveryError(
+            f"{len(dupes)} slide id(s) would share an output folder, e.g. {sid!r} for "
+            f"{', '.join(map(str, clash))}: rename one of the files"
+        )
