@@ -182,18 +182,17 @@ def process_chunk(ctx: MapsContext, win: ChunkWindow) -> ChunkResult:
     types = np.asarray(seg.types)[lab - 1].astype(np.int16)
     type_probs = np.asarray(seg.type_probs, dtype=np.float32)[lab - 1]
     ox, oy = ctx.origin_xy
-    m = measure_instances(
-        lut[inst_map],
-        mpp=ctx.mpp,
-        offset_xy=(ox + win.win_c0 * ctx.scale, oy + win.win_r0 * ctx.scale),
-        scale=ctx.scale,
-    )
+    # Outlines in global map pixels first: window offsets are integers, so every chunk that
+    # sees a nucleus computes bit-identical vertices, and simplification (whose tolerance ties
+    # on pixel-staircase outlines) decides the same way whatever the chunking. Only then to level 0.
+    m = measure_instances(lut[inst_map], mpp=ctx.mpp, offset_xy=(win.win_c0, win.win_r0))
     # The exact integer centroid (the one ownership used) for x, y.
     x = ox + owned.centroid_rc[:, 1] * ctx.scale
     y = oy + owned.centroid_rc[:, 0] * ctx.scale
-    polys = shapely.simplify(np.asarray(m["polygon"], dtype=object), ctx.simplify_px * ctx.scale)
+    polys = shapely.simplify(np.asarray(m["polygon"], dtype=object), ctx.simplify_px)
     bad = ~(shapely.is_valid(polys) & (shapely.get_type_id(polys) == 3))
     polys[bad] = [_largest_polygon(shapely.make_valid(p)) for p in polys[bad]]
+    polys = shapely.transform(polys, lambda xy: xy * ctx.scale + (ox, oy))
     cols = {
         "nucleus_id": nucleus_ids(owned, ctx.map_hw[1]),
         "x": x,
