@@ -34,7 +34,7 @@ def test_tcga_without_mpp_fails_naming_the_file_and_runs_with_it(shared_data, ch
     slide = shared_data / TCGA
     res = _run(slide, tmp_path / "no_mpp", checkpoint)
     assert res.returncode != 0, res.stdout
-    assert "MissingMppError" in res.stdout and f"{slide}: no pixel size (mpp)" in res.stdout
+    assert "MissingMppError" in res.stdout and f"{slide.resolve()}: no pixel size (mpp)" in res.stdout
     assert "--mpp" in res.stdout
     row = pd.read_parquet(tmp_path / "no_mpp" / "manifest.parquet").iloc[0]
     assert row["status"] == "failed" and row["failed_stage"] == "infer"
