@@ -191,7 +191,7 @@ class CohortRunner:
             from wsi_pipeline.cohort.summarize import summarize_cohort
 
             report.summary_path = summarize_cohort(self.out_dir).table_path
-        log.info("run finished in %.1f s: %d stages ran, %d slides failed", report.seconds, ran,
+        log.info("run finished in %.1f s: %d stages scheduled, %d slides failed", report.seconds, ran,
                  len(report.failures))
         return report
 
