@@ -72,3 +72,12 @@ def test_evaluate_turns_a_bad_file_into_a_clear_error(tmp_path):
                                   "--true", str(tmp_path / "true")])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert "x.mat: inst_type has 1 entries for 2 instances" in r.output
+
+
+def test_write_empty_image_with_type_probs(tmp_path):
+    """An image without nuclei (21 CoNSeP patches) still gets a valid .mat."""
+    from wsi_pipeline.metrics.matio import read_instance_mat, write_instance_mat
+
+    path = write_instance_mat(tmp_path / "empty.mat", np.zeros((8, 8), np.int32), np.zeros(0),
+                              inst_type_prob=np.zeros((0, 5), np.float32))
+    assert read_instance_mat(path).ids().size == 0

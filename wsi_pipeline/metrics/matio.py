@@ -140,7 +140,9 @@ def write_instance_mat(
         .astype(np.int64),
     }
     if inst_type_prob is not None:
-        out["inst_type_prob"] = np.asarray(inst_type_prob, dtype=np.float32).reshape(n, -1)
+        probs = np.asarray(inst_type_prob, dtype=np.float32)
+        # (N, C) as given; reshape(n, -1) cannot infer C when there are no nuclei.
+        out["inst_type_prob"] = probs if probs.ndim == 2 else probs.reshape(n, -1)
     if extra:
         out.update(extra)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
