@@ -63,17 +63,25 @@ class Slide(ABC):
         if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
             raise ValueError(f"mpp must be a positive number, got {mpp!r}")
         self._mpp_override = mpp
+        self._levels: tuple[tuple[int, int], ...] = ()
+        self._downsamples: tuple[float, ...] = ()
 
-    # -- what a backend provides -------------------------------------------------------------
+    def _set_levels(self, dimensions, downsamples) -> None:
+        """Backends call this once they have opened the file."""
+        self._levels = tuple((int(w), int(h)) for w, h in dimensions)
+        self._downsamples = tuple(float(d) for d in downsamples)
+
     @property
-    @abstractmethod
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
         """(W, H) of every pyramid level, level 0 first."""
+        return self._levels
 
     @property
-    @abstractmethod
     def level_downsamples(self) -> tuple[float, ...]:
         """Downsample of every level relative to level 0."""
+        return self._downsamples
+
+    # -- what a backend provides -------------------------------------------------------------
 
     @abstractmethod
     def _native_mpp(self) -> float | None:

@@ -62,17 +62,8 @@ class OpenSlideSlide(Slide):
             self._osr = openslide.OpenSlide(str(self.path))
         except (openslide.OpenSlideError, OSError) as exc:
             raise SlideReadError(self.path, f"OpenSlide cannot open it ({exc})") from exc
-        self._levels = tuple(tuple(int(v) for v in d) for d in self._osr.level_dimensions)
-        self._downsamples = tuple(float(d) for d in self._osr.level_downsamples)
+        self._set_levels(self._osr.level_dimensions, self._osr.level_downsamples)
         self._props = dict(self._osr.properties)
-
-    @property
-    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return self._levels
-
-    @property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return self._downsamples
 
     @property
     def properties(self) -> dict[str, str]:

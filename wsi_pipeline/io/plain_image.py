@@ -58,15 +58,7 @@ class PlainImageSlide(Slide):
         super().__init__(path, mpp)
         self._pixels = read_rgb(self.path) if pixels is None else np.asarray(pixels, np.uint8)
         h, w = self._pixels.shape[:2]
-        self._levels = ((w, h),)
-
-    @property
-    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return self._levels
-
-    @property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return (1.0,)
+        self._set_levels(((w, h),), (1.0,))
 
     def _native_mpp(self) -> float | None:
         return None

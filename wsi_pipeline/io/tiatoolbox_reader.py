@@ -37,17 +37,8 @@ class TiatoolboxSlide(Slide):
         except Exception as exc:  # TIAToolbox raises many types for unreadable input
             raise SlideReadError(self.path, f"TIAToolbox cannot open it ({exc})") from exc
         info = self._reader.info
-        self._levels = tuple((int(w), int(h)) for w, h in info.level_dimensions)
-        self._downsamples = tuple(float(d) for d in info.level_downsamples)
+        self._set_levels(info.level_dimensions, info.level_downsamples)
         self._info_mpp = None if info.mpp is None else float(np.mean(np.asarray(info.mpp, float)))
-
-    @property
-    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return self._levels
-
-    @property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return self._downsamples
 
     def _native_mpp(self) -> float | None:
         return self._info_mpp
