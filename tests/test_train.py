@@ -153,3 +153,28 @@ def test_resume_through_worker_process_changes_augmentation_each_epoch(tmp_path,
     assert len(straight) == len(seen) == 2
     assert not torch.equal(straight[0], straight[1]), "augmentation frozen across epochs"
     assert torch.equal(straight[0], seen[0]) and torch.equal(straight[1], seen[1])
+
+
+def test_init_from_starts_at_the_given_weights_with_a_fresh_schedule(tmp_path):
+    data = ([_sample(i) for i in range(4)], [_sample(9)])
+    first = train(_cfg(tmp_path, epochs=1, max_steps_per_epoch=1), samples=data, progress=False)
+    src = first.run_dir / "last.pt"
+    cfg = _cfg(tmp_path, out_dir=str(tmp_path / "ft"), epochs=1, init_from=str(src),
+               optim={"lr": 1e-12, "schedule": "constant"}, max_steps_per_epoch=1)
+    result = train(cfg, samples=data, progress=False)
+    assert len(result.history) == 1  # a new run: epoch numbering starts again
+    before, after = load_checkpoint(src).net.state_dict(), load_checkpoint(result.run_dir / "last.pt")
+    # lr 1e-12: one step moves nothing measurable, so equal weights prove the copy.
+    for name, value in after.net.state_dict().items():
+        if value.is_floating_point() and "running" not in name:
+            assert torch.allclose(value, before[name], atol=1e-6), name
+    assert after.meta["init_from"]["sha256"] == load_checkpoint(src).sha256
+
+
+def test_init_from_with_another_architecture_is_refused_by_name(tmp_path):
+    data = ([_sample(i) for i in range(2)], [])
+    first = train(_cfg(tmp_path, epochs=1, max_steps_per_epoch=1), samples=data, progress=False)
+    cfg = _cfg(tmp_path, out_dir=str(tmp_path / "ft"), init_from=str(first.run_dir / "last.pt"),
+               model={"n_types": 3, "encoder": "resnet18", "width": 16})
+    with pytest.raises(ValueError, match="last.pt.*differs"):
+        train(cfg, samples=data, progress=False)

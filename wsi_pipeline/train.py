@@ -23,6 +23,7 @@ from wsi_pipeline.atomic import atomic_path, write_text_atomic
 from wsi_pipeline.data import Augmenter, NucleusDataset, Sample, read_consep_patches, split_by_group
 from wsi_pipeline.metrics import DatasetEvaluator, Instances
 from wsi_pipeline.model import MultiTaskNet, save_checkpoint
+from wsi_pipeline.model.checkpoint import CheckpointError, load_checkpoint
 from wsi_pipeline.model.losses import cost_matrix_from_counts, multitask_loss
 from wsi_pipeline.model.predict import autocast_dtype, resolve_device
 from wsi_pipeline.postproc import segment_instances
@@ -128,6 +129,25 @@ def _set_encoders_trainable(net: MultiTaskNet, trainable: bool) -> None:
     for enc in net.encoders.values():
         for p in enc.parameters():
             p.requires_grad_(trainable)
+
+
+def _init_weights(net: MultiTaskNet, cfg: TrainConfig, class_names: tuple[str, ...],
+                  device: torch.device) -> dict:
+    """Copy weights from `cfg.init_from`; a different architecture or class list would make the
+    copied heads mean something else, so both must match exactly."""
+    src = load_checkpoint(cfg.init_from, map_location=device)
+    if src.config != cfg.model:
+        raise CheckpointError(
+            f"{cfg.init_from}: model {src.config.model_dump()} differs from the configured "
+            f"{cfg.model.model_dump()}"
+        )
+    if tuple(src.class_names) != tuple(class_names):
+        raise CheckpointError(
+            f"{cfg.init_from}: classes {list(src.class_names)} differ from the data's {list(class_names)}"
+        )
+    net.load_state_dict(src.net.state_dict())
+    log.info("initialised weights from %s (sha256 %s)", cfg.init_from, src.sha256)
+    return {"path": str(cfg.init_from), "sha256": src.sha256, "epoch": src.meta.get("epoch")}
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
@@ -253,6 +273,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: _lr_factor(cfg, e))
 
     start_epoch, history, best = 0, [], (-math.inf, -1)
+    init_info = None
     last_path = run_dir / "last.pt"
     if resume and last_path.is_file():
         state = torch.load(last_path, map_location=device, weights_only=True)
@@ -264,6 +285,9 @@ def train(
         history = list(state["train_state"]["history"])
         best = tuple(state["train_state"]["best"])
         log.info("resumed from %s at epoch %d", last_path, start_epoch)
+        init_info = state["meta"].get("init_from")
+    elif cfg.init_from is not None:
+        init_info = _init_weights(net, cfg, class_names, device)
 
     train_ds = NucleusDataset(train_samples, Augmenter(cfg.augment), seed=cfg.seed,
                               patch_size=cfg.patch_size, crop="random")
@@ -312,7 +336,7 @@ def train(
         score = _selection_score(row)
         meta = {"train_config": cfg.model_dump(mode="json"), "cost_matrix": w.tolist(),
                 "cost_info": cost_info, "epoch": epoch + 1, "metrics": row,
-                "device": str(device), "amp": str(amp)}
+                "device": str(device), "amp": str(amp), "init_from": init_info}
         if score > best[0]:
             best = (score, epoch + 1)
             save_checkpoint(run_dir / "best.pt", net, class_names=class_names, mpp=cfg.mpp, meta=meta)

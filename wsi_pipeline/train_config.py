@@ -65,6 +65,13 @@ class TrainConfig(BaseModel):
         description="Training crops are patch_size² (random crop; smaller images padded). "
         "Validation scores use whole images, tiled; the validation loss uses centre crops.",
     )
+    init_from: Path | None = Field(
+        None,
+        description="Start from the weights of this checkpoint (shipped default, best.pt, last.pt) "
+        "with a fresh optimizer and schedule: fine-tuning on own data, or continuing a run under a "
+        "new learning-rate schedule. Its architecture and classes must match model and data. "
+        "Ignored when out_dir/last.pt exists (that run resumes instead).",
+    )
     val_every: int = Field(1, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1, description="For smoke tests.")
     model: ModelConfig = ModelConfig()
