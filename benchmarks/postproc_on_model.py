@@ -52,7 +52,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--side", choices=["train", "val"], default="val")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--tune", action="store_true", help="grid over ns_threshold x edge_threshold")
+    ap.add_argument("--tune", action="store_true",
+                    help="grid over ns_threshold x edge_threshold x min_marker_area_um2")
     args = ap.parse_args()
 
     model = load_checkpoint(args.checkpoint)
@@ -69,10 +70,11 @@ def main() -> None:
           f"model {time.perf_counter() - t0:.1f} s")
     base = PostprocConfig()
     if args.tune:
-        for ns_t, edge_t in itertools.product((0.4, 0.5, 0.6), (0.04, 0.06, 0.1, 0.15, 0.2)):
-            cfg = base.model_copy(update={"ns_threshold": ns_t, "edge_threshold": edge_t})
-            s = score(samples, maps, model.mpp, n_types, two_step=True, config=cfg)
-            print(f"ns_threshold={ns_t} edge_threshold={edge_t}: {fmt(s, n_types)}", flush=True)
+        grid = itertools.product((0.4, 0.5), (0.02, 0.03, 0.045, 0.06, 0.1), (0.5, 2.0, 3.0, 5.0))
+        for ns_t, edge_t, marker in grid:
+            update = {"ns_threshold": ns_t, "edge_threshold": edge_t, "min_marker_area_um2": marker}
+            s = score(samples, maps, model.mpp, n_types, two_step=True, config=base.model_copy(update=update))
+            print(" ".join(f"{k}={v}" for k, v in update.items()), f": {fmt(s, n_types)}", flush=True)
         return
     for two_step in (False, True):
         t0 = time.perf_counter()

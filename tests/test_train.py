@@ -178,3 +178,11 @@ def test_init_from_with_another_architecture_is_refused_by_name(tmp_path):
                model={"n_types": 3, "encoder": "resnet18", "width": 16})
     with pytest.raises(ValueError, match="last.pt.*differs"):
         train(cfg, samples=data, progress=False)
+
+
+@pytest.mark.parametrize("name", ["train_compact.yaml", "train_compact_continue.yaml", "train_full.yaml"])
+def test_shipped_training_configs_load(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name, TrainConfig)
+    assert cfg.model.encoder == "resnet34" and cfg.model.n_types == 5
