@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,6 +13,7 @@ from wsi_pipeline.data.stain import (
     StainNormConfig,
     build_normalizer,
     normalize_samples,
+    normalizer_from_meta,
 )
 
 H = np.array([0.65, 0.70, 0.29])
@@ -79,3 +82,55 @@ def test_build_and_apply_to_samples(tmp_path) -> None:
     (out,) = normalize_samples([s], norm)
     assert out.inst_map is s.inst_map and not np.array_equal(out.image, s.image)
     assert isinstance(build_normalizer(StainNormConfig(method="macenko")), MacenkoNormalizer)
+
+
+def _two_lab_slide() -> np.ndarray:
+    """64 x 128 'slide' whose left and right halves are stained differently, so that crops of
+    it have different statistics, as tiles of a real slide do."""
+    return np.concatenate([_synthetic_he(7), _restained(_synthetic_he(8), (1.3, 0.8, 1.0))], axis=1)
+
+
+@pytest.mark.parametrize("method", ["reinhard", "macenko"])
+def test_slide_statistics_make_overlapping_crops_agree(method) -> None:
+    """The seam argument: two overlapping tiles normalised with ONE estimate for the slide are
+    identical where they overlap; each normalised with its own estimate (`__call__`), not."""
+    slide = _two_lab_slide()
+    norm = ReinhardNormalizer.fit([_synthetic_he(3)]) if method == "reinhard" else MacenkoNormalizer()
+    left, right = slide[:, :96], slide[:, 32:]  # overlap: slide columns 32..95
+    stats = norm.source_stats(slide)
+    np.testing.assert_array_equal(norm.apply(left, stats)[:, 32:], norm.apply(right, stats)[:, :64])
+    np.testing.assert_array_equal(norm.apply(slide, stats)[:, 32:], norm.apply(right, stats))
+    own = np.abs(norm(left)[:, 32:].astype(int) - norm(right)[:, :64]).mean()
+    assert own > 2.0, own
+    # __call__ is apply with the image's own statistics
+    np.testing.assert_array_equal(norm(left), norm.apply(left, norm.source_stats(left)))
+
+
+@pytest.mark.parametrize("method", ["reinhard", "macenko"])
+def test_meta_round_trip_rebuilds_the_same_normalizer(method, tmp_path) -> None:
+    Image.fromarray(_synthetic_he(5)).save(tmp_path / "ref.png")
+    norm = build_normalizer(StainNormConfig(method=method, reference_images=[tmp_path / "ref.png"]))
+    meta = norm.to_meta()
+    assert meta["method"] == method
+    rebuilt = normalizer_from_meta(json.loads(json.dumps(meta)))  # as stored: JSON-able, exact
+    assert type(rebuilt) is type(norm) and rebuilt.to_meta() == meta
+    image = _synthetic_he(6)
+    np.testing.assert_array_equal(rebuilt(image), norm(image))
+    stats = norm.source_stats(image)
+    assert json.loads(json.dumps(stats.to_meta())) == stats.to_meta()
+
+
+def test_no_meta_means_no_normalizer() -> None:
+    assert normalizer_from_meta(None) is None and normalizer_from_meta({}) is None
+    assert normalizer_from_meta({"method": "none"}) is None
+    with pytest.raises(ValueError, match="vahadane"):
+        normalizer_from_meta({"method": "vahadane", "target": {}})
+
+
+def test_too_little_tissue_gives_no_statistics() -> None:
+    """Glass alone must not be 'normalised' into tissue colours: no estimate, image unchanged."""
+    blank = np.full((32, 32, 3), 245, np.uint8)
+    blank[:4, :4] = (90, 40, 140)  # 16 stained pixels: below MIN_STAINED_PIXELS
+    for norm in (ReinhardNormalizer.fit([_synthetic_he(3)]), MacenkoNormalizer()):
+        assert norm.source_stats(blank) is None
+        assert norm(blank) is blank

@@ -10,7 +10,8 @@ import torch
 import zarr
 from PIL import Image
 
-from wsi_pipeline.infer import infer_slide
+from wsi_pipeline.data.stain import ReinhardNormalizer
+from wsi_pipeline.infer import STAIN_TILES, infer_slide
 from wsi_pipeline.infer_config import InferConfig
 from wsi_pipeline.io import MissingMppError, open_slide
 from wsi_pipeline.io.plain_image import PlainImageSlide
@@ -24,11 +25,15 @@ FAST = {"tile_size": 128, "margin": 32, "batch_size": 8, "reader_threads": 2, "p
         "tissue": TissueConfig(min_object_um2=500)}
 
 
-def tiny_model(tmp_path_factory, mpp: float):
+# A stain target darker and bluer than CoNSeP's (Lab mean and std per channel).
+STAIN = ReinhardNormalizer(mean=np.array([55.0, 25.0, -25.0]), std=np.array([18.0, 12.0, 12.0]))
+
+
+def tiny_model(tmp_path_factory, mpp: float, meta: dict | None = None):
     torch.manual_seed(0)
     net = MultiTaskNet(encoder="resnet18", width=8)
     path = tmp_path_factory.mktemp("ckpt") / f"tiny_{mpp}.pt"
-    save_checkpoint(path, net, class_names=CLASSES, mpp=mpp)
+    save_checkpoint(path, net, class_names=CLASSES, mpp=mpp, meta=meta)
     return load_checkpoint(path)
 
 
@@ -72,6 +77,7 @@ def test_maps_layout_and_agreement_with_tiled(model, tissue_canvas, tmp_path):
         assert key in attrs, key
     assert attrs["scale"] == 1.0 and attrs["map_size"] == [576, 448]
     assert attrs["model_sha256"] == model.sha256 and attrs["class_names"] == list(CLASSES)
+    assert attrs["stain"] is None and "stain" not in result.timings  # trained without it
 
     inferred = g["inferred"][:]
     assert inferred[160:288, 160:416].all()  # the whole island
@@ -132,6 +138,82 @@ def test_interrupted_run_leaves_only_partial(model, tissue_canvas, tmp_path, mon
         infer_slide(slide, tmp_path / "out", InferConfig(**FAST), model, progress=False)
     assert (tmp_path / "out" / "maps.zarr.partial").exists()
     assert not (tmp_path / "out" / "maps.zarr").exists()
+
+
+@pytest.fixture(scope="module")
+def stain_model(tmp_path_factory):
+    """`model`'s weights, trained (so its meta says) with Reinhard stain normalisation."""
+    return tiny_model(tmp_path_factory, 0.25, meta={"stain": STAIN.to_meta()})
+
+
+def _count_source_stats(monkeypatch) -> list:
+    """Every source estimate made, as (pixels, statistics)."""
+    calls: list = []
+    real = ReinhardNormalizer.source_stats
+
+    def spy(self, pixels):
+        calls.append((pixels, real(self, pixels)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(ReinhardNormalizer, "source_stats", spy)
+    return calls
+
+
+def test_slide_is_stain_normalised_with_one_estimate(stain_model, tissue_canvas, tmp_path,
+                                                     monkeypatch):
+    """One source estimate per slide, from pooled tissue tiles at the model's mpp, recorded in
+    the maps' provenance; every tile then goes through that same transform, so the maps equal
+    tiled inference of the whole slide normalised at once (no seams between tiles)."""
+    calls = _count_source_stats(monkeypatch)
+    slide = fake_slide(tissue_canvas, 0.25, tmp_path)
+    result = infer_slide(slide, tmp_path / "out", InferConfig(chunk_size=192, **FAST), stain_model,
+                         progress=False)
+    assert len(calls) == 1
+    pixels, stats = calls[0]
+    n_tiles = len(pixels) // (128 * 128)
+    assert 1 <= n_tiles <= STAIN_TILES and len(pixels) == n_tiles * 128 * 128
+    g = zarr.open_group(str(result.maps), mode="r")
+    record = g.attrs["stain"]
+    assert record == {**STAIN.to_meta(), "n_tiles": n_tiles, "source": stats.to_meta()}
+    assert "stain" in result.timings
+
+    inferred = g["inferred"][:]
+    interior = inferred.copy()
+    interior[:64], interior[-64:], interior[:, :64], interior[:, -64:] = False, False, False, False
+    ref = predict_tiled(stain_model.net, STAIN.apply(tissue_canvas, stats), tile=128, stride=64,
+                        precision="fp32")
+    np.testing.assert_allclose(g["ns"][:].astype(np.float32)[interior], ref["ns"][interior], atol=2e-3)
+    raw = predict_tiled(stain_model.net, tissue_canvas, tile=128, stride=64, precision="fp32")
+    assert np.abs(raw["ns"][interior] - ref["ns"][interior]).max() > 0.01  # normalisation mattered
+
+
+def test_slide_too_pale_for_an_estimate_runs_unnormalised(stain_model, tmp_path, monkeypatch,
+                                                          caplog):
+    """Tissue the detector accepts but too faint for a stain estimate: a warning, no
+    normalisation, and the slide still completes (a cohort never stops for it)."""
+    calls = _count_source_stats(monkeypatch)
+    canvas = np.full((448, 576, 3), 245, np.uint8)
+    canvas[160:288, 160:416] = (235, 200, 225)  # pale pink: tissue, but no stained pixel
+    slide = fake_slide(canvas, 0.25, tmp_path)
+    with caplog.at_level("WARNING", logger="wsi_pipeline.infer"):
+        result = infer_slide(slide, tmp_path / "out", InferConfig(**FAST), stain_model,
+                             progress=False)
+    assert not result.no_tissue and len(calls) == 1 and calls[0][1] is None
+    assert "too little tissue" in caplog.text
+    g = zarr.open_group(str(result.maps), mode="r")
+    assert g.attrs["stain"]["source"] is None and g.attrs["stain"]["method"] == "reinhard"
+    ref = predict_tiled(stain_model.net, canvas, tile=128, stride=64, precision="fp32")
+    inferred = g["inferred"][:]
+    np.testing.assert_allclose(g["ns"][:].astype(np.float32)[inferred], ref["ns"][inferred], atol=2e-3)
+
+
+def test_blank_slide_with_stain_model_estimates_nothing(stain_model, tmp_path, monkeypatch):
+    calls = _count_source_stats(monkeypatch)
+    slide = fake_slide(np.full((300, 400, 3), 250, np.uint8), 0.25, tmp_path)
+    result = infer_slide(slide, tmp_path / "out", InferConfig(**FAST), stain_model, progress=False)
+    assert result.no_tissue and not calls
+    record = zarr.open_group(str(result.maps), mode="r").attrs["stain"]
+    assert record["n_tiles"] == 0 and record["source"] is None
 
 
 def test_real_slide_end_to_end(shared_data, tmp_path_factory, tmp_path):

@@ -12,10 +12,13 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from wsi_pipeline import tile_mode
 from wsi_pipeline.cli import main
+from wsi_pipeline.data.stain import ReinhardNormalizer
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
-from wsi_pipeline.postproc import SegmentationResult
+from wsi_pipeline.postproc import SegmentationResult, segment_instances
 from wsi_pipeline.tile_mode import segment_image, write_geojson, write_mat, write_overlay
+from wsi_pipeline.tiled import predict_tiled
 
 CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
 
@@ -26,6 +29,31 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(path, MultiTaskNet(encoder="resnet18", width=8), class_names=CLASSES, mpp=0.25)
     return path
+
+
+# A 'lab' whose images are darker and bluer than CoNSeP's (Lab mean and std per channel).
+STAIN = ReinhardNormalizer(mean=np.array([55.0, 25.0, -25.0]), std=np.array([18.0, 12.0, 12.0]))
+
+
+@pytest.fixture(scope="module")
+def stain_checkpoint(tmp_path_factory):
+    """The same weights as `checkpoint`, trained (so its meta says) with Reinhard normalisation."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_stain.pt"
+    save_checkpoint(path, MultiTaskNet(encoder="resnet18", width=8), class_names=CLASSES, mpp=0.25,
+                    meta={"stain": STAIN.to_meta()})
+    return path
+
+
+def _network_inputs(monkeypatch) -> list[np.ndarray]:
+    seen: list[np.ndarray] = []
+
+    def spy(net, image, **kw):
+        seen.append(image)
+        return predict_tiled(net, image, **kw)
+
+    monkeypatch.setattr(tile_mode, "predict_tiled", spy)
+    return seen
 
 
 @pytest.fixture()
@@ -151,8 +179,6 @@ def test_cli_match_selects_images(checkpoint, input_dir, tmp_path):
 
 def test_cli_goes_on_after_any_per_image_error(checkpoint, input_dir, tmp_path, monkeypatch):
     """Not only unreadable files: an image whose processing fails is named and skipped."""
-    import wsi_pipeline.tile_mode as tile_mode
-
     real = tile_mode.segment_image
 
     def fail_on_wide(model, image, **kw):
@@ -171,8 +197,6 @@ def test_cli_goes_on_after_any_per_image_error(checkpoint, input_dir, tmp_path, 
 
 
 def test_cli_fails_when_every_image_fails(checkpoint, input_dir, tmp_path, monkeypatch):
-    import wsi_pipeline.tile_mode as tile_mode
-
     def always_fail(*args, **kw):
         raise RuntimeError("boom")
 
@@ -191,3 +215,48 @@ def test_cli_cuda_without_gpu_is_a_clear_error(checkpoint, input_dir, tmp_path):
     assert res.exit_code == 1 and "no CUDA GPU is available" in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
     assert not (tmp_path / "o").exists()
+
+
+def _same(a: SegmentationResult, b: SegmentationResult) -> None:
+    np.testing.assert_array_equal(a.inst_map, b.inst_map)
+    np.testing.assert_array_equal(a.types, b.types)
+    np.testing.assert_array_equal(a.type_probs, b.type_probs)
+
+
+def test_stain_checkpoint_predicts_as_on_the_pre_normalised_image(
+        checkpoint, stain_checkpoint, shared_data, monkeypatch):
+    """Tile mode normalises each image with its own statistics before the network."""
+    image = np.asarray(Image.open(shared_data / "consep_patches/train/images/train_3_000.jpg"))
+    plain, stained = load_checkpoint(checkpoint), load_checkpoint(stain_checkpoint)
+    seen = _network_inputs(monkeypatch)
+    result = segment_image(stained, image, tile=128, stride=64)
+    np.testing.assert_array_equal(seen[0], STAIN(image))
+    assert np.abs(seen[0].astype(int) - image).mean() > 10  # the target really differs
+    _same(result, segment_image(plain, STAIN(image), tile=128, stride=64))
+    # another mpp: normalised after resampling, at the model's mpp like the training images
+    segment_image(stained, image[:100, :150], image_mpp=0.5, tile=128, stride=64)
+    assert seen[-1].shape == (200, 300, 3)
+    np.testing.assert_array_equal(
+        seen[-1], STAIN(np.asarray(Image.fromarray(image[:100, :150]).resize(
+            (300, 200), Image.Resampling.BICUBIC))))
+
+
+def test_checkpoint_without_stain_predicts_exactly_as_before(checkpoint, shared_data, monkeypatch):
+    image = np.asarray(Image.open(shared_data / "consep_patches/train/images/train_3_000.jpg"))
+    model = load_checkpoint(checkpoint)
+    assert "stain" not in model.meta
+    seen = _network_inputs(monkeypatch)
+    result = segment_image(model, image, tile=128, stride=64)
+    assert seen[0] is image  # not even copied
+    maps = predict_tiled(model.net, image, tile=128, stride=64)
+    _same(result, segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=0.25))
+
+
+def test_image_without_tissue_is_not_normalised_with_a_warning(stain_checkpoint, caplog,
+                                                               monkeypatch):
+    blank = np.full((96, 96, 3), 242, np.uint8)
+    seen = _network_inputs(monkeypatch)
+    with caplog.at_level("WARNING", logger="wsi_pipeline.tile_mode"):
+        segment_image(load_checkpoint(stain_checkpoint), blank, tile=128, stride=64, name="glass.png")
+    assert seen[0] is blank
+    assert "glass.png: too little tissue" in caplog.text

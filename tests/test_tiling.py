@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsi_pipeline.tiling import TileGrid, run_pieces, schedule, tiles_touching_mask
+from wsi_pipeline.tiling import (
+    TileGrid,
+    run_pieces,
+    schedule,
+    tile_mask_coverage,
+    tiles_touching_mask,
+)
 
 
 def paint_crops(grid: TileGrid, selected: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -55,8 +61,10 @@ def test_tiles_touching_mask_matches_brute_force(scale):
     mh, mw = int(np.ceil(300 * scale)), int(np.ceil(420 * scale))
     mask = rng.random((mh, mw)) > 0.97
     got = tiles_touching_mask(grid, mask, scale)
+    coverage = tile_mask_coverage(grid, mask, scale)
     rows, cols = grid.shape
     want = np.zeros((rows, cols), bool)
+    want_coverage = np.zeros((rows, cols))
     for i in range(rows):
         for j in range(cols):
             r0, r1 = grid.crop_span(i, 0)
@@ -64,7 +72,9 @@ def test_tiles_touching_mask_matches_brute_force(scale):
             mr = slice(int(np.floor(r0 * scale)), int(np.ceil(r1 * scale)))
             mc = slice(int(np.floor(c0 * scale)), int(np.ceil(c1 * scale)))
             want[i, j] = mask[mr, mc].any()
+            want_coverage[i, j] = mask[mr, mc].mean()
     np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(coverage, want_coverage)
 
 
 def test_tiles_touching_empty_mask_selects_nothing():

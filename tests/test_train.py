@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from skimage.draw import disk
 
 import wsi_pipeline.train as train_module
 from wsi_pipeline.config import ConfigError, load_config
-from wsi_pipeline.data import Sample, SampleError, write_common
+from wsi_pipeline.data import Sample, SampleError, build_normalizer, write_common
+from wsi_pipeline.data.stain import normalizer_from_meta
 from wsi_pipeline.model import load_checkpoint
-from wsi_pipeline.train import class_counts, cost_matrix, load_samples, train
+from wsi_pipeline.train import class_counts, cost_matrix, load_samples, normalize_stain, train
 from wsi_pipeline.train_config import TrainConfig
 
 NAMES = ("background", "round", "small")
@@ -178,6 +180,38 @@ def test_init_from_with_another_architecture_is_refused_by_name(tmp_path):
                model={"n_types": 3, "encoder": "resnet18", "width": 16})
     with pytest.raises(ValueError, match="last.pt.*differs"):
         train(cfg, samples=data, progress=False)
+
+
+def test_stain_target_is_fitted_once_applied_to_train_and_val_and_saved(tmp_path):
+    """Reinhard with a reference image: train AND val images are normalised at load time, and
+    best.pt/last.pt carry the fitted target so inference rebuilds the same normaliser."""
+    ref = _sample(20).image.copy()
+    ref[ref[..., 0] < 200] = (150, 60, 120)  # another 'lab': redder nuclei
+    Image.fromarray(ref).save(tmp_path / "ref.png")
+    stain = {"method": "reinhard", "reference_images": [str(tmp_path / "ref.png")]}
+    cfg = _cfg(tmp_path, epochs=1, max_steps_per_epoch=1, data={"stain": stain})
+    data = ([_sample(i) for i in range(2)], [_sample(9)])
+    norm = build_normalizer(cfg.data.stain)
+    train_set, val_set, meta = normalize_stain(cfg, *data)
+    for before, after in zip(data[0] + data[1], train_set + val_set, strict=True):
+        np.testing.assert_array_equal(after.image, norm(before.image))
+        assert not np.array_equal(after.image, before.image)
+    assert meta == norm.to_meta() and meta["method"] == "reinhard"
+
+    train(cfg, samples=data, progress=False)
+    for name in ("best.pt", "last.pt"):
+        saved = load_checkpoint(tmp_path / "run" / name).meta["stain"]
+        assert saved == meta
+        rebuilt = normalizer_from_meta(saved)
+        np.testing.assert_array_equal(rebuilt.mean, norm.mean)
+        np.testing.assert_array_equal(rebuilt.std, norm.std)
+
+
+def test_without_stain_config_checkpoints_carry_no_stain(tmp_path):
+    data = ([_sample(i) for i in range(2)], [])
+    assert normalize_stain(_cfg(tmp_path), *data) == (*data, None)
+    train(_cfg(tmp_path, epochs=1, max_steps_per_epoch=1), samples=data, progress=False)
+    assert normalizer_from_meta(load_checkpoint(tmp_path / "run" / "last.pt").meta["stain"]) is None
 
 
 @pytest.mark.parametrize("name", ["train_compact.yaml", "train_compact_continue.yaml", "train_full.yaml"])

@@ -144,6 +144,7 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
             "wsi_pipeline_version": __version__,
             "maps_wsi_pipeline_version": attrs.get("wsi_pipeline_version"),
             "input": attrs.get("slide"),
+            "stain_normalization": attrs.get("stain"),
             "config": {
                 "infer": attrs.get("config"),
                 "postproc": table_prov.get("postproc_config"),

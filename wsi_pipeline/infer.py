@@ -5,6 +5,10 @@ release the GIL), the calling thread batches them through the network, and one w
 thread scatters central crops into in-memory chunk buffers and writes each chunk once, whole,
 when its last tile has arrived (no read-modify-write, no races). Memory stays a few chunks
 plus a few batches whatever the slide size; see `tiling` for the schedule.
+
+A model trained with stain normalisation gets every tile mapped onto its stain target with ONE
+source estimate per slide (pixels pooled over a few tissue tiles): per-tile estimates would
+colour overlapping tiles differently and make their predictions disagree at the seams.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,16 +31,26 @@ from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec
 
 from wsi_pipeline import __version__
+from wsi_pipeline.data.stain import Normalizer, normalizer_from_meta
 from wsi_pipeline.infer_config import InferConfig
 from wsi_pipeline.io import Slide
 from wsi_pipeline.model import LoadedModel
 from wsi_pipeline.model.predict import predict_batch_compact, prepare_model, resolve_device
-from wsi_pipeline.tiling import Schedule, TileGrid, run_pieces, schedule, tiles_touching_mask
-from wsi_pipeline.tissue import detect_tissue, save_tissue
+from wsi_pipeline.tiling import (
+    Schedule,
+    TileGrid,
+    run_pieces,
+    schedule,
+    tile_mask_coverage,
+    tiles_touching_mask,
+)
+from wsi_pipeline.tissue import TissueResult, detect_tissue, save_tissue
 
 log = logging.getLogger(__name__)
 
 MAPS_NAME = "maps.zarr"
+STAIN_TILES = 16  # tissue tiles pooled for a slide's stain estimate: stable, yet a second to read
+STAIN_MAX_PIXELS = 1 << 20  # pooled pixels beyond this are subsampled (large tiles)
 
 
 @dataclass
@@ -90,6 +105,12 @@ def infer_slide(slide: Slide, out_dir: Path, cfg: InferConfig, model: LoadedMode
     geo = _Geometry(slide_mpp, model_mpp, scale, grid, plan)
     log.info("%s: %d x %d map px at %.3g um/px, %.3f mm2 tissue, %d tiles (%d runs)",
              slide.path.name, width, height, model_mpp, tissue.mm2, int(selected.sum()), len(plan))
+    stain, stain_record = None, None
+    normalizer = normalizer_from_meta(model.meta.get("stain"))
+    if normalizer is not None:
+        t0 = time.perf_counter()
+        stain, stain_record = _slide_stain(slide, geo, tissue, normalizer)
+        timings["stain"] = time.perf_counter() - t0
 
     partial = out_dir / (MAPS_NAME + ".partial")
     if partial.exists():
@@ -97,8 +118,8 @@ def infer_slide(slide: Slide, out_dir: Path, cfg: InferConfig, model: LoadedMode
     group = _create_maps(partial, geo, cfg, model)
     _write_tissue(group, tissue.mask, tissue.mpp, cfg)
     if len(plan):
-        timings.update(_run_pipeline(slide, group, geo, cfg, model, progress))
-    group.attrs.update(_attributes(slide, geo, cfg, model, tissue.mm2))
+        timings.update(_run_pipeline(slide, group, geo, cfg, model, progress, stain))
+    group.attrs.update(_attributes(slide, geo, cfg, model, tissue.mm2, stain_record))
 
     final = out_dir / MAPS_NAME
     if final.exists():
@@ -139,7 +160,7 @@ def _write_tissue(group: zarr.Group, mask: np.ndarray, mpp: float, cfg: InferCon
 
 
 def _attributes(slide: Slide, geo: _Geometry, cfg: InferConfig, model: LoadedModel,
-                tissue_mm2: float) -> dict:
+                tissue_mm2: float, stain: dict | None) -> dict:
     stat = slide.path.stat()
     return {
         "mpp": geo.model_mpp,
@@ -157,7 +178,54 @@ def _attributes(slide: Slide, geo: _Geometry, cfg: InferConfig, model: LoadedMod
         "slide": {"path": str(slide.path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime},
         "tissue_mm2": tissue_mm2,
         "tile_grid": {"tile": geo.grid.tile, "stride": geo.grid.stride, "margin": geo.grid.offset},
+        "stain": stain,  # None: the model was trained without stain normalisation
     }
+
+
+def _read_tile(slide: Slide, geo: _Geometry, row: int, col: int) -> np.ndarray:
+    """The input pixels of tile (row, col) at the model's mpp."""
+    x = float(geo.grid.tile_origin(col)) * geo.scale
+    y = float(geo.grid.tile_origin(row)) * geo.scale
+    return slide.read_region_at_mpp(x, y, (geo.grid.tile, geo.grid.tile), geo.model_mpp)
+
+
+def _stain_tiles(coverage: np.ndarray, n: int) -> np.ndarray:
+    """(k, 2) rows and columns of up to `n` tiles evenly spaced, in raster order, over those at
+    least half on tissue (over all touching tissue where none is): spread over the section,
+    mostly tissue rather than glass, and the same on every run."""
+    candidates = np.argwhere(coverage >= 0.5)
+    if len(candidates) == 0:
+        candidates = np.argwhere(coverage > 0)
+    if len(candidates) <= n:
+        return candidates
+    return candidates[np.linspace(0, len(candidates) - 1, n).round().astype(int)]
+
+
+def _slide_stain(slide: Slide, geo: _Geometry, tissue: TissueResult, normalizer: Normalizer
+                 ) -> tuple[Callable[[np.ndarray], np.ndarray] | None, dict]:
+    """The slide's one stain transform (None: nothing to normalise, or too little tissue for an
+    estimate, with a warning) and its provenance record.
+
+    The source statistics come from full-resolution pixels (at the model's mpp, as the network
+    sees them) pooled over up to STAIN_TILES tissue tiles.
+    """
+    coverage = tile_mask_coverage(geo.grid, tissue.mask, geo.model_mpp / tissue.mpp)
+    tiles = _stain_tiles(coverage, STAIN_TILES)
+    stats = None
+    if len(tiles):
+        pixels = np.stack([_read_tile(slide, geo, int(r), int(c)) for r, c in tiles]).reshape(-1, 3)
+        step = -(-len(pixels) // STAIN_MAX_PIXELS)  # ceil: 1 for 16 tiles of 256²
+        stats = normalizer.source_stats(pixels[::step])
+    record = {**normalizer.to_meta(), "n_tiles": len(tiles),
+              "source": stats.to_meta() if stats is not None else None}
+    if stats is None:
+        if len(tiles):
+            log.warning("%s: too little tissue in %d tiles to estimate the stain; not stain-normalised",
+                        slide.path.name, len(tiles))
+        return None, record
+    log.info("%s: stain normalisation %s, source statistics from %d tiles: %s",
+             slide.path.name, record["method"], len(tiles), record["source"])
+    return lambda tile: normalizer.apply(tile, stats), record
 
 
 class _ChunkWriter:
@@ -217,19 +285,21 @@ class _ChunkWriter:
 
 
 def _run_pipeline(slide: Slide, group: zarr.Group, geo: _Geometry, cfg: InferConfig,
-                  model: LoadedModel, progress: bool) -> dict[str, float]:
+                  model: LoadedModel, progress: bool,
+                  stain: Callable[[np.ndarray], np.ndarray] | None) -> dict[str, float]:
+    """Read (and stain-normalise, counted as reading) -> model -> write, overlapped."""
     device = resolve_device(cfg.device)
     net = prepare_model(model.net, device, cfg.precision)
-    plan, grid, tile = geo.plan, geo.grid, cfg.tile_size
+    plan = geo.plan
     writer = _ChunkWriter(group, geo, model.config.n_types)
     read_seconds = [0.0]
     read_lock = threading.Lock()
 
     def read(run: int) -> np.ndarray:
         t0 = time.perf_counter()
-        x = float(grid.tile_origin(int(plan.cols[run]))) * geo.scale
-        y = float(grid.tile_origin(int(plan.rows[run]))) * geo.scale
-        pixels = slide.read_region_at_mpp(x, y, (tile, tile), geo.model_mpp)
+        pixels = _read_tile(slide, geo, int(plan.rows[run]), int(plan.cols[run]))
+        if stain is not None:
+            pixels = stain(pixels)
         with read_lock:
             read_seconds[0] += time.perf_counter() - t0
         return pixels

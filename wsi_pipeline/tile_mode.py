@@ -2,11 +2,14 @@
 
 Images of any size go through `tiled.predict_tiled`. An image whose pixel size differs from
 the model's is resampled to the model's for the network only; the maps are resampled back,
-so instances, centroids and overlays are in the input image's own pixels.
+so instances, centroids and overlays are in the input image's own pixels. A model trained with
+stain normalisation gets each image normalised with that image's own statistics (tile-mode
+images are independent fields of view; slides use one estimate per slide, see `infer`).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +22,15 @@ from skimage.segmentation import find_boundaries
 
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import atomic_path
+from wsi_pipeline.data.stain import normalizer_from_meta
 from wsi_pipeline.geojson import MEASUREMENT_COLUMNS, hex_to_rgb, write_feature_collection
 from wsi_pipeline.metrics.matio import write_instance_mat
 from wsi_pipeline.model import LoadedModel
 from wsi_pipeline.postproc import SegmentationResult, segment_instances
 from wsi_pipeline.postproc.measure import measure_instances
 from wsi_pipeline.tiled import predict_tiled
+
+log = logging.getLogger(__name__)
 
 
 def segment_image(
@@ -37,8 +43,10 @@ def segment_image(
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     two_step: bool = True,
+    name: str = "image",
 ) -> SegmentationResult:
-    """Instances of an RGB uint8 image; `image_mpp` None means "already at the model's mpp"."""
+    """Instances of an RGB uint8 image; `image_mpp` None means "already at the model's mpp";
+    `name` identifies the image in log messages."""
     mpp = float(model.mpp) if image_mpp is None else float(image_mpp)
     h, w = image.shape[:2]
     factor = mpp / float(model.mpp)  # > 1: the image is coarser than the model wants
@@ -46,11 +54,27 @@ def segment_image(
     if abs(factor - 1) > 1e-3:
         size = (max(1, round(w * factor)), max(1, round(h * factor)))
         net_input = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
-    maps = predict_tiled(model.net, net_input, tile=tile, stride=stride, batch_size=batch_size,
-                         device=device)
+    maps = predict_tiled(model.net, _normalize_stain(model, net_input, name), tile=tile,
+                         stride=stride, batch_size=batch_size, device=device)
     if net_input is not image:
         maps = {k: _resize_maps(v, (h, w)) for k, v in maps.items()}
     return segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=mpp, two_step=two_step)
+
+
+def _normalize_stain(model: LoadedModel, image: np.ndarray, name: str) -> np.ndarray:
+    """`image` mapped onto the stain target the model was trained with (as the network input,
+    at the model's mpp, like the training images); unchanged for models trained without one, or,
+    with a warning, where the image shows too little tissue to estimate its stain."""
+    normalizer = normalizer_from_meta(model.meta.get("stain"))
+    if normalizer is None:
+        return image
+    stats = normalizer.source_stats(image)
+    if stats is None:
+        log.warning("%s: too little tissue to estimate its stain; not stain-normalised", name)
+        return image
+    log.debug("%s: stain normalisation %s, source %s", name, model.meta["stain"]["method"],
+              stats.to_meta())
+    return normalizer.apply(image, stats)
 
 
 def _resize_maps(arr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -68,6 +68,12 @@ def tiles_touching_mask(grid: TileGrid, mask: np.ndarray, map_to_mask: float) ->
     `mask` is a low-resolution image of the same map: map pixel p lies in mask pixel
     floor(p * map_to_mask). Any mask pixel partly covered by the crop counts.
     """
+    return tile_mask_coverage(grid, mask, map_to_mask) > 0
+
+
+def tile_mask_coverage(grid: TileGrid, mask: np.ndarray, map_to_mask: float) -> np.ndarray:
+    """float (rows, cols): share of the mask pixels under each tile's crop that are True
+    (mask pixels as in `tiles_touching_mask`; 0 where the crop covers no mask pixel)."""
     rows, cols = grid.shape
     integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
     integral[1:, 1:] = np.cumsum(np.cumsum(mask.astype(np.int64), axis=0), axis=1)
@@ -81,7 +87,8 @@ def tiles_touching_mask(grid: TileGrid, mask: np.ndarray, map_to_mask: float) ->
     c0, c1 = mask_span(*grid.crop_span(np.arange(cols), 1), mask.shape[1])
     total = (integral[r1[:, None], c1[None, :]] - integral[r0[:, None], c1[None, :]]
              - integral[r1[:, None], c0[None, :]] + integral[r0[:, None], c0[None, :]])
-    return total > 0
+    area = (r1 - r0)[:, None] * (c1 - c0)[None, :]
+    return np.divide(total, area, out=np.zeros(total.shape), where=area > 0)
 
 
 @dataclass(frozen=True)

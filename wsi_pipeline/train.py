@@ -20,7 +20,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from wsi_pipeline.atomic import atomic_path, write_text_atomic
-from wsi_pipeline.data import Augmenter, NucleusDataset, Sample, read_consep_patches, split_by_group
+from wsi_pipeline.data import (
+    Augmenter,
+    NucleusDataset,
+    Sample,
+    build_normalizer,
+    normalize_samples,
+    read_consep_patches,
+    split_by_group,
+)
 from wsi_pipeline.metrics import DatasetEvaluator, Instances
 from wsi_pipeline.model import MultiTaskNet, save_checkpoint
 from wsi_pipeline.model.checkpoint import CheckpointError, load_checkpoint
@@ -92,6 +100,23 @@ def load_samples(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     if not samples:
         raise ValueError(f"{root}: no training samples found")
     return split_by_group(samples, cfg.data.val_fraction, cfg.data.split_seed)
+
+
+def normalize_stain(cfg: TrainConfig, train: list[Sample], val: list[Sample]
+                    ) -> tuple[list[Sample], list[Sample], dict | None]:
+    """Fit the configured stain normaliser once and map train and val samples onto its target.
+
+    Deterministic, so done at load time rather than per epoch; validation is normalised too, so
+    its scores measure what inference (which applies the same target) will do. Returns the
+    normaliser's JSON-able meta for the checkpoints, None without normalisation.
+    """
+    normalizer = build_normalizer(cfg.data.stain)
+    if normalizer is None:
+        return train, val, None
+    meta = normalizer.to_meta()
+    refs = [str(p) for p in cfg.data.stain.reference_images] or "Macenko's published reference"
+    log.info("stain normalisation %s, target fitted on %s: %s", meta["method"], refs, meta["target"])
+    return normalize_samples(train, normalizer), normalize_samples(val, normalizer), meta
 
 
 def check_mpp(samples: list[Sample], mpp: float, tolerance: float = 0.05) -> None:
@@ -244,7 +269,8 @@ def train(
     progress: bool = True,
     samples: tuple[list[Sample], list[Sample]] | None = None,
 ) -> TrainResult:
-    """Train (or continue training) into `cfg.out_dir`; `samples` = (train, val) bypasses cfg.data."""
+    """Train (or continue training) into `cfg.out_dir`; `samples` = (train, val) replaces reading
+    cfg.data.root (cfg.data.stain still applies to them)."""
     from tqdm import tqdm
 
     run_dir = Path(cfg.out_dir)
@@ -257,6 +283,7 @@ def train(
 
     train_samples, val_samples = samples if samples is not None else load_samples(cfg)
     check_mpp(train_samples + val_samples, cfg.mpp)
+    train_samples, val_samples, stain_meta = normalize_stain(cfg, train_samples, val_samples)
     class_names = train_samples[0].class_names
     if len(class_names) != cfg.model.n_types:
         raise ValueError(
@@ -336,7 +363,8 @@ def train(
         score = _selection_score(row)
         meta = {"train_config": cfg.model_dump(mode="json"), "cost_matrix": w.tolist(),
                 "cost_info": cost_info, "epoch": epoch + 1, "metrics": row,
-                "device": str(device), "amp": str(amp), "init_from": init_info}
+                "device": str(device), "amp": str(amp), "init_from": init_info,
+                "stain": stain_meta}
         if score > best[0]:
             best = (score, epoch + 1)
             save_checkpoint(run_dir / "best.pt", net, class_names=class_names, mpp=cfg.mpp, meta=meta)

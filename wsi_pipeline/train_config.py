@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from wsi_pipeline.data.augment import AugmentConfig
+from wsi_pipeline.data.stain import StainNormConfig
 from wsi_pipeline.model.config import ModelConfig
 from wsi_pipeline.model.losses import LossConfig
 
@@ -20,6 +21,11 @@ class DataConfig(BaseModel):
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of source tiles held out.")
     split_seed: int = 0
     on_error: Literal["fail", "skip"] = "fail"
+    stain: StainNormConfig = Field(
+        default_factory=StainNormConfig,
+        description="Stain normalisation of train and val images at load time; the fitted target "
+        "is stored in the checkpoints and applied at inference (see StainNormConfig).",
+    )
 
 
 class CostConfig(BaseModel):

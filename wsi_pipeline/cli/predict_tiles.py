@@ -62,7 +62,7 @@ def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: flo
     def process(path: Path) -> None:
         image = read_rgb(path)
         result = segment_image(model, image, image_mpp=image_mpp, batch_size=batch_size,
-                               device=torch_device)
+                               device=torch_device, name=path.name)
         write_mat(output_dir / f"{path.stem}.mat", result, model, image_mpp)
         if overlay:
             write_overlay(output_dir / f"{path.stem}.png", image, result, model.class_colors)

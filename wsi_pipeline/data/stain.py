@@ -8,12 +8,21 @@ Measured limitation: on single 256² CoNSeP patches Macenko's per-image stain es
 (the E vector often lands near H, since these nucleus-dense 40× patches show little pure eosin),
 so it can make a re-stained patch worse; Reinhard is the robust choice for such patches, and
 Macenko suits larger fields of view (whole tiles, slide regions).
+
+Each normaliser is split into `source_stats` (what the image's own stain looks like) and `apply`
+(map it onto the target with given source statistics): `__call__` estimates per image (training
+patches, tile mode), while a whole slide is estimated once from pixels pooled over several
+tissue tiles and every tile is then mapped with that one estimate. Per-tile estimates would give
+overlapping tiles different colours where they meet, and so different predictions at the seams.
+The fitted target travels in the checkpoint (`to_meta` / `normalizer_from_meta`) so inference
+applies exactly what training did.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -24,14 +33,29 @@ from skimage.color import lab2rgb, rgb2lab
 
 from wsi_pipeline.data.sample import Sample
 
+log = logging.getLogger(__name__)
+
 # Reference H and E optical-density unit vectors (columns) and 99th-percentile concentrations
 # commonly used with Macenko's method.
 MACENKO_REF_STAINS = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
 MACENKO_REF_MAX_CONC = np.array([1.9705, 1.0308])
+# An estimate needs at least this many stained pixels (OD above the glass threshold in every
+# channel); fewer, and the image is left as it is rather than coloured after glass or noise.
+MIN_STAINED_PIXELS = 50
+GLASS_IO, GLASS_OD = 240.0, 0.15  # Reinhard's stained-pixel test: Macenko's default I_0 and threshold
 
 
 class StainNormConfig(BaseModel):
-    """Which normaliser to build and what to fit its target on."""
+    """Which normaliser to build and what to fit its target on.
+
+    Use it when the training data come from one lab (one stain protocol, one scanner) and the
+    model will see slides from others: every training image is mapped onto the reference
+    appearance, and the fitted target is stored in the checkpoint so that inference maps every
+    image (tile mode) or slide (one estimate per slide) onto the same appearance. Reinhard
+    (Lab mean/std) is robust on small, nucleus-dense patches; Macenko (H/E stain vectors) is
+    more faithful on large fields of view but its per-patch estimate is unstable on 256² CoNSeP
+    patches (see the module docstring). "none" keeps the images as they are (the shipped model).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -51,6 +75,39 @@ def _optical_density(image: np.ndarray, io: float) -> np.ndarray:
     return -np.log((rgb + 1.0) / io)
 
 
+def _stained(od: np.ndarray, od_threshold: float) -> np.ndarray:
+    """Rows of `od` dense enough in every channel to be tissue rather than glass."""
+    return od[(od > od_threshold).all(axis=1)]
+
+
+def _as_json(obj: object) -> dict:
+    """A dataclass of arrays and floats as JSON-able lists and floats (exact for float64)."""
+    return {f.name: np.asarray(v).tolist() if isinstance(v := getattr(obj, f.name), np.ndarray)
+            else float(v) for f in fields(obj)}
+
+
+@dataclass(frozen=True, eq=False)
+class MacenkoStats:
+    """A source's own H/E unit vectors (3, 2) and 99th-percentile concentrations (2,)."""
+
+    stains: np.ndarray
+    max_conc: np.ndarray
+
+    def to_meta(self) -> dict:
+        return _as_json(self)
+
+
+@dataclass(frozen=True, eq=False)
+class ReinhardStats:
+    """A source's per-channel CIE-Lab mean and standard deviation."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def to_meta(self) -> dict:
+        return _as_json(self)
+
+
 @dataclass(frozen=True, eq=False)
 class MacenkoNormalizer:
     """Estimate each image's H/E vectors by the extreme angles of its OD in the plane of the two
@@ -64,9 +121,8 @@ class MacenkoNormalizer:
 
     def stain_matrix(self, image: np.ndarray) -> np.ndarray | None:
         """(3, 2) unit H and E vectors of `image`, or None where too little tissue is visible."""
-        od = _optical_density(image, self.io)
-        tissue = od[(od > self.od_threshold).all(axis=1)]
-        if len(tissue) < 50:
+        tissue = _stained(_optical_density(image, self.io), self.od_threshold)
+        if len(tissue) < MIN_STAINED_PIXELS:
             return None
         _, vecs = np.linalg.eigh(np.cov(tissue.T))
         plane = vecs[:, 1:3]
@@ -97,14 +153,28 @@ class MacenkoNormalizer:
         stains = np.median(mats, axis=0)
         return replace(self, stains=stains / np.linalg.norm(stains, axis=0), max_conc=np.median(maxes, axis=0))
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        m = self.stain_matrix(image)
+    def source_stats(self, pixels: np.ndarray) -> MacenkoStats | None:
+        """Stain vectors and concentration scale of `pixels` (RGB uint8 of any shape (..., 3):
+        one image, or tiles stacked); None where too little tissue is visible."""
+        m = self.stain_matrix(pixels)
         if m is None:
-            return image
-        conc = self.concentrations(image, m)
-        scale = self.max_conc / np.maximum(np.percentile(conc, 99, axis=1), 1e-6)
+            return None
+        return MacenkoStats(stains=m, max_conc=np.percentile(self.concentrations(pixels, m), 99, axis=1))
+
+    def apply(self, image: np.ndarray, stats: MacenkoStats) -> np.ndarray:
+        """Unmix `image` with the source vectors, rescale, re-render with the target's."""
+        conc = self.concentrations(image, stats.stains)
+        scale = self.max_conc / np.maximum(stats.max_conc, 1e-6)
         out = self.io * np.exp(-(self.stains @ (conc * scale[:, None])))
         return np.clip(out.T.reshape(image.shape) - 1.0 + 0.5, 0, 255).astype(np.uint8)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """`image` normalised with its own statistics; unchanged where it shows too little tissue."""
+        stats = self.source_stats(image)
+        return image if stats is None else self.apply(image, stats)
+
+    def to_meta(self) -> dict:
+        return {"method": "macenko", "target": _as_json(self)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,18 +189,37 @@ class ReinhardNormalizer:
         lab = np.concatenate([rgb2lab(im).reshape(-1, 3) for im in images])
         return cls(mean=lab.mean(axis=0), std=lab.std(axis=0))
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        lab = rgb2lab(image)
-        mu = lab.reshape(-1, 3).mean(axis=0)
-        sd = np.maximum(lab.reshape(-1, 3).std(axis=0), 1e-6)
-        out = (lab - mu) / sd * self.std + self.mean
+    def source_stats(self, pixels: np.ndarray) -> ReinhardStats | None:
+        """Lab mean and std of `pixels` (RGB uint8 of any shape (..., 3)); None where fewer than
+        MIN_STAINED_PIXELS are stained: the statistics of glass would tint it like tissue."""
+        rgb = pixels.reshape(-1, 1, 3)
+        if len(_stained(_optical_density(rgb, GLASS_IO), GLASS_OD)) < MIN_STAINED_PIXELS:
+            return None
+        lab = rgb2lab(rgb).reshape(-1, 3)
+        return ReinhardStats(mean=lab.mean(axis=0), std=np.maximum(lab.std(axis=0), 1e-6))
+
+    def apply(self, image: np.ndarray, stats: ReinhardStats) -> np.ndarray:
+        """Per-pixel affine map of Lab from the source's mean/std to the target's."""
+        out = (rgb2lab(image) - stats.mean) / stats.std * self.std + self.mean
         with warnings.catch_warnings():  # out-of-gamut Lab values are clipped, as intended
             warnings.simplefilter("ignore", UserWarning)
             rgb = lab2rgb(out)
         return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """`image` normalised with its own statistics; unchanged where it shows too little tissue."""
+        stats = self.source_stats(image)
+        return image if stats is None else self.apply(image, stats)
 
-def build_normalizer(cfg: StainNormConfig) -> MacenkoNormalizer | ReinhardNormalizer | None:
+    def to_meta(self) -> dict:
+        return {"method": "reinhard", "target": _as_json(self)}
+
+
+Normalizer = MacenkoNormalizer | ReinhardNormalizer
+
+
+def build_normalizer(cfg: StainNormConfig) -> Normalizer | None:
+    """The configured normaliser with its target fitted; None for method "none"."""
     refs = [np.asarray(Image.open(p).convert("RGB")) for p in cfg.reference_images]
     if cfg.method == "none":
         return None
@@ -144,7 +233,20 @@ def build_normalizer(cfg: StainNormConfig) -> MacenkoNormalizer | ReinhardNormal
     return norm.fit(refs) if refs else norm
 
 
-def normalize_samples(samples: list[Sample], normalizer) -> list[Sample]:
+def normalizer_from_meta(meta: dict | None) -> Normalizer | None:
+    """Rebuild the normaliser a checkpoint was trained with from its `meta["stain"]`
+    (`to_meta()` output); None for checkpoints trained without one."""
+    if not meta or meta.get("method", "none") == "none":
+        return None
+    classes = {"macenko": MacenkoNormalizer, "reinhard": ReinhardNormalizer}
+    if meta["method"] not in classes:
+        raise ValueError(f"unknown stain normalisation method {meta['method']!r}")
+    target = {k: np.asarray(v, np.float64) if isinstance(v, list) else v
+              for k, v in meta["target"].items()}
+    return classes[meta["method"]](**target)
+
+
+def normalize_samples(samples: list[Sample], normalizer: Normalizer | None) -> list[Sample]:
     """New samples with normalised images (labels shared, not copied)."""
     if normalizer is None:
         return list(samples)
