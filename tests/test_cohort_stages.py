@@ -51,8 +51,10 @@ def test_begin_removes_outputs_and_later_markers(tmp_path):
     (slide / "maps.zarr.partial").mkdir(parents=True)
     (slide / "maps.zarr").mkdir()
     (slide / "nuclei.parquet").write_bytes(b"old")
+    (slide / ".nuclei.parquet.4242.0badcafe.tmp").write_bytes(b"PAR1")  # a killed attempt's write
     stages.begin("postproc")
     assert not (slide / "nuclei.parquet").exists()
+    assert not list(slide.glob("*.tmp")) and (slide / "stages" / "infer.json").exists()
     assert (slide / "maps.zarr").exists()  # earlier stage's output kept
     assert stages.read("infer") is not None and stages.read("postproc") is None and stages.read("export") is None
     stages.begin("infer")

@@ -40,6 +40,10 @@ MANIFEST_INTERVAL_S = 5.0
 EventHandler = Callable[[str, dict[str, Any]], None]
 
 
+#: Times a slide is resubmitted after Dask gave up on a task of it that had not even started.
+REQUEUE_LIMIT = 3
+
+
 class RunSetupError(ValueError):
     """The run cannot start; raised before any slide is touched."""
 
@@ -50,6 +54,17 @@ class SlidePlan:
     expected: dict[str, str] | None  # None when the file cannot even be stat'ed
     pending: list[str]
     skipped_failure: dict[str, Any] | None = None  # failed before and not retried
+
+
+@dataclass
+class _Chain:
+    """One slide's stage tasks as submitted: stages in order, and the stage of each task key."""
+
+    plan: SlidePlan
+    index: int  # the slide's place in the run (task priority)
+    stages: list[str]
+    requeued: int = 0
+    stage_of: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -223,39 +238,69 @@ class CohortRunner:
                                   "external": handle.cluster is None})
         try:
             client = handle.client
-            chains: dict[str, tuple[SlidePlan, list[tuple[str, Any]]]] = {}
-            for i, plan in enumerate(todo):
-                job = self.job(plan, progress=False)
-                prev, chain = None, []
-                for stage in plan.pending:
+            # Only each chain's last future is held. A future the driver holds is a result Dask
+            # keeps wanted: when a worker holding it dies, Dask recomputes it, and a recomputed
+            # stage redoes its side effects (deletes and rewrites the slide's outputs, clears its
+            # failure record), even after the slide was reported. Intermediate results stay
+            # alive only while the next stage needs them.
+            chains: dict[str, _Chain] = {}
+
+            def submit(chain: _Chain) -> Any:
+                job = self.job(chain.plan, progress=False)
+                prev = None
+                for stage in chain.stages:
                     resources = {self.cfg.cluster.infer_resource: 1} if stage == "infer" else None
                     # Later stages first, earlier slides first: finished slides pile up early.
-                    priority = STAGES.index(stage) * 1_000_000 - i
+                    priority = STAGES.index(stage) * 1_000_000 - chain.index
                     prev = client.submit(run_stage, job, stage, prev, resources=resources,
                                          priority=priority, pure=False,
                                          key=f"{stage}-{job.slide_id}-{os.urandom(4).hex()}")
-                    chain.append((stage, prev))
-                chains[prev.key] = (plan, chain)
-            for last in as_completed([c[-1][1] for _, c in chains.values()]):
-                plan, chain = chains[last.key]
+                    chain.stage_of[prev.key] = stage
+                chains[prev.key] = chain
+                return prev
+
+            done = as_completed([submit(_Chain(plan, i, list(plan.pending))) for i, plan in enumerate(todo)])
+            for last in done:
+                chain = chains.pop(last.key)
                 if last.status != "finished":
-                    self._record_lost(plan, chain)
-                self._slide_finished(plan, rows)
+                    again = self._lost(chain, last.exception())
+                    if again is not None:
+                        done.add(submit(again))
+                        continue
+                self._slide_finished(chain.plan, rows)
+                del last  # released: a later worker death does not recompute this slide
         finally:
             handle.close()
         return handle.dashboard_link
 
-    def _record_lost(self, plan: SlidePlan, chain: list[tuple[str, Any]]) -> None:
-        """A chain that ended in an exception lost its worker (stage errors are outcomes)."""
-        for stage, fut in chain:
-            if fut.status == "error":
-                exc = fut.exception()
-                job = self.job(plan, progress=False)
-                with log_to_file(job.log_path):
-                    log.error("%s: %s lost: %s\n%s", job.slide_id, stage, type(exc).__name__,
-                              "".join(traceback.format_exception(exc)))
-                record_failure(job, stage, type(exc).__name__, str(exc))
-                return
+    def _lost(self, chain: _Chain, exc: BaseException) -> _Chain | None:
+        """A chain that ended in an exception lost its worker (stage errors are outcomes).
+
+        A dependent fails with its failed dependency's exception, so KilledWorker names the task
+        whose workers died. Dask blames every task assigned to a dying worker, also those only
+        waiting there behind the one that killed it: a slide whose lost task never started
+        (its attempt record holds another key) is resubmitted, up to REQUEUE_LIMIT times:
+        the chain to submit is returned. Otherwise the failure is recorded for the lost stage.
+        """
+        from distributed import KilledWorker
+
+        job = self.job(chain.plan, progress=False)
+        slide = SlideStages(job.slide_dir)
+        stage = chain.stage_of.get(getattr(exc, "task", None))
+        if stage is None:  # not a KilledWorker: the first stage not done on disk
+            stage = next((s for s in chain.stages
+                          if not slide.is_done(s, job.expected[s], job.model_sha256)), chain.stages[-1])
+        started = slide.read_attempt() == exc.task if isinstance(exc, KilledWorker) else True
+        with log_to_file(job.log_path):
+            rest = slide.pending(job.expected, job.model_sha256)
+            if not started and rest and chain.requeued < REQUEUE_LIMIT:
+                log.warning("%s: %s lost with a worker that died while it was not running it: "
+                            "resubmitted from %s", job.slide_id, stage, rest[0])
+                return _Chain(chain.plan, chain.index, rest, requeued=chain.requeued + 1)
+            log.error("%s: %s lost: %s\n%s", job.slide_id, stage, type(exc).__name__,
+                      "".join(traceback.format_exception(exc)))
+        record_failure(job, stage, type(exc).__name__, str(exc))
+        return None
 
     def _slide_finished(self, plan: SlidePlan, rows: dict[str, dict]) -> None:
         row = self._row(plan)

@@ -28,6 +28,8 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "export": ("nuclei.geojson.gz", "summary.json", "overlay.png"),
 }
 FAILURE_FILE = "failed.json"
+#: The Dask key of the stage task running now; left behind only when its worker died.
+ATTEMPT_FILE = "attempt.key"
 
 
 def canonical_hash(obj: Any) -> str:
@@ -104,7 +106,8 @@ class SlideStages:
         """Forget `stage` and all later stages, and remove what `stage` wrote before.
 
         Markers go first: if we are killed half-way through, nothing downstream still claims
-        to be built from outputs that no longer exist.
+        to be built from outputs that no longer exist. Temporary files that a killed attempt
+        left mid-write (`.<name>.<pid>.<token>.tmp`, see wsi_pipeline.atomic) go as well.
         """
         for later in STAGES[STAGES.index(stage):]:
             self.marker_path(later).unlink(missing_ok=True)
@@ -114,9 +117,25 @@ class SlideStages:
                 shutil.rmtree(p)
             else:
                 p.unlink(missing_ok=True)
+            for tmp in self.slide_dir.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def finish(self, marker: StageMarker) -> None:
         atomic_write_json(self.marker_path(marker.stage), asdict(marker))
+
+    # -- the running attempt (evidence that a task lost with its worker had started) --------------
+    def record_attempt(self, key: str) -> None:
+        self.stages_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.stages_dir / ATTEMPT_FILE, key)
+
+    def read_attempt(self) -> str | None:
+        try:
+            return (self.stages_dir / ATTEMPT_FILE).read_text()
+        except OSError:
+            return None
+
+    def clear_attempt(self) -> None:
+        (self.stages_dir / ATTEMPT_FILE).unlink(missing_ok=True)
 
     # -- failures -----------------------------------------------------------------------------
     def failure_path(self) -> Path:

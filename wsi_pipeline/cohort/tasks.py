@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 import traceback
@@ -63,17 +64,22 @@ def run_stage(job: SlideJob, stage: str, upstream: Outcome | None = None) -> Out
     with log_to_file(job.log_path):
         log.info("%s: %s started on %s (pid %d)", job.slide_id, stage, _host(), os.getpid())
         t0 = time.perf_counter()
+        key = _task_key()
         try:
+            if key:
+                stages.record_attempt(key)
             stages.begin(stage)
             result = _STAGE_FUNCTIONS[stage](job)
         except Exception as exc:  # noqa: BLE001 - any error of this slide is recorded, not raised
             log.error("%s: %s failed\n%s", job.slide_id, stage, traceback.format_exc())
+            stages.clear_attempt()
             return record_failure(job, stage, type(exc).__name__, str(exc))
         seconds = time.perf_counter() - t0
         stages.finish(StageMarker(stage=stage, config_hash=job.expected[stage],
                                   model_sha256=job.model_sha256, version=__version__,
                                   seconds=round(seconds, 3), result=result))
         stages.clear_failure()
+        stages.clear_attempt()
         log.info("%s: %s done in %.1f s: %s", job.slide_id, stage, seconds, result)
     return {"ok": True, "slide_id": job.slide_id, "stage": stage, "result": result}
 
@@ -156,6 +162,17 @@ def _cluster_client() -> Iterator[Any]:
         return
     with worker_client() as client:
         yield client
+
+
+def _task_key() -> str:
+    """The Dask key of the task running this code; "" outside a Dask worker."""
+    distributed = sys.modules.get("distributed")  # a worker has it; a run in this process may not
+    if distributed is None:
+        return ""
+    try:
+        return str(distributed.get_worker().get_current_task() or "")
+    except ValueError:
+        return ""
 
 
 def _host() -> str:
