@@ -36,5 +36,6 @@ def test_shipped_model_segments_validation_patches(shared_data):
         truth = Instances(s.inst_map, s.type_map.ravel()[first[ids > 0]])
         ev.add(s.name, truth, Instances(result.inst_map, result.types))
     summary = ev.summary()
-    # Measured on this subset when shipped: see MODEL_CARD.md; floors leave room for BLAS noise.
-    assert summary["pq"] >= 0.30 and summary["f_d"] >= 0.55, summary
+    # Measured on this subset when shipped (sha256 2de29441…): PQ 0.381, F_d 0.718; the floors
+    # leave room for BLAS differences between machines.
+    assert summary["pq"] >= 0.35 and summary["f_d"] >= 0.68, summary
