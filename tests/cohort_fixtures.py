@@ -74,6 +74,12 @@ def tiny_checkpoint(path: Path, fit_rgb: np.ndarray | None = None, mpp: float = 
     return path
 
 
+def cmu_cohort(shared_data: Path, root: Path) -> tuple[Path, Path]:
+    """`make_cohort`'s slides under root/slides and a tiny checkpoint fitted on one of them."""
+    make_cohort(shared_data, root / "slides")
+    return root, tiny_checkpoint(root / "tiny.pt", fit_rgb=cmu_crop(shared_data, *CMU_CROPS["cmu_a"]))
+
+
 def _fit_ns_head(net, rgb: np.ndarray, side: int = 256) -> None:
     import torch
 

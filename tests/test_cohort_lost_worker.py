@@ -12,11 +12,9 @@ import pytest
 from cohort_fixtures import (
     CMU_CROPS,
     assert_same_tables,
-    cmu_crop,
-    make_cohort,
+    cmu_cohort,
     result_tables,
     run_cli,
-    tiny_checkpoint,
 )
 
 DOOMED, INNOCENT = "cmu_a", "cmu_b"
@@ -68,10 +66,7 @@ def local_cluster(allowed_failures: int | None = None, preload: list[str] | None
 
 @pytest.fixture(scope="module")
 def cohort(shared_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lost_worker")
-    make_cohort(shared_data, root / "slides")
-    ckpt = tiny_checkpoint(root / "tiny.pt", fit_rgb=cmu_crop(shared_data, *CMU_CROPS["cmu_a"]))
-    return root, ckpt
+    return cmu_cohort(shared_data, tmp_path_factory.mktemp("lost_worker"))
 
 
 @pytest.fixture(scope="module")

@@ -11,22 +11,17 @@ from cohort_fixtures import (
     CMU_CROPS,
     assert_same_tables,
     cli,
-    cmu_crop,
+    cmu_cohort,
     kill_group,
-    make_cohort,
     result_tables,
     run_cli,
-    tiny_checkpoint,
     wait_for,
 )
 
 
 @pytest.fixture(scope="module")
 def cohort(shared_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    make_cohort(shared_data, root / "slides")
-    ckpt = tiny_checkpoint(root / "tiny.pt", fit_rgb=cmu_crop(shared_data, *CMU_CROPS["cmu_a"]))
-    return root, ckpt
+    return cmu_cohort(shared_data, tmp_path_factory.mktemp("resume"))
 
 
 def _args(root, ckpt, out):
