@@ -24,7 +24,7 @@ import logging
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from PIL import Image
@@ -86,30 +86,46 @@ def _as_json(obj: object) -> dict:
             else float(v) for f in fields(obj)}
 
 
+class _JsonFields:
+    """`to_meta()` for a dataclass of arrays and floats."""
+
+    def to_meta(self) -> dict:
+        return _as_json(self)
+
+
 @dataclass(frozen=True, eq=False)
-class MacenkoStats:
+class MacenkoStats(_JsonFields):
     """A source's own H/E unit vectors (3, 2) and 99th-percentile concentrations (2,)."""
 
     stains: np.ndarray
     max_conc: np.ndarray
 
-    def to_meta(self) -> dict:
-        return _as_json(self)
-
 
 @dataclass(frozen=True, eq=False)
-class ReinhardStats:
+class ReinhardStats(_JsonFields):
     """A source's per-channel CIE-Lab mean and standard deviation."""
 
     mean: np.ndarray
     std: np.ndarray
 
+
+class _SourceNormalizer:
+    """What both normalisers share: an image on its own is normalised with its own statistics;
+    the meta names the method beside the fitted target."""
+
+    method: ClassVar[str]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """`image` normalised with its own statistics; unchanged where it shows too little tissue."""
+        stats = self.source_stats(image)
+        return image if stats is None else self.apply(image, stats)
+
     def to_meta(self) -> dict:
-        return _as_json(self)
+        return {"method": self.method, "target": _as_json(self)}
 
 
 @dataclass(frozen=True, eq=False)
-class MacenkoNormalizer:
+class MacenkoNormalizer(_SourceNormalizer):
     """Estimate each image's H/E vectors by the extreme angles of its OD in the plane of the two
     main eigenvectors, then re-render its concentrations with the target vectors."""
 
@@ -118,10 +134,14 @@ class MacenkoNormalizer:
     io: float = 240.0
     od_threshold: float = 0.15
     angle_percentile: float = 1.0
+    method: ClassVar[str] = "macenko"
 
     def stain_matrix(self, image: np.ndarray) -> np.ndarray | None:
         """(3, 2) unit H and E vectors of `image`, or None where too little tissue is visible."""
-        tissue = _stained(_optical_density(image, self.io), self.od_threshold)
+        return self._stain_matrix(_optical_density(image, self.io))
+
+    def _stain_matrix(self, od: np.ndarray) -> np.ndarray | None:
+        tissue = _stained(od, self.od_threshold)
         if len(tissue) < MIN_STAINED_PIXELS:
             return None
         _, vecs = np.linalg.eigh(np.cov(tissue.T))
@@ -136,53 +156,43 @@ class MacenkoNormalizer:
         he = np.abs(he)
         return he / np.linalg.norm(he, axis=0, keepdims=True)
 
-    def concentrations(self, image: np.ndarray, stains: np.ndarray) -> np.ndarray:
-        od = _optical_density(image, self.io)
+    @staticmethod
+    def _unmix(od: np.ndarray, stains: np.ndarray) -> np.ndarray:
         return np.linalg.lstsq(stains, od.T, rcond=None)[0]
 
     def fit(self, images: list[np.ndarray]) -> MacenkoNormalizer:
         """Target = median stain vectors and concentration percentiles over `images`."""
-        mats, maxes = [], []
-        for im in images:
-            m = self.stain_matrix(im)
-            if m is not None:
-                mats.append(m)
-                maxes.append(np.percentile(self.concentrations(im, m), 99, axis=1))
-        if not mats:
+        found = [st for st in map(self.source_stats, images) if st is not None]
+        if not found:
             raise ValueError("no reference image shows enough tissue to fit Macenko stains")
-        stains = np.median(mats, axis=0)
-        return replace(self, stains=stains / np.linalg.norm(stains, axis=0), max_conc=np.median(maxes, axis=0))
+        stains = np.median([st.stains for st in found], axis=0)
+        return replace(self, stains=stains / np.linalg.norm(stains, axis=0),
+                       max_conc=np.median([st.max_conc for st in found], axis=0))
 
     def source_stats(self, pixels: np.ndarray) -> MacenkoStats | None:
         """Stain vectors and concentration scale of `pixels` (RGB uint8 of any shape (..., 3):
         one image, or tiles stacked); None where too little tissue is visible."""
-        m = self.stain_matrix(pixels)
+        od = _optical_density(pixels, self.io)
+        m = self._stain_matrix(od)
         if m is None:
             return None
-        return MacenkoStats(stains=m, max_conc=np.percentile(self.concentrations(pixels, m), 99, axis=1))
+        return MacenkoStats(stains=m, max_conc=np.percentile(self._unmix(od, m), 99, axis=1))
 
     def apply(self, image: np.ndarray, stats: MacenkoStats) -> np.ndarray:
         """Unmix `image` with the source vectors, rescale, re-render with the target's."""
-        conc = self.concentrations(image, stats.stains)
+        conc = self._unmix(_optical_density(image, self.io), stats.stains)
         scale = self.max_conc / np.maximum(stats.max_conc, 1e-6)
         out = self.io * np.exp(-(self.stains @ (conc * scale[:, None])))
         return np.clip(out.T.reshape(image.shape) - 1.0 + 0.5, 0, 255).astype(np.uint8)
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """`image` normalised with its own statistics; unchanged where it shows too little tissue."""
-        stats = self.source_stats(image)
-        return image if stats is None else self.apply(image, stats)
-
-    def to_meta(self) -> dict:
-        return {"method": "macenko", "target": _as_json(self)}
-
 
 @dataclass(frozen=True, eq=False)
-class ReinhardNormalizer:
+class ReinhardNormalizer(_SourceNormalizer):
     """Match per-channel mean and standard deviation in CIE-Lab to a target."""
 
     mean: np.ndarray
     std: np.ndarray
+    method: ClassVar[str] = "reinhard"
 
     @classmethod
     def fit(cls, images: list[np.ndarray]) -> ReinhardNormalizer:
@@ -205,14 +215,6 @@ class ReinhardNormalizer:
             warnings.simplefilter("ignore", UserWarning)
             rgb = lab2rgb(out)
         return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """`image` normalised with its own statistics; unchanged where it shows too little tissue."""
-        stats = self.source_stats(image)
-        return image if stats is None else self.apply(image, stats)
-
-    def to_meta(self) -> dict:
-        return {"method": "reinhard", "target": _as_json(self)}
 
 
 Normalizer = MacenkoNormalizer | ReinhardNormalizer
