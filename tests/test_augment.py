@@ -17,7 +17,7 @@ from wsi_pipeline.data.dataset import NucleusDataset
 from wsi_pipeline.data.sample import Sample
 from wsi_pipeline.data.validate import relabel_contiguous
 
-GEOMETRY_ONLY = {"p_hed": 0.0, "p_color": 0.0, "p_blur": 0.0}
+GEOMETRY_ONLY = {"p_hed": 0.0, "p_color": 0.0, "p_blur": 0.0, "p_scan": 0.0}
 
 
 def _coded(size: int = 96):
@@ -119,3 +119,27 @@ def test_config_forbids_unknown_keys() -> None:
         AugmentConfig(p_flip=0.5)
     with pytest.raises(ValidationError):
         AugmentConfig(p_affine=1.5)
+
+
+def test_scan_degradation_is_deterministic_keeps_geometry_and_degrades() -> None:
+    from wsi_pipeline.data.augment import scan_degrade
+
+    image, inst, typ = _coded(128)
+    cfg = AugmentConfig(flip_rot90=False, p_affine=0.0, p_scan=1.0, p_hed=0.0, p_color=0.0,
+                        p_blur=0.0)
+    a = Augmenter(cfg)(image, inst, typ, np.random.default_rng(5))
+    b = Augmenter(cfg)(image, inst, typ, np.random.default_rng(5))
+    c = Augmenter(cfg)(image, inst, typ, np.random.default_rng(6))
+    assert np.array_equal(a[0], b[0]) and not np.array_equal(a[0], c[0])
+    assert np.array_equal(a[1], inst)  # labels untouched
+    assert not np.array_equal(a[0], image)
+    # every nucleus's colour stays centred on its label (no shift from the round trip)
+    degraded = scan_degrade(image, 2.0, 30)
+    for i in range(1, 5):
+        weight = np.abs(degraded[..., 0].astype(float) - 0) * (ndi.binary_dilation(inst == i, iterations=4))
+        c_img = np.array(ndi.center_of_mass(weight))
+        c_lab = np.array(ndi.center_of_mass(inst == i))
+        assert np.abs(c_img - c_lab).max() < 0.5
+    # lower JPEG quality loses more
+    err = [np.abs(scan_degrade(image, 2.0, q).astype(int) - image).mean() for q in (90, 30)]
+    assert err[1] > err[0] > 0

@@ -25,11 +25,14 @@ def test_real_nucls(shared_data: Path) -> None:
 
 def test_real_cpm15(shared_data: Path) -> None:
     samples = read_cpm15(shared_data / "cpm15")
-    assert [s.name for s in samples] == [f"image{i:02d}" for i in (1, 2, 6, 7, 13, 14, 15)]
-    assert [int(s.inst_map.max()) for s in samples] == [351, 127, 255, 292, 93, 139, 137]
+    ids = (1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+    assert [s.name for s in samples] == [f"image{i:02d}" for i in ids]
+    assert [int(s.inst_map.max()) for s in samples] == [
+        351, 127, 256, 255, 292, 251, 97, 218, 68, 131, 93, 139, 137]
     s = samples[0]
     assert s.image.shape == (488, 643, 3) and s.type_map is None
-    assert s.mpp == 0.5 and samples[-1].mpp == 0.25
+    # image01-07 are 20x, image08-15 40x (challenge README)
+    assert [x.mpp for x in samples] == [0.5] * 5 + [0.25] * 8
 
 
 def test_cpm15_mask_order_and_bad_size(tmp_path: Path) -> None:

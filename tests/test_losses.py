@@ -70,3 +70,42 @@ def test_msge_zero_for_perfect_and_positive_otherwise():
     mask = torch.ones(1, 16, 16, dtype=torch.long)
     assert float(msge(hv, hv, mask)) == 0.0
     assert float(msge(hv, torch.zeros_like(hv), mask)) > 0
+
+
+def test_untyped_pixels_leave_the_nc_loss_untouched() -> None:
+    """A mixed batch: image 0 typed, image 1 from an instance-only dataset. The NC terms must
+    not see image 1 at all — if its pixels were taught as background (or as any class), its
+    logits would change the loss and receive a gradient."""
+    import numpy as np
+
+    from wsi_pipeline.data.dataset import NucleusDataset
+    from wsi_pipeline.data.sample import Sample
+    from wsi_pipeline.model.losses import IGNORE, cost_sensitive_ce, soft_dice
+
+    inst = np.zeros((16, 16), np.int32)
+    inst[4:10, 4:10] = 1
+    image = np.full((16, 16, 3), 200, np.uint8)
+    names = ("background", "a", "b")
+    typed = Sample("t", image, inst, inst * 2, names, 0.25)
+    untyped = Sample("u", image, inst, None, ("background", "nucleus"), 0.25)
+    ds = NucleusDataset([typed, untyped], ignore_untyped_nc=True)
+    target = torch.stack([ds[0]["nc"], ds[1]["nc"]])
+    assert (target[1] == IGNORE).all() and (target[0] >= 0).all()
+    cm = torch.tensor([[0, 0.1, 0.1], [1.0, 0, 1.0], [0.5, 0.5, 0]])
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 16, 16, requires_grad=True)
+    loss = cost_sensitive_ce(logits, target, cm, lam=0.5) + soft_dice(logits, target)
+    loss.backward()
+    assert logits.grad[1].abs().max() == 0
+    assert logits.grad[0].abs().max() > 0
+    changed = logits.detach().clone()
+    changed[1] = torch.randn(3, 16, 16) * 10
+    again = cost_sensitive_ce(changed, target, cm, lam=0.5) + soft_dice(changed, target)
+    assert torch.allclose(loss.detach(), again)
+    only_typed = cost_sensitive_ce(logits[:1], target[:1], cm, 0.5) + soft_dice(logits[:1], target[:1])
+    assert torch.allclose(loss.detach(), only_typed.detach())
+    # a batch with no typed pixel at all: exactly 0, not NaN
+    none = cost_sensitive_ce(logits[1:], target[1:], cm, 0.5) + soft_dice(logits[1:], target[1:])
+    assert float(none.detach()) == 0.0
+    # without the flag an untyped sample is one "nucleus" class (single-dataset instance training)
+    assert torch.equal(NucleusDataset([untyped])[0]["nc"], torch.from_numpy((inst > 0).astype(np.int64)))

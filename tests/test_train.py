@@ -11,6 +11,7 @@ from skimage.draw import disk
 import wsi_pipeline.train as train_module
 from wsi_pipeline.config import ConfigError, load_config
 from wsi_pipeline.data import Sample, SampleError, build_normalizer, write_common
+from wsi_pipeline.data.mix import DATASET_KEY
 from wsi_pipeline.data.stain import normalizer_from_meta
 from wsi_pipeline.model import load_checkpoint
 from wsi_pipeline.train import class_counts, cost_matrix, load_samples, normalize_stain, train
@@ -214,9 +215,36 @@ def test_without_stain_config_checkpoints_carry_no_stain(tmp_path):
     assert normalizer_from_meta(load_checkpoint(tmp_path / "run" / "last.pt").meta["stain"]) is None
 
 
-@pytest.mark.parametrize("name", ["train_compact.yaml", "train_compact_continue.yaml", "train_full.yaml"])
+@pytest.mark.parametrize("name", ["train_compact.yaml", "train_compact_continue.yaml", "train_full.yaml",
+                                  "train_mix.yaml"])
 def test_shipped_training_configs_load(name):
     from pathlib import Path
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name, TrainConfig)
     assert cfg.model.encoder == "resnet34" and cfg.model.n_types == 5
+
+
+def _untyped(seed: int, dataset: str) -> Sample:
+    s = _sample(seed)
+    return Sample(s.name, s.image, s.inst_map, None, ("background", "nucleus"), 0.25,
+                  group=s.group, meta={DATASET_KEY: dataset})
+
+
+def test_mix_with_untyped_data_validates_each_dataset_and_types_from_typed_only(tmp_path):
+    typed = [_sample(i) for i in range(3)]
+    for s in typed:
+        s.meta[DATASET_KEY] = "typed"
+    val_typed = _sample(9)
+    val_typed.meta[DATASET_KEY] = "typed"
+    data = (typed + [_untyped(4, "plain"), _untyped(5, "plain")], [val_typed, _untyped(8, "plain")])
+    cfg = _cfg(tmp_path, epochs=1, val_every=1,
+               sampling={"samples_per_epoch": 4, "rare_class_strength": 1.0})
+    result = train(cfg, samples=data, progress=False)
+    row = result.history[-1]
+    assert {"val_typed_pq", "val_typed_mpq", "val_plain_pq"} <= set(row)
+    assert "val_plain_mpq" not in row and row["val_mpq"] == row["val_typed_mpq"]
+    assert row["val_pq"] == pytest.approx(np.nanmean([row["val_typed_pq"], row["val_plain_pq"]]))
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert tuple(ckpt.class_names) == NAMES  # classes of the typed data, not "nucleus"
+    # cost matrix from typed pixels only: the untyped images add no counts
+    assert ckpt.meta["cost_info"]["counts"] == class_counts(typed, 3, "pixels").tolist()

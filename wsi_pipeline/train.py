@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from wsi_pipeline.atomic import atomic_path, write_text_atomic
 from wsi_pipeline.data import (
@@ -28,6 +28,13 @@ from wsi_pipeline.data import (
     normalize_samples,
     read_consep_patches,
     split_by_group,
+)
+from wsi_pipeline.data.mix import (
+    DATASET_KEY,
+    draw_weights,
+    rare_class_boost,
+    read_mix,
+    typed_class_names,
 )
 from wsi_pipeline.metrics import DatasetEvaluator, Instances
 from wsi_pipeline.model import MultiTaskNet, save_checkpoint
@@ -90,6 +97,8 @@ def cost_matrix(cfg: TrainConfig, train: list[Sample]) -> tuple[np.ndarray, dict
 
 
 def load_samples(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    if cfg.data.datasets:
+        return read_mix(cfg.data.datasets, cfg.mpp, cfg.data.on_error)
     root = Path(cfg.data.root)
     if cfg.data.format == "consep_patches":
         samples = read_consep_patches(root, on_error=cfg.data.on_error)
@@ -204,21 +213,61 @@ def _validate(net, loader, device, amp, cw, cfg, samples: list[Sample]) -> dict[
                 sums[name] = sums.get(name, 0.0) + value * k
             n += k
     row = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
-    evaluator = DatasetEvaluator(type_ids=list(range(1, cfg.model.n_types)), mpp=cfg.mpp)
     tile, stride = _val_tiling(cfg.patch_size)
+    by_dataset: dict[str, list[Sample]] = {}
     for s in samples:
-        maps = predict_tiled(net, s.image, tile=tile, stride=stride, batch_size=cfg.batch_size,
-                             device=device)
-        seg = segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=cfg.mpp)
-        true_types = None
-        if s.type_map is not None:
-            ids, first = np.unique(s.inst_map, return_index=True)
-            true_types = s.type_map.ravel()[first[ids > 0]]
-        evaluator.add(s.name, Instances(s.inst_map, true_types), Instances(seg.inst_map, seg.types))
-    summary = evaluator.summary()
-    keys = ["dice", "aji", "pq", "mpq", "f_d"] + [k for k in summary if k.startswith(("f_c_", "pq_"))]
-    row.update({f"val_{k}": float(summary[k]) for k in keys if k in summary})
+        by_dataset.setdefault(s.meta.get(DATASET_KEY, ""), []).append(s)
+    scores: dict[str, dict[str, float]] = {}
+    for name, group in by_dataset.items():
+        typed = any(s.type_map is not None for s in group)
+        type_ids = list(range(1, cfg.model.n_types)) if typed else []
+        evaluator = DatasetEvaluator(type_ids=type_ids, mpp=cfg.mpp)
+        for s in group:
+            maps = predict_tiled(net, s.image, tile=tile, stride=stride,
+                                 batch_size=cfg.batch_size, device=device)
+            seg = segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=cfg.mpp)
+            true_types = pred_types = None
+            if s.type_map is not None:
+                ids, first = np.unique(s.inst_map, return_index=True)
+                true_types, pred_types = s.type_map.ravel()[first[ids > 0]], seg.types
+            evaluator.add(s.name, Instances(s.inst_map, true_types),
+                          Instances(seg.inst_map, pred_types))
+        summary = evaluator.summary()
+        keys = ["dice", "aji", "pq", "f_d"]
+        if typed:
+            keys += ["mpq"] + [k for k in summary if k.startswith(("f_c_", "pq_"))]
+        scores[name] = {k: float(summary[k]) for k in keys if k in summary}
+    if len(scores) == 1:  # one dataset: the plain keys, as before mixes existed
+        row.update({f"val_{k}": v for k, v in next(iter(scores.values())).items()})
+        return row
+    for name, values in scores.items():
+        row.update({f"val_{name}_{k}": v for k, v in values.items()})
+    # Aggregates over the datasets, each counting once whatever its size.
+    for key in ("dice", "aji", "pq", "f_d", "mpq"):
+        vals = [v[key] for v in scores.values() if key in v]
+        if vals:
+            row[f"val_{key}"] = float(np.nanmean(vals))
     return row
+
+
+def _train_sampler(cfg: TrainConfig, train: list[Sample], cost: np.ndarray,
+                   gen: torch.Generator) -> WeightedRandomSampler | None:
+    """Weighted draws for a mix or rare-class sampling; None = plain shuffling (one dataset, no
+    boost: every image once per epoch). Draws come from `gen`, reseeded each epoch, so a
+    resumed run draws the same crops."""
+    strength = cfg.sampling.rare_class_strength
+    if not cfg.data.datasets and strength == 0 and cfg.sampling.samples_per_epoch is None:
+        return None
+    boost = rare_class_boost(train, cost.max(axis=1), strength)  # row max of W = w_c
+    weights = draw_weights(train, {d.name: d.weight for d in cfg.data.datasets}, boost)
+    n = cfg.sampling.samples_per_epoch or len(train)
+    shares = {}
+    for s, p in zip(train, weights, strict=True):
+        shares[s.meta.get(DATASET_KEY, "")] = shares.get(s.meta.get(DATASET_KEY, ""), 0.0) + p
+    log.info("drawing %d crops per epoch; dataset shares %s; rare-class boost %.2f..%.2f",
+             n, {k: round(v, 3) for k, v in shares.items()}, boost.min(), boost.max())
+    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), n,
+                                 replacement=True, generator=gen)
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:
@@ -284,7 +333,8 @@ def train(
     train_samples, val_samples = samples if samples is not None else load_samples(cfg)
     check_mpp(train_samples + val_samples, cfg.mpp)
     train_samples, val_samples, stain_meta = normalize_stain(cfg, train_samples, val_samples)
-    class_names = train_samples[0].class_names
+    typed_names = typed_class_names(train_samples + val_samples)
+    class_names = typed_names or train_samples[0].class_names
     if len(class_names) != cfg.model.n_types:
         raise ValueError(
             f"data has {len(class_names)} classes {class_names} but model.n_types={cfg.model.n_types}"
@@ -316,15 +366,19 @@ def train(
     elif cfg.init_from is not None:
         init_info = _init_weights(net, cfg, class_names, device)
 
+    ignore_untyped = typed_names is not None
     train_ds = NucleusDataset(train_samples, Augmenter(cfg.augment), seed=cfg.seed,
-                              patch_size=cfg.patch_size, crop="random")
-    val_ds = NucleusDataset(val_samples, None, patch_size=cfg.patch_size, crop="center")
+                              patch_size=cfg.patch_size, crop="random",
+                              ignore_untyped_nc=ignore_untyped)
+    val_ds = NucleusDataset(val_samples, None, patch_size=cfg.patch_size, crop="center",
+                            ignore_untyped_nc=ignore_untyped)
     gen = torch.Generator()
     # Workers are NOT persistent: a persistent worker keeps the dataset copy it started with,
     # so set_epoch would never reach it and every epoch would repeat one augmentation.
     loader_kw = {"num_workers": cfg.num_workers, "pin_memory": device.type == "cuda"}
-    train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, drop_last=True,
-                              generator=gen, **loader_kw)
+    sampler = _train_sampler(cfg, train_samples, w, gen)
+    train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                              drop_last=True, generator=gen, **loader_kw)
     val_loader = DataLoader(val_ds, cfg.batch_size, shuffle=False, **loader_kw) if val_samples else None
     log.info("training on %d patches, validating on %d (groups never shared); device %s, amp %s",
              len(train_samples), len(val_samples), device, amp)

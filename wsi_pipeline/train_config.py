@@ -8,14 +8,23 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from wsi_pipeline.data.augment import AugmentConfig
+from wsi_pipeline.data.mix import DatasetSpec
 from wsi_pipeline.data.stain import StainNormConfig
 from wsi_pipeline.model.config import ModelConfig
 from wsi_pipeline.model.losses import LossConfig
 
 
 class DataConfig(BaseModel):
+    """Training data: one dataset (`format`, `root`, `val_fraction`, `split_seed`), or a mix
+    (`datasets`, which then replaces those four)."""
+
     model_config = ConfigDict(extra="forbid")
 
+    datasets: list[DatasetSpec] = Field(
+        default_factory=list,
+        description="Mix of datasets, each with its reader, sampling weight and held-out groups. "
+        "Untyped datasets train NS and HV only (ignored by the NC losses).",
+    )
     format: Literal["consep_patches", "common"] = "consep_patches"
     root: Path = Path("../shared/data/consep_patches/train")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of source tiles held out.")
@@ -25,6 +34,21 @@ class DataConfig(BaseModel):
         default_factory=StainNormConfig,
         description="Stain normalisation of train and val images at load time; the fitted target "
         "is stored in the checkpoints and applied at inference (see StainNormConfig).",
+    )
+
+
+class SamplingConfig(BaseModel):
+    """How training crops are drawn each epoch (see `data.mix`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples_per_epoch: int | None = Field(
+        None, ge=1, description="Crops per epoch (default: one per training image)."
+    )
+    rare_class_strength: float = Field(
+        0.0, ge=0,
+        description="Draw a patch 1 + strength × (its nuclei's mean rarity weight w_c / max w) "
+        "times as often: patches rich in rare types are seen more. 0 = off.",
     )
 
 
@@ -83,6 +107,7 @@ class TrainConfig(BaseModel):
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     cost: CostConfig = CostConfig()
+    sampling: SamplingConfig = SamplingConfig()
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
     data: DataConfig = DataConfig()

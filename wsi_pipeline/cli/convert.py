@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-FORMATS = ("monusac", "pannuke", "hovernet", "nucls", "cpm15", "consep-patches")
+from wsi_pipeline.data.readers import READERS
+
+FORMATS = tuple(name for name in READERS if name != "common")
 
 
 @click.command(name="convert")
@@ -14,11 +16,16 @@ FORMATS = ("monusac", "pannuke", "hovernet", "nucls", "cpm15", "consep-patches")
 @click.option("--merge-consep", is_flag=True, help="hovernet: merge CoNSeP's 7 classes into 4.")
 @click.option("--mpp", type=float, default=None,
               help="Microns per pixel to record where the format does not say (default: per format).")
+@click.option("--target-mpp", type=float, default=None,
+              help="Resample every image (and its labels) to this pixel size, e.g. 0.25 for the "
+              "shipped model; images of unknown mpp are refused. Default: keep each image's own.")
+@click.option("--typed", is_flag=True, help="coco: keep the categories as nucleus types.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
               help="A bad sample (named in the message) stops the run, or is skipped with a warning.")
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
 @click.argument("dst", type=click.Path(file_okay=False, path_type=Path))
-def command(fmt: str, merge_consep: bool, mpp: float | None, on_error: str, src: Path, dst: Path) -> None:
+def command(fmt: str, merge_consep: bool, mpp: float | None, target_mpp: float | None, typed: bool,
+            on_error: str, src: Path, dst: Path) -> None:
     """Convert SRC (a dataset in --format) to DST/images/*.png, DST/labels/*.npz, DST/classes.json."""
     from wsi_pipeline.data import readers
     from wsi_pipeline.data.common import write_common
@@ -31,6 +38,10 @@ def command(fmt: str, merge_consep: bool, mpp: float | None, on_error: str, src:
         kwargs["merge_consep"] = merge_consep
     elif merge_consep:
         raise click.UsageError("--merge-consep applies to --format hovernet only")
+    if fmt == "coco":
+        kwargs["typed"] = typed
+    elif typed:
+        raise click.UsageError("--typed applies to --format coco only")
     try:
         samples = readers.READERS[fmt](src, **kwargs)
     except TypeError as exc:
@@ -39,6 +50,15 @@ def command(fmt: str, merge_consep: bool, mpp: float | None, on_error: str, src:
         raise click.ClickException(str(exc)) from exc
     if not samples:
         raise click.ClickException(f"no usable samples in {src}")
+    if target_mpp is not None:
+        from wsi_pipeline.data.rescale import to_mpp
+
+        unknown = [s.name for s in samples if s.mpp is None]
+        if unknown:
+            raise click.ClickException(f"--target-mpp: pixel size unknown for {unknown[:3]}; "
+                                       "give it with --mpp")
+        samples = [to_mpp(s, target_mpp) for s in samples]
+        kwargs["target_mpp"] = target_mpp
     write_common(samples, dst, source={"format": fmt, "src": str(src), "options": kwargs})
     n_inst = sum(int(s.inst_map.max()) for s in samples)
     click.echo(f"wrote {len(samples)} samples ({n_inst} nuclei, classes {list(samples[0].class_names)}) to {dst}")

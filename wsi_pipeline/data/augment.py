@@ -5,6 +5,12 @@ maps; labels are resampled nearest-neighbour so instance ids survive. Colour cha
 the image: HED jitter (Tellez et al., 2018: perturb the haematoxylin/eosin/DAB concentrations of
 skimage's colour deconvolution), brightness/contrast/saturation, and Gaussian blur.
 
+Scan degradation reproduces what the engine feeds the network from a 20× scanner: the 0.25 µm/px
+patch is shrunk to 0.5 µm/px (as the scanner's optics and pyramid would record it), JPEG-encoded
+at a random quality (Aperio writes Q 30–90), decoded, and enlarged back to 0.25 µm/px with the
+very resampling `Slide.read_region_at_mpp` applies to every tile (`wsi_pipeline.resample`). The
+labels keep their geometry exactly: the round trip spans the same extent.
+
 Everything is vectorised numpy; the affine warp gathers pixels directly instead of calling
 `scipy.ndimage.affine_transform` once per channel, and the HED round trip is one 3×3 matrix in
 log-RGB space (deconvolution, per-stain scaling and reconvolution are all linear there).
@@ -12,12 +18,16 @@ log-RGB space (deconvolution, per-stain scaling and reconvolution are all linear
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage as ndi
 from skimage.color import hed_from_rgb, rgb_from_hed
 
 from wsi_pipeline.labels import relabel
+from wsi_pipeline.resample import resize_rgb, scaled_size
 
 
 class AugmentConfig(BaseModel):
@@ -28,7 +38,9 @@ class AugmentConfig(BaseModel):
     flip_rot90: bool = Field(True, description="random element of the dihedral group (flips, 90° turns)")
     p_affine: float = Field(0.3, ge=0, le=1, description="probability of a small affine warp")
     rotate_deg: float = Field(15.0, ge=0, le=45, description="affine rotation drawn from ±this")
-    scale: tuple[float, float] = Field((0.9, 1.1), description="isotropic zoom range")
+    scale: tuple[float, float] = Field(
+        (0.85, 1.15), description="isotropic zoom range (scanners' stated mpp differ by ~±10 %)"
+    )
     shear_deg: float = Field(5.0, ge=0, le=20, description="shear angle drawn from ±this")
     p_hed: float = Field(0.8, ge=0, le=1, description="probability of HED stain jitter")
     hed_alpha: float = Field(0.05, ge=0, le=0.5, description="each stain scaled by 1 ± this")
@@ -40,6 +52,9 @@ class AugmentConfig(BaseModel):
     brightness: float = Field(0.08, ge=0, le=0.5, description="additive shift on [0,1] intensities")
     contrast: float = Field(0.15, ge=0, le=0.9, description="contrast factor 1 ± this")
     saturation: float = Field(0.15, ge=0, le=0.9, description="saturation factor 1 ± this")
+    p_scan: float = Field(0.3, ge=0, le=1, description="probability of 20×-scan degradation")
+    scan_factor: float = Field(2.0, ge=1, le=4, description="shrink factor (0.25 -> 0.5 µm/px)")
+    scan_jpeg_quality: tuple[int, int] = Field((30, 90), description="JPEG quality range")
     p_blur: float = Field(0.1, ge=0, le=1, description="probability of Gaussian blur")
     blur_sigma: tuple[float, float] = Field((0.3, 1.2), description="blur sigma range in pixels")
 
@@ -173,6 +188,10 @@ class Augmenter:
             src_r, src_c = _affine_source(inst_map.shape, random_affine_matrix(rng, cfg))
             img = warp_image(image, src_r, src_c) / 255.0
             inst_map, type_map = warp_labels(inst_map, type_map, src_r, src_c)
+        if rng.random() < cfg.p_scan:
+            quality = int(rng.integers(cfg.scan_jpeg_quality[0], cfg.scan_jpeg_quality[1] + 1))
+            img = scan_degrade(image if img is None else to_uint8(img), cfg.scan_factor, quality)
+            img = img.astype(np.float32) / 255.0
         if rng.random() < cfg.p_hed:
             alpha = rng.uniform(1 - cfg.hed_alpha, 1 + cfg.hed_alpha, 3)
             beta = rng.uniform(-cfg.hed_beta, cfg.hed_beta, 3)
@@ -191,6 +210,17 @@ class Augmenter:
             sigma = rng.uniform(*cfg.blur_sigma)
             img = ndi.gaussian_filter(img, sigma=(sigma, sigma, 0), mode="reflect")
         return (image if img is None else to_uint8(img)), inst_map, type_map
+
+
+def scan_degrade(image: np.ndarray, factor: float, quality: int) -> np.ndarray:
+    """uint8 RGB as a scanner at `factor`× the pixel size with JPEG `quality` records it, read
+    back at the original pixel size the way the engine reads slide tiles."""
+    h, w = image.shape[:2]
+    small = resize_rgb(image, scaled_size((h, w), 1.0 / factor))
+    buf = io.BytesIO()
+    Image.fromarray(small).save(buf, format="JPEG", quality=int(quality))
+    small = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return resize_rgb(small, (w, h))
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:

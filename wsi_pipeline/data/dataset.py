@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from wsi_pipeline.data.augment import Augmenter
 from wsi_pipeline.data.sample import Sample
+from wsi_pipeline.model.losses import IGNORE
 from wsi_pipeline.targets import hv_maps
 
 
@@ -21,7 +22,9 @@ class NucleusDataset(Dataset):
     point at the centres the network sees. Without augmentation they are cached per sample.
     Randomness is a pure function of (seed, epoch, index): call `set_epoch` each epoch, and a
     resumed run sees exactly the same augmentations; DataLoader workers need no reseeding.
-    Untyped samples (type_map None) get nc = ns, i.e. one "nucleus" class.
+    Untyped samples (type_map None) get nc = ns, i.e. one "nucleus" class, or with
+    `ignore_untyped_nc` (a mix with typed datasets) nc = IGNORE everywhere: the NC losses then
+    learn nothing from them, neither a type nor background.
 
     With `patch_size`, every item is patch_size² whatever the image size, so images of any size
     batch together: a larger image is cropped (`crop` "random" for training, "center" for a
@@ -37,6 +40,7 @@ class NucleusDataset(Dataset):
         *,
         patch_size: int | None = None,
         crop: Literal["random", "center"] = "random",
+        ignore_untyped_nc: bool = False,
     ) -> None:
         if crop not in ("random", "center"):
             raise ValueError(f"crop must be 'random' or 'center', got {crop!r}")
@@ -45,6 +49,7 @@ class NucleusDataset(Dataset):
         self.seed = int(seed)
         self.patch_size = patch_size
         self.crop = crop
+        self.ignore_untyped_nc = ignore_untyped_nc
         self.epoch = 0
         self._hv_cache: dict[int, np.ndarray] = {}
 
@@ -70,7 +75,12 @@ class NucleusDataset(Dataset):
             if hv is None:
                 hv = self._hv_cache[index] = hv_maps(inst)
         ns = inst > 0
-        nc = ns if typ is None else typ
+        if typ is not None:
+            nc = typ
+        elif self.ignore_untyped_nc:
+            nc = np.full(ns.shape, IGNORE)
+        else:
+            nc = ns
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0),
             "ns": torch.from_numpy(ns.astype(np.int64)),

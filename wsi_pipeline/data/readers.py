@@ -4,21 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from wsi_pipeline.data.aperio_xml import read_monuseg
+from wsi_pipeline.data.coco import read_coco
 from wsi_pipeline.data.common import read_common
 from wsi_pipeline.data.consep_patches import read_consep_patches
 from wsi_pipeline.data.cpm15 import read_cpm15
 from wsi_pipeline.data.hovernet_layout import read_hovernet
+from wsi_pipeline.data.imagej_roi import read_cryonuseg
 from wsi_pipeline.data.monusac import read_monusac
 from wsi_pipeline.data.nucls import read_nucls
 from wsi_pipeline.data.pannuke import read_pannuke
 from wsi_pipeline.data.sample import Sample
 
 READERS: dict[str, Callable[..., list[Sample]]] = {
+    "coco": read_coco,
     "common": read_common,
     "consep-patches": read_consep_patches,
     "cpm15": read_cpm15,
+    "cryonuseg": read_cryonuseg,
     "hovernet": read_hovernet,
     "monusac": read_monusac,
+    "monuseg": read_monuseg,
     "nucls": read_nucls,
     "pannuke": read_pannuke,
 }

@@ -9,6 +9,10 @@ misclassification cost under a penalty matrix W (patent CN114627142A):
 
 W has a zero diagonal, so all probability on the true class costs nothing; a rare true class
 gets a larger row of W, so putting its probability on another class costs more.
+
+Partial labels: NC target pixels equal to `IGNORE` (images of datasets without types) take no
+part in any NC term — they are not taught as background, and a batch of only such pixels gives
+an NC loss of exactly 0.
 """
 
 from __future__ import annotations
@@ -19,22 +23,29 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 
+IGNORE = -100  # NC target of pixels without a type label (torch's default ignore_index)
+
+
 def cost_sensitive_ce(
     logits: torch.Tensor, target: torch.Tensor, cost_matrix: torch.Tensor, lam: float
 ) -> torch.Tensor:
-    """CE plus λ × expected misclassification cost.
+    """CE plus λ × expected misclassification cost, both averaged over labelled pixels.
 
-    logits: (N, C) or (B, C, H, W); target: (N,) or (B, H, W) class ids; cost_matrix: (C, C),
-    row = true class, column = predicted class.
+    logits: (N, C) or (B, C, H, W); target: (N,) or (B, H, W) class ids or `IGNORE`;
+    cost_matrix: (C, C), row = true class, column = predicted class.
     """
-    ce = F.cross_entropy(logits, target)
+    valid = target != IGNORE
+    n_valid = valid.sum()
+    if n_valid == 0:
+        return logits.sum() * 0.0  # keeps the graph; CE over no pixel would be NaN
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
     if lam == 0:
         return ce
     prob = torch.softmax(logits.float(), dim=1)
-    cost = cost_matrix.to(prob)[target]  # (N, C) or (B, H, W, C)
+    cost = cost_matrix.to(prob)[target.clamp(min=0)]  # (N, C) or (B, H, W, C)
     if prob.dim() > 2:
         cost = cost.movedim(-1, 1)
-    penalty = (prob * cost).sum(dim=1).mean()
+    penalty = ((prob * cost).sum(dim=1) * valid).sum() / n_valid
     return ce + lam * penalty
 
 
@@ -63,10 +74,14 @@ def cost_matrix_from_counts(counts: np.ndarray | list[float], power: float = 0.5
 
 
 def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """1 - mean Dice over the non-background classes, from softmax probabilities."""
+    """1 - mean Dice over the non-background classes, from softmax probabilities; `IGNORE`
+    pixels count on neither side."""
     n_classes = logits.shape[1]
-    prob = torch.softmax(logits.float(), dim=1)[:, 1:]
-    onehot = F.one_hot(target, n_classes).movedim(-1, 1).float()[:, 1:]
+    valid = (target != IGNORE).unsqueeze(1).float()
+    if not valid.any():
+        return logits.sum() * 0.0
+    prob = torch.softmax(logits.float(), dim=1)[:, 1:] * valid
+    onehot = F.one_hot(target.clamp(min=0), n_classes).movedim(-1, 1).float()[:, 1:] * valid
     inter = (prob * onehot).sum(dim=(0, 2, 3))
     denom = prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
     return 1 - ((2 * inter + eps) / (denom + eps)).mean()
