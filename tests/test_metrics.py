@@ -179,3 +179,18 @@ def test_dataset_pooling_of_per_class_pq():
     assert s["mpq"] == pytest.approx((0.8 + 2 / 3) / 2)
     assert s["f_d"] == pytest.approx(1.0) and s["type_acc"] == pytest.approx(0.75)
     assert len(ev.per_image()) == 2
+
+
+def test_detection_only_scoring_reports_f_d_without_type_scores() -> None:
+    from wsi_pipeline.metrics import DatasetEvaluator, Instances
+
+    true = np.zeros((40, 40), np.int32)
+    true[2:8, 2:8] = 1
+    true[20:28, 20:28] = 2
+    pred = np.zeros_like(true)
+    pred[2:8, 2:8] = 1  # one found, one missed
+    ev = DatasetEvaluator(type_ids=[], mpp=0.25)
+    ev.add("x", Instances(true, np.ones(2, np.int64)), Instances(pred, np.ones(1, np.int64)))
+    s = ev.summary()
+    assert s["f_d"] == pytest.approx(2 / 3)
+    assert "mpq" not in s and not any(k.startswith(("f_c_", "pq_")) for k in s)

@@ -36,13 +36,11 @@ from wsi_pipeline.data.mix import (
     read_mix,
     typed_class_names,
 )
-from wsi_pipeline.metrics import DatasetEvaluator, Instances
 from wsi_pipeline.model import MultiTaskNet, save_checkpoint
 from wsi_pipeline.model.checkpoint import CheckpointError, load_checkpoint
 from wsi_pipeline.model.losses import cost_matrix_from_counts, multitask_loss
 from wsi_pipeline.model.predict import autocast_dtype, resolve_device
-from wsi_pipeline.postproc import segment_instances
-from wsi_pipeline.tiled import predict_tiled
+from wsi_pipeline.scoring import flatten_scores, score_by_dataset
 from wsi_pipeline.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -214,39 +212,9 @@ def _validate(net, loader, device, amp, cw, cfg, samples: list[Sample]) -> dict[
             n += k
     row = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
     tile, stride = _val_tiling(cfg.patch_size)
-    by_dataset: dict[str, list[Sample]] = {}
-    for s in samples:
-        by_dataset.setdefault(s.meta.get(DATASET_KEY, ""), []).append(s)
-    scores: dict[str, dict[str, float]] = {}
-    for name, group in by_dataset.items():
-        typed = any(s.type_map is not None for s in group)
-        type_ids = list(range(1, cfg.model.n_types)) if typed else []
-        evaluator = DatasetEvaluator(type_ids=type_ids, mpp=cfg.mpp)
-        for s in group:
-            maps = predict_tiled(net, s.image, tile=tile, stride=stride,
-                                 batch_size=cfg.batch_size, device=device)
-            seg = segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=cfg.mpp)
-            true_types = pred_types = None
-            if s.type_map is not None:
-                ids, first = np.unique(s.inst_map, return_index=True)
-                true_types, pred_types = s.type_map.ravel()[first[ids > 0]], seg.types
-            evaluator.add(s.name, Instances(s.inst_map, true_types),
-                          Instances(seg.inst_map, pred_types))
-        summary = evaluator.summary()
-        keys = ["dice", "aji", "pq", "f_d"]
-        if typed:
-            keys += ["mpq"] + [k for k in summary if k.startswith(("f_c_", "pq_"))]
-        scores[name] = {k: float(summary[k]) for k in keys if k in summary}
-    if len(scores) == 1:  # one dataset: the plain keys, as before mixes existed
-        row.update({f"val_{k}": v for k, v in next(iter(scores.values())).items()})
-        return row
-    for name, values in scores.items():
-        row.update({f"val_{name}_{k}": v for k, v in values.items()})
-    # Aggregates over the datasets, each counting once whatever its size.
-    for key in ("dice", "aji", "pq", "f_d", "mpq"):
-        vals = [v[key] for v in scores.values() if key in v]
-        if vals:
-            row[f"val_{key}"] = float(np.nanmean(vals))
+    scores = score_by_dataset(net, samples, n_types=cfg.model.n_types, mpp=cfg.mpp, tile=tile,
+                              stride=stride, batch_size=cfg.batch_size, device=device)
+    row.update(flatten_scores(scores))
     return row
 
 

@@ -108,6 +108,7 @@ class DatasetEvaluator:
     rows: list[dict] = field(default_factory=list)
     _types: TypeCounts = field(default_factory=TypeCounts)
     _classes: dict[int, _ClassCounts] = field(default_factory=dict)
+    _n_typed: int = 0  # images added with types on both sides (F_d needs centroids paired)
 
     def add(self, name: str, true: Instances, pred: Instances) -> dict[str, float]:
         ov = overlap(true.inst_map, pred.inst_map)
@@ -117,6 +118,7 @@ class DatasetEvaluator:
         if true.types is not None and pred.types is not None:
             t_types, p_types = true.type_array(), pred.type_array()
             self._types.add(true.xy(), t_types, pred.xy(), p_types, radius_px(self.mpp))
+            self._n_typed += 1
             for c in self._class_ids(t_types, p_types):
                 sub = Overlap(
                     inter=ov.inter[np.ix_(t_types == c, p_types == c)],
@@ -146,7 +148,7 @@ class DatasetEvaluator:
         for key in INSTANCE_SCORES:
             vals = df[key].to_numpy(dtype=np.float64)
             out[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
-        if self._classes:
+        if self._n_typed:
             ids = sorted(self._classes) if self.type_ids is None else list(self.type_ids)
             pqs = []
             for c in ids:
@@ -154,6 +156,7 @@ class DatasetEvaluator:
                 out[f"pq_{c}"] = scores["pq"]
                 pqs.append(scores["pq"])
             finite = [p for p in pqs if np.isfinite(p)]
-            out["mpq"] = float(np.mean(finite)) if finite else float("nan")
+            if ids:  # detection-only scoring (type_ids=[]) has F_d but no mPQ
+                out["mpq"] = float(np.mean(finite)) if finite else float("nan")
             out.update(self._types.scores(self.type_ids))
         return out

@@ -1,0 +1,88 @@
+"""Validation per dataset of a checkpoint, on original and on 20×-scan-degraded images.
+
+Reads the held-out images of every dataset of a training mix config (default
+configs/train_mix.yaml: CoNSeP tiles 2/9/13/19/27, 3 MoNuSeg tiles, 2 CPM-15 images, 5 PanNuke
+patches — never trained on), scores the checkpoint through the full prediction path
+(`wsi_pipeline.scoring`, as training validation does) and, with --degrade, again after each image
+went through the scan degradation of training (`augment.scan_degrade`: 0.25 -> 0.5 µm/px, JPEG,
+back to 0.25 µm/px as `Slide.read_region_at_mpp` resamples). The JPEG quality of each image is
+drawn from --quality with --seed, so the degraded set is the same for every checkpoint.
+
+    python benchmarks/validate_mix.py --checkpoint wsi_pipeline/weights/default.pt --degrade
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from wsi_pipeline.config import load_config
+from wsi_pipeline.data.augment import scan_degrade
+from wsi_pipeline.data.mix import read_mix
+from wsi_pipeline.model import load_checkpoint
+from wsi_pipeline.model.predict import prepare_model
+from wsi_pipeline.scoring import score_by_dataset
+from wsi_pipeline.train_config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_flags() -> str:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return platform.processor()
+    keep = [f for f in flags if f.startswith(("avx512_bf16", "amx_bf16", "avx2", "avx512f"))]
+    return " ".join(sorted(set(keep)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, required=True)
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "train_mix.yaml")
+    ap.add_argument("--degrade", action="store_true", help="also score scan-degraded images")
+    ap.add_argument("--quality", type=int, nargs=2, default=(30, 90))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = ap.parse_args()
+
+    cfg = load_config(args.config, TrainConfig)
+    _, val = read_mix(cfg.data.datasets, cfg.mpp, "fail")
+    model = load_checkpoint(args.checkpoint)
+    net = prepare_model(model.net, model.net.mean.device)
+    kw = {"n_types": cfg.model.n_types, "mpp": cfg.mpp, "tile": cfg.patch_size + 64,
+          "stride": cfg.patch_size, "batch_size": 8, "device": "cpu"}
+    print(f"checkpoint {args.checkpoint} (sha256 {model.sha256[:12]}), {len(val)} validation images, "
+          f"CPU flags: {cpu_flags()}")
+    results = {"checkpoint": str(args.checkpoint), "sha256": model.sha256}
+    t0 = time.time()
+    results["original"] = score_by_dataset(net, val, **kw)
+    if args.degrade:
+        rng = np.random.default_rng(args.seed)
+        quality = {s.name: int(rng.integers(args.quality[0], args.quality[1] + 1)) for s in val}
+        results["degraded"] = score_by_dataset(
+            net, val, transform=lambda s: scan_degrade(s.image, 2.0, quality[s.name]), **kw)
+    print(f"{time.time() - t0:.0f} s")
+    keys = ("pq", "aji", "dice", "f_d", "mpq")
+    print("| dataset | images | " + " | ".join(keys) + (" | PQ degraded | gap |" if args.degrade else " |"))
+    counts = {}
+    for s in val:
+        counts[s.meta["dataset"]] = counts.get(s.meta["dataset"], 0) + 1
+    for name, sc in results["original"].items():
+        cells = [f"{sc[k]:.4f}" if k in sc else "–" for k in keys]
+        line = f"| {name} | {counts[name]} | " + " | ".join(cells)
+        if args.degrade:
+            d = results["degraded"][name]["pq"]
+            line += f" | {d:.4f} | {sc['pq'] - d:+.4f}"
+        print(line + " |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
