@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 _DOWNSAMPLE_TOLERANCE = 1e-2
 # Largest region (level pixels per side) one thumbnail block reads, to keep memory flat.
 _THUMB_BLOCK_LEVEL_PX = 2048
+# Largest level region one read may ask a backend for (≈0.8 GB of RGB); beyond it the pixel size
+# is wrong, and a clear error beats a MemoryError.
+_MAX_READ_PX = 1 << 28
 
 
 class SlideReadError(RuntimeError):
@@ -34,14 +37,30 @@ class SlideReadError(RuntimeError):
         super().__init__(f"{self.path}: {reason}")
 
 
-class MissingMppError(SlideReadError):
-    """The slide carries no pixel size and none was given."""
+#: Typical level-0 pixel sizes, quoted wherever a user has to supply one.
+TYPICAL_MPP_HINT = "typical values: ≈0.25 µm/px for 40× scans, ≈0.5 µm/px for 20×"
 
-    def __init__(self, path: str | Path) -> None:
+#: Where a slide's pixel size came from: its file ("metadata", or "objective_power" = 10/power,
+#: a guess), a run's settings ("fallback" for files without one, "override", a slide list's
+#: "csv" column), or a library caller's explicit value ("given").
+MPP_SOURCES = ("metadata", "objective_power", "fallback", "override", "csv", "given")
+
+
+class MissingMppError(SlideReadError):
+    """The slide carries no pixel size and none was given.
+
+    The message says what to do and what values are typical, and quotes the objective power
+    where the file has one: a user who must type a number should not have to look it up.
+    """
+
+    def __init__(self, path: str | Path, objective_power: float | None = None) -> None:
+        power = f" (the file gives objective power {objective_power:g}×)" if objective_power else ""
         super().__init__(
             path,
-            "no pixel size (mpp) in the slide's metadata; pass it explicitly (--mpp MICRONS_PER_PIXEL)",
+            f"no pixel size (mpp) in the slide's metadata{power}; pass it explicitly "
+            f"(--mpp MICRONS_PER_PIXEL); {TYPICAL_MPP_HINT}",
         )
+        self.objective_power = objective_power
 
 
 def white_composite(rgba: np.ndarray) -> np.ndarray:
@@ -63,6 +82,8 @@ class Slide(ABC):
         if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
             raise ValueError(f"mpp must be a positive number, got {mpp!r}")
         self._mpp_override = mpp
+        self._mpp_source = "given" if mpp is not None else None
+        self._native: tuple[float, str] | None | bool = False  # False: not looked up yet
         self._levels: tuple[tuple[int, int], ...] = ()
         self._downsamples: tuple[float, ...] = ()
 
@@ -87,6 +108,17 @@ class Slide(ABC):
     def _native_mpp(self) -> float | None:
         """Level-0 microns per pixel from the file's metadata, or None if it has none."""
 
+    def _native_mpp_with_source(self) -> tuple[float, str] | None:
+        """The file's pixel size and which of MPP_SOURCES it is; backends that can guess it
+        from the objective power say so, since a guess deserves a note in the slide's log."""
+        mpp = self._native_mpp()
+        return None if mpp is None else (float(mpp), "metadata")
+
+    @property
+    def objective_power(self) -> float | None:
+        """The scanner objective (20, 40, ...) where the file records one; None otherwise."""
+        return None
+
     @abstractmethod
     def _read_level(self, level: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         """uint8 (h, w, 3) of `level` starting at level-0 pixel (x0, y0); white outside."""
@@ -99,15 +131,39 @@ class Slide(ABC):
     def dimensions(self) -> tuple[int, int]:
         return self.level_dimensions[0]
 
+    def native_mpp(self) -> tuple[float, str] | None:
+        """(µm/px, source) from the file itself, looked up once (the lookup may log a warning)."""
+        if self._native is False:
+            self._native = self._native_mpp_with_source()
+        return self._native  # type: ignore[return-value]
+
+    def use_mpp(self, mpp: float, source: str) -> None:
+        """Read the slide at `mpp` from now on, recording where that value came from."""
+        if not (mpp > 0 and math.isfinite(mpp)):
+            raise ValueError(f"mpp must be a positive number, got {mpp!r}")
+        if source not in MPP_SOURCES:
+            raise ValueError(f"unknown mpp source {source!r}; one of {', '.join(MPP_SOURCES)}")
+        self._mpp_override, self._mpp_source = float(mpp), source
+
     @property
     def mpp(self) -> float:
-        """Level-0 microns per pixel; the user's value wins over the file's."""
+        """Level-0 microns per pixel; a value given to the reader wins over the file's."""
         if self._mpp_override is not None:
             return float(self._mpp_override)
-        native = self._native_mpp()
+        native = self.native_mpp()
         if native is None:
-            raise MissingMppError(self.path)
-        return native
+            raise MissingMppError(self.path, self.objective_power)
+        return native[0]
+
+    @property
+    def mpp_source(self) -> str:
+        """Which of MPP_SOURCES `mpp` comes from (raises MissingMppError like `mpp`)."""
+        if self._mpp_source is not None:
+            return self._mpp_source
+        native = self.native_mpp()
+        if native is None:
+            raise MissingMppError(self.path, self.objective_power)
+        return native[1]
 
     def best_level_for_downsample(self, downsample: float) -> int:
         """The level with the largest downsample not above `downsample` (never upsample a level)."""
@@ -137,6 +193,11 @@ class Slide(ABC):
         ix0, iy0 = math.floor(xl) - pad, math.floor(yl) - pad
         ix1, iy1 = math.ceil(xl + w * f) + pad, math.ceil(yl + h * f) + pad
         gx0, gy0 = round(ix0 * ds), round(iy0 * ds)  # level-0 origin the backend is asked for
+        if (ix1 - ix0) * (iy1 - iy0) > _MAX_READ_PX:  # e.g. a pixel size 1e6 times too small
+            raise SlideReadError(
+                self.path, f"reading {w}x{h} px at {target_mpp:g} µm/px would need a "
+                f"{ix1 - ix0}x{iy1 - iy0} px region of level {level}: is the pixel size "
+                f"{self.mpp:g} µm/px right?")
         raw = self._read_level(level, gx0, gy0, ix1 - ix0, iy1 - iy0)
         bx, by = xl - gx0 / ds, yl - gy0 / ds
         img = Image.fromarray(raw).resize(
@@ -172,5 +233,6 @@ class Slide(ABC):
         self.close()
 
     def __repr__(self) -> str:
-        mpp = self._mpp_override if self._mpp_override is not None else self._native_mpp()
+        native = self.native_mpp()
+        mpp = self._mpp_override if self._mpp_override is not None else (native[0] if native else None)
         return f"{type(self).__name__}({str(self.path)!r}, dimensions={self.dimensions}, mpp={mpp})"

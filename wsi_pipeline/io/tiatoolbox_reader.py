@@ -39,9 +39,15 @@ class TiatoolboxSlide(Slide):
         info = self._reader.info
         self._set_levels(info.level_dimensions, info.level_downsamples)
         self._info_mpp = None if info.mpp is None else float(np.mean(np.asarray(info.mpp, float)))
+        power = getattr(info, "objective_power", None)
+        self._objective_power = float(power) if power else None
 
     def _native_mpp(self) -> float | None:
         return self._info_mpp
+
+    @property
+    def objective_power(self) -> float | None:
+        return self._objective_power
 
     def _read_level(self, level: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         try:
