@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +78,26 @@ def test_export_model_cli_writes_half_copy(tmp_path):
     assert "train_state" not in torch.load(tmp_path / "ship.pt", weights_only=True)
     assert (tmp_path / "ship.pt").stat().st_size < 0.6 * src.stat().st_size
     assert shipped.sha256 in result.output
+
+
+class _Opaque:
+    pass
+
+
+def test_unreadable_checkpoints_never_advise_unsafe_loading(tmp_path):
+    """Torch's refusal suggests weights_only=False, i.e. letting the file run code: never passed on."""
+    cases = {"garbage.pt": np.random.default_rng(0).bytes(2048), "empty.pt": b""}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save({"x": _Opaque()}, tmp_path / "object.pt")
+    for name in (*cases, "object.pt"):
+        with pytest.raises(CheckpointError, match=name) as info:
+            load_checkpoint(tmp_path / name)
+        assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("mpp", [0.0, -0.5, float("nan")])
+def test_checkpoint_pixel_size_must_be_positive(tmp_path, mpp):
+    save_checkpoint(tmp_path / "m.pt", _net(), class_names=NAMES, mpp=mpp)
+    with pytest.raises(CheckpointError, match=r"m\.pt: its pixel size mpp=.* is not a positive number"):
+        load_checkpoint(tmp_path / "m.pt")

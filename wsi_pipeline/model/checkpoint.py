@@ -8,6 +8,9 @@ package version; the file's sha256 identifies the model in every output.
 from __future__ import annotations
 
 import hashlib
+import math
+import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,14 +98,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols mean nothing to a user
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_load_failure(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a wsi-pipeline checkpoint (format {FORMAT} expected)")
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    mpp = payload["mpp"]
+    if isinstance(mpp, bool) or not isinstance(mpp, int | float) or not (math.isfinite(mpp) and mpp > 0):
+        raise CheckpointError(f"{path}: its pixel size mpp={mpp!r} is not a positive number of µm/px")
     try:
         config = ModelConfig(**payload["model_config"])
     except ValidationError as exc:
@@ -124,11 +132,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         config=config,
         class_names=names,
         class_colors=tuple(payload["class_colors"]),
-        mpp=float(payload["mpp"]),
+        mpp=float(mpp),
         sha256=file_sha256(path),
         path=path,
         meta=dict(payload.get("meta", {})),
     )
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why torch could not load a file, in our words where torch's would mislead.
+
+    Torch's refusal of a pickle holding arbitrary objects advises loading it with
+    weights_only=False, i.e. letting the file run code: never pass that advice on.
+    """
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+        return ("not a torch checkpoint, or one holding Python objects besides tensors and plain "
+                "data, which are refused because loading them could run code from the file")
+    if isinstance(exc, EOFError):
+        return "the file is empty or cut short"
+    if "zip archive" in str(exc):
+        return "damaged or truncated: its zip archive cannot be read"
+    return f"not a torch checkpoint file ({type(exc).__name__})"
 
 
 def default_checkpoint_path() -> Path:
