@@ -23,6 +23,7 @@ from wsi_pipeline.atomic import write_text_atomic
 from wsi_pipeline.export_config import ExportConfig
 from wsi_pipeline.geojson import write_geojson
 from wsi_pipeline.overlay import render_overlay
+from wsi_pipeline.qc import QCStats, describe, qc_report
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,18 @@ def _tissue_mm2(slide_dir: Path, attrs: dict) -> float:
     return 0.0
 
 
-def _type_stats(parquet_path: Path, batch_rows: int) -> tuple[Counter, dict[str, float]]:
-    """Counts and summed areas per type, one column scan."""
+def _type_stats(parquet_path: Path, batch_rows: int, qc: QCStats | None = None
+                ) -> tuple[Counter, dict[str, float]]:
+    """Counts and summed areas per type, one column scan (that also feeds the QC statistics)."""
     counts: Counter[str] = Counter()
     areas: dict[str, float] = {}
     pf = pq.ParquetFile(parquet_path)
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=["type_name", "area_um2"]):
+    columns = ["type_name", "area_um2"] + (["type_prob"] if qc is not None else [])
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
         names = batch.column("type_name")
         area = batch.column("area_um2").to_numpy(False).astype(np.float64)
+        if qc is not None:
+            qc.add(area, batch.column("type_prob").to_numpy(False))
         for vc in pc.value_counts(names).to_pylist():
             counts[vc["values"]] += vc["counts"]
         codes = pc.dictionary_encode(names)
@@ -84,8 +89,12 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
     class_colors = list(attrs["class_colors"])
     tissue_mm2 = _tissue_mm2(slide_dir, attrs)
 
-    counts, areas = _type_stats(parquet_path, cfg.batch_rows)
+    qc_stats = QCStats(low_type_prob=cfg.qc.low_type_prob)
+    counts, areas = _type_stats(parquet_path, cfg.batch_rows, qc_stats)
     n_total = sum(counts.values())
+    qc = qc_report(qc_stats, tissue_mm2, cfg.qc)
+    if qc["flags"]:
+        log.warning("%s: QC: %s", slide_dir.name, describe(qc))
     per_type = {
         name: {
             "count": counts.get(name, 0),
@@ -131,10 +140,12 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
         "tissue_mm2": tissue_mm2,
         "n_nuclei": n_total,
         "nuclei_per_mm2": n_total / tissue_mm2 if tissue_mm2 > 0 else None,
+        "qc": qc,
         "per_type": per_type,
         "timings_s": timings,
         "export_timings_s": export_timings,
         "slide_mpp": attrs.get("slide_mpp"),
+        "slide_mpp_source": attrs.get("slide_mpp_source"),
         "model_mpp": attrs.get("mpp"),
         "level0_size": attrs.get("level0_size"),
         "overlay_mpp": overlay_mpp,

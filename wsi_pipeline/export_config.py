@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from wsi_pipeline.qc import QCConfig
+
 
 class ExportConfig(BaseModel):
     """What the export stage writes next to nuclei.parquet, and how."""
@@ -27,4 +29,8 @@ class ExportConfig(BaseModel):
     )
     batch_rows: int = Field(
         65536, ge=1024, description="Rows read from nuclei.parquet at a time (bounds memory)."
+    )
+    qc: QCConfig = Field(
+        default_factory=QCConfig,
+        description="Plausibility bounds; slides outside them are flagged in summary.json and the manifest.",
     )

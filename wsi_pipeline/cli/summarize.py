@@ -12,7 +12,7 @@ import click
 @click.option("--no-plot", is_flag=True, help="Skip the PNG composition plot.")
 def command(out_dir: Path, no_plot: bool) -> None:
     """Write OUT/cohort_summary.parquet (slide × nucleus type: count, density per mm² of tissue,
-    mean area, mean type probability) and OUT/cohort_composition.png."""
+    mean area, mean type probability, the slide's QC flags) and OUT/cohort_composition.png."""
     from wsi_pipeline.cohort.summarize import summarize_cohort
 
     try:
@@ -23,3 +23,7 @@ def command(out_dir: Path, no_plot: bool) -> None:
     click.echo(f"{n_slides} slides, {len(result.table)} rows -> {result.table_path}")
     if result.plot_path is not None:
         click.echo(f"composition plot -> {result.plot_path}")
+    if result.qc_flagged:
+        click.echo(f"{len(result.qc_flagged)} slide(s) flagged by QC (results that look implausible):")
+        for slide_id, flags in sorted(result.qc_flagged.items()):
+            click.echo(f"  {slide_id}: {flags}")

@@ -34,6 +34,9 @@ SCHEMA = pa.schema(
         ("tissue_mm2", pa.float64()),
         ("n_tiles", pa.int64()),
         ("n_nuclei", pa.int64()),
+        ("mpp", pa.float64()),  # level-0 µm/px the slide was (or will be) processed at
+        ("mpp_source", pa.string()),  # metadata, objective_power, fallback, override, csv
+        ("qc", pa.string()),  # plausibility flags joined with ";" ("" = none; wsi_pipeline.qc)
         ("model_sha256", pa.string()),
         ("config_hash", pa.string()),
         ("wsi_pipeline_version", pa.string()),
@@ -43,11 +46,13 @@ SCHEMA = pa.schema(
 
 
 def slide_row(out_dir: Path, entry: SlideEntry, expected: dict[str, str] | None,
-              model_sha256: str | None, config_hash: str) -> dict[str, Any]:
+              model_sha256: str | None, config_hash: str,
+              mpp: tuple[float | None, str | None] = (None, None)) -> dict[str, Any]:
     """The manifest row of one slide from its markers and failure record.
 
     `expected` holds the per-stage hashes of this run for this slide (None: file unreadable);
-    `config_hash` is the run's settings hash, the same for every slide.
+    `config_hash` is the run's settings hash, the same for every slide; `mpp` is the pixel
+    size and its source this run resolved for the slide, shown until inference records its own.
     """
     stages = SlideStages(out_dir / entry.slide_id)
     markers = {s: stages.read(s) for s in STAGES}
@@ -65,6 +70,7 @@ def slide_row(out_dir: Path, entry: SlideEntry, expected: dict[str, str] | None,
         size = None
     infer_result = valid["infer"].result if "infer" in valid else {}
     post_result = valid["postproc"].result if "postproc" in valid else {}
+    export_result = valid["export"].result if "export" in valid else {}
     if len(valid) == len(STAGES):
         status = "no_tissue" if infer_result.get("no_tissue") else "done"
     elif failure is not None:
@@ -82,6 +88,9 @@ def slide_row(out_dir: Path, entry: SlideEntry, expected: dict[str, str] | None,
         "tissue_mm2": infer_result.get("tissue_mm2"),
         "n_tiles": infer_result.get("n_tiles"),
         "n_nuclei": post_result.get("n_nuclei"),
+        "mpp": infer_result.get("mpp", mpp[0]),
+        "mpp_source": infer_result.get("mpp_source", mpp[1]),
+        "qc": export_result.get("qc"),
         "model_sha256": model_sha256,
         "config_hash": config_hash,
         "wsi_pipeline_version": (valid[STAGES[-1]].version if len(valid) == len(STAGES) else __version__),

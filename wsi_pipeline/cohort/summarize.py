@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 SUMMARY_TABLE = "cohort_summary.parquet"
 SUMMARY_PLOT = "cohort_composition.png"
 COLUMNS = ["slide_id", "type_id", "type_name", "count", "fraction", "density_per_mm2",
-           "mean_area_um2", "mean_type_prob", "tissue_mm2", "status"]
+           "mean_area_um2", "mean_type_prob", "tissue_mm2", "status", "qc"]
 
 
 @dataclass
@@ -33,6 +33,8 @@ class CohortSummary:
     table: pd.DataFrame
     table_path: Path
     plot_path: Path | None
+    #: slide_id -> its QC flags ("a;b"), for the slides that have any (wsi_pipeline.qc).
+    qc_flagged: dict[str, str] = field(default_factory=dict)
 
 
 def summarize_cohort(out_dir: Path, plot: bool = True) -> CohortSummary:
@@ -43,8 +45,9 @@ def summarize_cohort(out_dir: Path, plot: bool = True) -> CohortSummary:
         raise FileNotFoundError(f"{manifest_path}: no manifest: is {out_dir} the output of `wsi-pipeline run`?")
     manifest = read_manifest(out_dir)
     finished = manifest[manifest["status"].isin(["done", "no_tissue"])]
+    qc = _qc_flags(finished)
     parts = [_slide_table(out_dir / r.slide_id, r.slide_id, r.tissue_mm2, r.status)
-             for r in finished.itertuples()]
+             .assign(qc=qc[r.slide_id]) for r in finished.itertuples()]
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
     table = table[COLUMNS].astype({"count": "int64", "type_id": "int64"})
     buf = io.BytesIO()
@@ -53,7 +56,16 @@ def summarize_cohort(out_dir: Path, plot: bool = True) -> CohortSummary:
     write_bytes_atomic(table_path, buf.getvalue(), fsync=True)
     plot_path = _plot(table, out_dir / SUMMARY_PLOT, _colors(out_dir, finished)) if plot else None
     log.info("cohort summary: %d slides, %d rows -> %s", len(finished), len(table), table_path)
-    return CohortSummary(table=table, table_path=table_path, plot_path=plot_path)
+    return CohortSummary(table=table, table_path=table_path, plot_path=plot_path,
+                         qc_flagged={k: v for k, v in qc.items() if v})
+
+
+def _qc_flags(finished: pd.DataFrame) -> dict[str, str]:
+    """Each slide's QC flags from the manifest ("" = none or not judged; older manifests have none)."""
+    if "qc" not in finished.columns:
+        return {sid: "" for sid in finished["slide_id"]}
+    return {sid: (flags if isinstance(flags, str) else "")
+            for sid, flags in zip(finished["slide_id"], finished["qc"], strict=True)}
 
 
 def _slide_table(slide_dir: Path, slide_id: str, tissue_mm2: float | None, status: str) -> pd.DataFrame:

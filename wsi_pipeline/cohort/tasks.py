@@ -119,7 +119,7 @@ def _export(job: SlideJob) -> dict[str, Any]:
     from wsi_pipeline.export import export_slide
 
     summary = export_slide(job.slide_dir, job.cfg.export)
-    return {"n_nuclei": summary.get("n_nuclei")}
+    return {"n_nuclei": summary.get("n_nuclei"), "qc": ";".join(summary["qc"]["flags"])}
 
 
 _STAGE_FUNCTIONS = {"infer": _infer, "postproc": _postproc, "export": _export}
