@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cpu_flags() -> str:
     try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next(line for line in lines if line.startswith("flags")).split()
     except (OSError, StopIteration):
         return platform.processor()
     keep = [f for f in flags if f.startswith(("avx512_bf16", "amx_bf16", "avx2", "avx512f"))]

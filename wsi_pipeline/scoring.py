@@ -1,8 +1,10 @@
 """Scores of a network on annotated images through the full prediction path (tiled network ->
 two-step watershed -> instance metrics), per dataset of a mix.
 
-One function for training validation and the benchmarks (`benchmarks/validate_mix.py`), so
-the figures in history.csv and in MODEL_CARD.md are computed the same way.
+One path for training validation and the benchmarks (`benchmarks/validate_mix.py`,
+`benchmarks/postproc_tune_mix.py`), so the figures in history.csv and in MODEL_CARD.md are
+computed the same way. Prediction and scoring are separate steps, so post-processing settings
+can be scored on maps computed once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,63 @@ from wsi_pipeline.tiled import predict_tiled
 INSTANCE_KEYS = ("dice", "aji", "pq", "f_d")
 AGGREGATE_KEYS = ("dice", "aji", "pq", "f_d", "mpq")
 
+Maps = dict[str, np.ndarray]
+
+
+def predict_maps(
+    net: torch.nn.Module,
+    samples: list[Sample],
+    *,
+    tile: int,
+    stride: int,
+    batch_size: int,
+    device: torch.device | str,
+    transform: Callable[[Sample], np.ndarray] | None = None,
+) -> list[Maps]:
+    """Network maps of every sample's image (or of `transform(sample)`, e.g. a scan
+    degradation; the labels stay)."""
+    return [
+        predict_tiled(net, s.image if transform is None else transform(s), tile=tile,
+                      stride=stride, batch_size=batch_size, device=device)
+        for s in samples
+    ]
+
+
+def score_maps(
+    samples: list[Sample],
+    maps: list[Maps],
+    *,
+    n_types: int,
+    mpp: float,
+    postproc: PostprocConfig | None = None,
+) -> dict[str, dict[str, float]]:
+    """{dataset name: {dice, aji, pq, f_d[, mpq, pq_<t>, f_c_<t>]}}; type scores only for
+    datasets with types, F_d for all (untyped: one class on both sides)."""
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(s.meta.get(DATASET_KEY, ""), []).append(i)
+    scores: dict[str, dict[str, float]] = {}
+    for name, idx in groups.items():
+        typed = any(samples[i].type_map is not None for i in idx)
+        evaluator = DatasetEvaluator(type_ids=list(range(1, n_types)) if typed else [], mpp=mpp)
+        for i in idx:
+            s, m = samples[i], maps[i]
+            seg = segment_instances(m["ns"], m["hv"], m["nc"], mpp=mpp, config=postproc)
+            ids, first = np.unique(s.inst_map, return_index=True)
+            if s.type_map is not None:
+                true_types, pred_types = s.type_map.ravel()[first[ids > 0]], seg.types
+            else:
+                true_types = np.ones(int(np.count_nonzero(ids)), np.int64)
+                pred_types = np.ones(len(seg.types), np.int64)
+            evaluator.add(s.name, Instances(s.inst_map, true_types),
+                          Instances(seg.inst_map, pred_types))
+        summary = evaluator.summary()
+        keys = list(INSTANCE_KEYS)
+        if typed:
+            keys += ["mpq"] + [k for k in summary if k.startswith(("f_c_", "pq_"))]
+        scores[name] = {k: float(summary[k]) for k in keys if k in summary}
+    return scores
+
 
 def score_by_dataset(
     net: torch.nn.Module,
@@ -35,36 +94,10 @@ def score_by_dataset(
     postproc: PostprocConfig | None = None,
     transform: Callable[[Sample], np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """{dataset name: {dice, aji, pq, f_d[, mpq, pq_<t>, f_c_<t>]}}; type scores only for
-    datasets with types. `transform` replaces each image before prediction (e.g. a scan
-    degradation), the labels stay."""
-    by_dataset: dict[str, list[Sample]] = {}
-    for s in samples:
-        by_dataset.setdefault(s.meta.get(DATASET_KEY, ""), []).append(s)
-    scores: dict[str, dict[str, float]] = {}
-    for name, group in by_dataset.items():
-        typed = any(s.type_map is not None for s in group)
-        evaluator = DatasetEvaluator(type_ids=list(range(1, n_types)) if typed else [], mpp=mpp)
-        for s in group:
-            image = s.image if transform is None else transform(s)
-            maps = predict_tiled(net, image, tile=tile, stride=stride, batch_size=batch_size,
-                                 device=device)
-            seg = segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=mpp,
-                                    config=postproc)
-            ids, first = np.unique(s.inst_map, return_index=True)
-            if s.type_map is not None:
-                true_types, pred_types = s.type_map.ravel()[first[ids > 0]], seg.types
-            else:  # one class on both sides: F_d (detection) without type scores
-                true_types = np.ones(int(np.count_nonzero(ids)), np.int64)
-                pred_types = np.ones(len(seg.types), np.int64)
-            evaluator.add(s.name, Instances(s.inst_map, true_types),
-                          Instances(seg.inst_map, pred_types))
-        summary = evaluator.summary()
-        keys = list(INSTANCE_KEYS)
-        if typed:
-            keys += ["mpq"] + [k for k in summary if k.startswith(("f_c_", "pq_"))]
-        scores[name] = {k: float(summary[k]) for k in keys if k in summary}
-    return scores
+    """`predict_maps` then `score_maps`."""
+    maps = predict_maps(net, samples, tile=tile, stride=stride, batch_size=batch_size,
+                        device=device, transform=transform)
+    return score_maps(samples, maps, n_types=n_types, mpp=mpp, postproc=postproc)
 
 
 def flatten_scores(scores: dict[str, dict[str, float]], prefix: str = "val_") -> dict[str, float]:

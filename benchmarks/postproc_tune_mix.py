@@ -1,0 +1,73 @@
+"""Post-processing settings tuned on the network's output on TRAINING images of the mix.
+
+Runs a checkpoint once over the training side of every dataset of a mix config (at most
+--limit images per dataset, the first by name: never the held-out validation tiles), keeps the
+maps, then scores a grid of `PostprocConfig` settings (NS threshold × HV edge threshold ×
+minimum marker area) with `wsi_pipeline.scoring.score_maps`. The objective is the mean over the
+datasets of PQ (each dataset counts once, so CoNSeP's 352 patches do not outvote the other
+sets), with mPQ of the typed set reported beside it. Report the chosen setting once on
+validation with benchmarks/validate_mix.py; never tune there.
+
+    python benchmarks/postproc_tune_mix.py --checkpoint wsi_pipeline/weights/default.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from pathlib import Path
+
+from wsi_pipeline.config import load_config
+from wsi_pipeline.data.mix import DATASET_KEY, read_mix
+from wsi_pipeline.model import load_checkpoint
+from wsi_pipeline.model.predict import prepare_model
+from wsi_pipeline.postproc import PostprocConfig
+from wsi_pipeline.scoring import flatten_scores, predict_maps, score_maps
+from wsi_pipeline.train_config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, required=True)
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "train_mix.yaml")
+    ap.add_argument("--limit", type=int, default=48, help="training images per dataset")
+    ap.add_argument("--ns", type=float, nargs="+", default=[0.4, 0.5])
+    ap.add_argument("--edge", type=float, nargs="+", default=[0.02, 0.04, 0.07, 0.1])
+    ap.add_argument("--marker", type=float, nargs="+", default=[1.0, 3.0, 6.0, 10.0])
+    args = ap.parse_args()
+
+    cfg = load_config(args.config, TrainConfig)
+    train, _ = read_mix(cfg.data.datasets, cfg.mpp, "fail")
+    picked: dict[str, list] = {}
+    for s in sorted(train, key=lambda s: s.name):
+        picked.setdefault(s.meta[DATASET_KEY], [])
+        if len(picked[s.meta[DATASET_KEY]]) < args.limit:
+            picked[s.meta[DATASET_KEY]].append(s)
+    samples = [s for group in picked.values() for s in group]
+    model = load_checkpoint(args.checkpoint)
+    net = prepare_model(model.net, model.net.mean.device)
+    t0 = time.time()
+    maps = predict_maps(net, samples, tile=cfg.patch_size + 64, stride=cfg.patch_size,
+                        batch_size=8, device="cpu")
+    print(f"# {args.checkpoint} sha256 {model.sha256[:12]}: "
+          f"{ {k: len(v) for k, v in picked.items()} } training images, model {time.time() - t0:.0f} s")
+    base = PostprocConfig()
+    results = []
+    for ns_t, edge_t, marker in itertools.product(args.ns, args.edge, args.marker):
+        update = {"ns_threshold": ns_t, "edge_threshold": edge_t, "min_marker_area_um2": marker}
+        row = flatten_scores(score_maps(samples, maps, n_types=len(model.class_names), mpp=model.mpp,
+                                        postproc=base.model_copy(update=update)))
+        per = " ".join(f"{k[4:-3]}={v:.3f}" for k, v in row.items() if k.endswith("_pq") and k != "val_pq")
+        print(f"ns={ns_t} edge={edge_t} marker={marker}: mean PQ {row['val_pq']:.4f} "
+              f"mPQ {row.get('val_mpq', float('nan')):.4f} | {per}", flush=True)
+        results.append((row["val_pq"], update))
+    best = max(results, key=lambda r: r[0])
+    print(f"best on training images: {best[1]} (mean PQ {best[0]:.4f}); defaults now "
+          f"ns={base.ns_threshold} edge={base.edge_threshold} marker={base.min_marker_area_um2}")
+
+
+if __name__ == "__main__":
+    main()
