@@ -17,7 +17,8 @@ SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
               help="Model checkpoint (default: the weights shipped with the package).")
 @click.option("--mpp", type=click.FloatRange(min=0, min_open=True),
               help="Pixel size of the images in µm (default: the model's, no resampling).")
-@click.option("--overlay", is_flag=True, help="Also write <stem>.png with contours coloured by type.")
+@click.option("--overlay", is_flag=True, help="Also write <stem>.png with contours coloured by type "
+              "(refused where that is an input image: use another OUTPUT_DIR).")
 @click.option("--geojson", is_flag=True, help="Also write <stem>.geojson.gz (QuPath detections).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
@@ -28,6 +29,8 @@ def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: flo
             patterns: tuple[str, ...]) -> None:
     """Segment and classify nuclei in every image of INPUT_DIR; write OUTPUT_DIR/<stem>.mat.
 
+    Images whose stems clash (x.png, x.jpg) keep their extension in the output name
+    (x.png.mat, x.jpg.mat); an output that would overwrite an input is an error before any work.
     Images of any size are tiled with overlap. An image that cannot be read or processed is
     reported by name and skipped; the exit status is non-zero only if every image failed.
     """
@@ -39,8 +42,10 @@ def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: flo
     from wsi_pipeline.model import CheckpointError, default_checkpoint_path, load_checkpoint
     from wsi_pipeline.model.predict import prepare_model, resolve_device
     from wsi_pipeline.tile_mode import segment_image, write_geojson, write_mat, write_overlay
+    from wsi_pipeline.tile_outputs import OutputClash, plan_outputs
 
-    images = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    all_images = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    images = all_images
     if patterns:
         images = [p for p in images if any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
     if not images:
@@ -48,6 +53,11 @@ def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: flo
             f"no images ({', '.join(SUFFIXES)}) in {input_dir}"
             + (f" matching {' or '.join(patterns)}" if patterns else "")
         )
+    try:
+        outputs = plan_outputs(images, output_dir, overlay=overlay, geojson=geojson,
+                               protected=all_images)
+    except OutputClash as exc:
+        raise click.ClickException(str(exc)) from exc
     torch_device = resolve_device(device)
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise click.ClickException("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
@@ -63,11 +73,12 @@ def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: flo
         image = read_rgb(path)
         result = segment_image(model, image, image_mpp=image_mpp, batch_size=batch_size,
                                device=torch_device, name=path.name)
-        write_mat(output_dir / f"{path.stem}.mat", result, model, image_mpp)
-        if overlay:
-            write_overlay(output_dir / f"{path.stem}.png", image, result, model.class_colors)
-        if geojson:
-            write_geojson(output_dir / f"{path.stem}.geojson.gz", result, model, image_mpp)
+        out = outputs[path]
+        write_mat(out.mat, result, model, image_mpp)
+        if out.overlay is not None:
+            write_overlay(out.overlay, image, result, model.class_colors)
+        if out.geojson is not None:
+            write_geojson(out.geojson, result, model, image_mpp)
 
     # One bad image (unreadable, odd shape, a writer failing on its result) must not cost the
     # rest of a folder: report it by name and go on; fail only when nothing was written.
