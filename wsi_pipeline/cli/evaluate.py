@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import click
+import numpy as np
 
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import write_text_atomic
@@ -24,6 +26,24 @@ def _truth_files(true_dir: Path) -> dict[str, tuple[Path, Path | None]]:
 
 def _fmt(v: float) -> str:
     return "   nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def _check_types(names: list[str], truth: Any, truth_path: Path, pred: Any,
+                 pred_unnamed: set[int]) -> None:
+    """Ground truth with a type id that `--types` does not name is refused: mPQ would silently
+    average over the named types only (2 of 4 with `--types a,b`). Unnamed predicted types
+    only warn (a model may know more classes than the dataset)."""
+    if truth.types is not None:
+        t = np.asarray(truth.types).reshape(-1)
+        top = int(t.max()) if t.size else 0
+        if top > len(names):
+            raise click.ClickException(
+                f"{truth_path}: ground truth has type id {top} but --types names {len(names)} "
+                f"({','.join(names)}): name every type 1..{top}, or leave --types out"
+            )
+    if pred.types is not None:
+        p = np.asarray(pred.types).reshape(-1)
+        pred_unnamed.update(int(v) for v in np.unique(p) if v > len(names))
 
 
 @click.command(help="Score predicted instances (HoVer-Net .mat) against ground truth.")
@@ -45,7 +65,8 @@ def _fmt(v: float) -> str:
     "--types",
     "type_names",
     default=None,
-    help="Comma-separated names of type ids 1..K, e.g. 'other,inflammatory,epithelial,spindle'.",
+    help="Comma-separated names of type ids 1..K, e.g. 'other,inflammatory,epithelial,spindle'; "
+    "it must name every type id of the ground truth (mPQ averages over exactly these types).",
 )
 @click.option(
     "--mpp",
@@ -74,6 +95,7 @@ def command(
         raise click.ClickException(f"no ground truth found in {true_dir}")
     ev = DatasetEvaluator(type_ids=list(range(1, len(names) + 1)) if names else None, mpp=mpp)
     missing = []
+    pred_unnamed: set[int] = set()
     for stem, (inst_path, type_path) in truths.items():
         pred_path = pred_dir / f"{stem}.mat"
         if not pred_path.exists():
@@ -92,6 +114,8 @@ def command(
             raise click.ClickException(
                 f"{stem}: prediction {pred.inst_map.shape} vs truth {truth.inst_map.shape}"
             )
+        if names:
+            _check_types(names, truth, inst_path, pred, pred_unnamed)
         ev.add(stem, truth, pred)
     if missing:
         click.echo(
@@ -101,6 +125,12 @@ def command(
         )
     if not ev.rows:
         raise click.ClickException(f"no prediction in {pred_dir} matches a ground-truth file")
+    if pred_unnamed:
+        click.echo(
+            f"warning: predictions have type id(s) {', '.join(map(str, sorted(pred_unnamed)))} that "
+            f"--types does not name ({len(names)} types): they count as misclassified, not in mPQ",
+            err=True,
+        )
 
     summary = ev.summary()
     label = {i + 1: n for i, n in enumerate(names)} if names else {}
