@@ -1,7 +1,9 @@
 """Loading YAML configs into pydantic models with errors a user can act on.
 
 Every error names the file and the dotted key (`optim.lr: Input should be a valid number`),
-and unknown keys are errors rather than silently ignored typos.
+and unknown keys are errors rather than silently ignored typos. A value that came from a
+command-line flag is reported as that flag (`--workers (cluster.workers): ...`), not as if the
+file or the defaults held it: the CLI's overrides use the flag's name as their last key.
 """
 
 from __future__ import annotations
@@ -19,13 +21,33 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the key."""
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
+def format_validation_error(exc: ValidationError, source: str, overrides: dict | None = None) -> str:
+    """One line per bad key, under the file (or defaults) or the command line it came from."""
+    from_file, from_cli = [], []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  {key}: {msg}")
+        if overrides and _given(overrides, err["loc"]):
+            flag = "--" + str(err["loc"][-1]).replace("_", "-")
+            from_cli.append(f"  {flag} ({key}): {msg}" if "." in key else f"  {flag}: {msg}")
+        else:
+            from_file.append(f"  {key}: {msg}")
+    lines = []
+    if from_cli:
+        lines += ["invalid command-line option" + ("s" if len(from_cli) > 1 else ""), *from_cli]
+    if from_file:
+        lines += [f"{source}: invalid configuration", *from_file]
     return "\n".join(lines)
+
+
+def _given(overrides: dict, loc: tuple) -> bool:
+    """Whether the value at `loc` (or the mapping that holds it) came from `overrides`."""
+    node: object = overrides
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def load_config(path: str | Path | None, model: type[M], overrides: dict | None = None) -> M:
@@ -49,7 +71,7 @@ def load_config(path: str | Path | None, model: type[M], overrides: dict | None 
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from exc
+        raise ConfigError(format_validation_error(exc, source, overrides)) from exc
 
 
 def _merge(base: dict, extra: dict) -> dict:
