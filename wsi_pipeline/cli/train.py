@@ -17,14 +17,18 @@ from wsi_pipeline.train_config import TrainConfig
               help="Run directory (overrides out_dir in the config).")
 @click.option("--epochs", type=int, default=None, help="Total epochs (overrides the config).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--max-steps-per-epoch", type=int, default=None,
+              help="Stop each epoch after this many steps (smoke runs; overrides the config).")
 @click.option("--no-resume", is_flag=True, help="Start afresh even if the run directory has last.pt.")
 def command(config_path: Path, out_dir: Path | None, epochs: int | None, device: str | None,
-            no_resume: bool) -> None:
+            max_steps_per_epoch: int | None, no_resume: bool) -> None:
     """Train, validate each epoch, keep best.pt and last.pt; resumes from last.pt."""
     from wsi_pipeline.train import train
 
     overrides = {k: v for k, v in {"out_dir": out_dir and str(out_dir), "epochs": epochs,
-                                    "device": device}.items() if v is not None}
+                                    "device": device,
+                                    "max_steps_per_epoch": max_steps_per_epoch}.items()
+                 if v is not None}
     try:
         cfg = load_config(config_path, TrainConfig, overrides)
     except ConfigError as exc:
