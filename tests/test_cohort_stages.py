@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from wsi_pipeline.cohort.stages import (
+    STAGE_OUTPUTS,
     STAGES,
     SlideStages,
     StageMarker,
@@ -14,9 +15,20 @@ CFG = {"infer": {"tile": 256}, "postproc": {"t": 0.5}, "export": {"geojson": Fal
 FP = {"size": 10, "mtime": 1}
 
 
+def _write_outputs(stages: SlideStages, stage: str) -> None:
+    """Stand-ins for what `stage` writes (maps.zarr a folder, the rest files)."""
+    stages.slide_dir.mkdir(parents=True, exist_ok=True)
+    for name in STAGE_OUTPUTS[stage]:
+        if name == "maps.zarr":
+            (stages.slide_dir / name).mkdir()
+        elif not name.endswith(".partial") and name != "nuclei.geojson.gz":
+            (stages.slide_dir / name).write_bytes(b"x")
+
+
 def _finish_all(stages: SlideStages, hashes: dict, sha: str = "m1") -> None:
     for s in STAGES:
         stages.begin(s)
+        _write_outputs(stages, s)
         stages.finish(StageMarker(stage=s, config_hash=hashes[s], model_sha256=sha, version="t", seconds=1.0))
 
 
@@ -49,7 +61,6 @@ def test_begin_removes_outputs_and_later_markers(tmp_path):
     hashes = stage_hashes(CFG, "m1", FP)
     _finish_all(stages, hashes)
     (slide / "maps.zarr.partial").mkdir(parents=True)
-    (slide / "maps.zarr").mkdir()
     (slide / "nuclei.parquet").write_bytes(b"old")
     (slide / ".nuclei.parquet.4242.0badcafe.tmp").write_bytes(b"PAR1")  # a killed attempt's write
     stages.begin("postproc")

@@ -13,11 +13,12 @@ import click
 def command(out_dir: Path, no_plot: bool) -> None:
     """Write OUT/cohort_summary.parquet (slide × nucleus type: count, density per mm² of tissue,
     mean area, mean type probability, the slide's QC flags) and OUT/cohort_composition.png."""
+    from wsi_pipeline.cohort.layout import UnsafeSlideId
     from wsi_pipeline.cohort.summarize import summarize_cohort
 
     try:
         result = summarize_cohort(out_dir, plot=not no_plot)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, UnsafeSlideId) as exc:
         raise click.ClickException(str(exc)) from exc
     n_slides = result.table["slide_id"].nunique() if not result.table.empty else 0
     click.echo(f"{n_slides} slides, {len(result.table)} rows -> {result.table_path}")
@@ -27,3 +28,8 @@ def command(out_dir: Path, no_plot: bool) -> None:
         click.echo(f"{len(result.qc_flagged)} slide(s) flagged by QC (results that look implausible):")
         for slide_id, flags in sorted(result.qc_flagged.items()):
             click.echo(f"  {slide_id}: {flags}")
+    if result.missing:
+        raise click.ClickException(
+            f"{len(result.missing)} finished slide(s) left out, their nuclei.parquet is missing: "
+            f"{', '.join(result.missing)}; rerun `wsi-pipeline run` with this output folder to rebuild them"
+        )

@@ -1,9 +1,14 @@
 """Per-slide stage bookkeeping: done-markers, the hashes they record, and what a rerun must redo.
 
-A stage is done only when OUT/<slide>/stages/<stage>.json exists and records the hash that the
-current run expects. The hash of a stage chains the hash of the stage before it, so a change in
-inference settings (or model, or input file) invalidates post-processing and export as well.
-Markers are written last and atomically, so an interrupted stage never looks finished.
+A stage is done only when OUT/<slide>/stages/<stage>.json exists, records the hash that the
+current run expects, and the outputs it lists (what the stage wrote) still exist. The hash of a
+stage chains the hash of the stage before it, so a change in inference settings (or model, or
+input file) invalidates post-processing and export as well. Markers are written last and
+atomically, so an interrupted stage never looks finished.
+
+A deleted output is redone, and only what is needed for it: maps.zarr (large, about 90 MB per
+mm² of tissue) may be deleted once a slide is finished; inference is redone only when a stage
+that reads the maps has to run again.
 """
 
 from __future__ import annotations
@@ -26,6 +31,21 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "infer": ("maps.zarr", "maps.zarr.partial", "tissue.png", "tissue.json"),
     "postproc": ("nuclei.parquet",),
     "export": ("nuclei.geojson.gz", "summary.json", "overlay.png"),
+}
+#: What each stage reads from the folder (written by an earlier stage). export reads the
+#: attributes of maps.zarr (class names and colours, slide size and mpp, provenance).
+STAGE_READS: dict[str, tuple[str, ...]] = {
+    "infer": (),
+    "postproc": ("maps.zarr",),
+    "export": ("maps.zarr", "nuclei.parquet", "tissue.png", "tissue.json"),
+}
+#: Outputs that only later stages need: their absence alone does not undo a finished slide.
+INTERMEDIATE: frozenset[str] = frozenset({"maps.zarr"})
+#: What a marker without a list of outputs (written by wsi-pipeline 0.1.0) promises.
+DEFAULT_PROMISES: dict[str, tuple[str, ...]] = {
+    "infer": ("maps.zarr", "tissue.png", "tissue.json"),
+    "postproc": ("nuclei.parquet",),
+    "export": ("summary.json", "overlay.png"),
 }
 FAILURE_FILE = "failed.json"
 #: The Dask key of the stage task running now; left behind only when its worker died.
@@ -71,6 +91,11 @@ class StageMarker:
     seconds: float
     finished_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     result: dict[str, Any] = field(default_factory=dict)
+    #: Names in the slide folder this stage wrote (None: filled in by SlideStages.finish).
+    outputs: list[str] | None = None
+
+    def promises(self) -> tuple[str, ...]:
+        return tuple(self.outputs) if self.outputs is not None else DEFAULT_PROMISES[self.stage]
 
 
 class SlideStages:
@@ -92,15 +117,32 @@ class SlideStages:
             return None
 
     def is_done(self, stage: str, expected_hash: str, model_sha256: str) -> bool:
+        """The marker records the expected hash and model, and what it promises still exists
+        (intermediate outputs aside: see `pending`)."""
         m = self.read(stage)
-        return m is not None and m.config_hash == expected_hash and m.model_sha256 == model_sha256
+        return (m is not None and m.config_hash == expected_hash and m.model_sha256 == model_sha256
+                and not self.missing(m, include_intermediate=False))
+
+    def missing(self, marker: StageMarker, *, include_intermediate: bool = True) -> list[str]:
+        """The outputs `marker` promises that are not in the folder."""
+        return [name for name in marker.promises()
+                if (include_intermediate or name not in INTERMEDIATE)
+                and not (self.slide_dir / name).exists()]
 
     def pending(self, expected: dict[str, str], model_sha256: str) -> list[str]:
-        """Stages to run: the first one not done with the expected hash, and every one after it."""
-        for i, stage in enumerate(STAGES):
-            if not self.is_done(stage, expected[stage], model_sha256):
-                return list(STAGES[i:])
-        return []
+        """Stages to run: the first one not done, every one after it, and, when a stage that
+        runs reads an output an earlier stage made that is gone, that earlier stage as well."""
+        first = next((i for i, stage in enumerate(STAGES)
+                      if not self.is_done(stage, expected[stage], model_sha256)), len(STAGES))
+        while first > 0:
+            needed = {name for stage in STAGES[first:] for name in STAGE_READS[stage]}
+            gone = [i for i, stage in enumerate(STAGES[:first])
+                    if any(name in needed and not (self.slide_dir / name).exists()
+                           for name in STAGE_OUTPUTS[stage])]
+            if not gone:
+                break
+            first = min(gone)
+        return list(STAGES[first:])
 
     def begin(self, stage: str) -> None:
         """Forget `stage` and all later stages, and remove what `stage` wrote before.
@@ -121,6 +163,10 @@ class SlideStages:
                 tmp.unlink(missing_ok=True)
 
     def finish(self, marker: StageMarker) -> None:
+        """Write the marker, listing the outputs the stage left (what it promises from now on)."""
+        if marker.outputs is None:
+            marker.outputs = [name for name in STAGE_OUTPUTS[marker.stage]
+                              if not name.endswith(".partial") and (self.slide_dir / name).exists()]
         atomic_write_json(self.marker_path(marker.stage), asdict(marker))
 
     # -- the running attempt (evidence that a task lost with its worker had started) --------------

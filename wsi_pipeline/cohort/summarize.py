@@ -3,11 +3,15 @@
 Reads only the columns it needs from each finished slide's nuclei.parquet, so it stays quick
 on cohorts of millions of nuclei. Every class of the model gets a row per slide (zero counts
 included) so that tables of different slides line up.
+
+A slide the manifest calls finished whose nuclei.parquet is gone is left out, by name, never
+counted as a slide with no nuclei; `wsi-pipeline run` on the same OUT rebuilds it.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +22,7 @@ import pyarrow.parquet as pq
 import zarr
 
 from wsi_pipeline.atomic import write_bytes_atomic
+from wsi_pipeline.cohort.layout import slide_dir
 from wsi_pipeline.cohort.manifest import MANIFEST, read_manifest
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,8 @@ class CohortSummary:
     table: pd.DataFrame
     table_path: Path
     plot_path: Path | None
+    #: Finished slides left out because their nuclei.parquet is missing.
+    missing: list[str] = field(default_factory=list)
     #: slide_id -> its QC flags ("a;b"), for the slides that have any (wsi_pipeline.qc).
     qc_flagged: dict[str, str] = field(default_factory=dict)
 
@@ -45,8 +52,14 @@ def summarize_cohort(out_dir: Path, plot: bool = True) -> CohortSummary:
         raise FileNotFoundError(f"{manifest_path}: no manifest: is {out_dir} the output of `wsi-pipeline run`?")
     manifest = read_manifest(out_dir)
     finished = manifest[manifest["status"].isin(["done", "no_tissue"])]
+    missing = [sid for sid in finished["slide_id"] if not (_folder(out_dir, sid) / "nuclei.parquet").is_file()]
+    for sid in missing:
+        log.warning("%s: left out of the cohort summary: %s is missing although the manifest "
+                    "says the slide is finished (rerun `wsi-pipeline run` with this output folder "
+                    "to rebuild it)", sid, _folder(out_dir, sid) / "nuclei.parquet")
+    finished = finished[~finished["slide_id"].isin(missing)]
     qc = _qc_flags(finished)
-    parts = [_slide_table(out_dir / r.slide_id, r.slide_id, r.tissue_mm2, r.status)
+    parts = [_slide_table(_folder(out_dir, r.slide_id), r.slide_id, r.tissue_mm2, r.status)
              .assign(qc=qc[r.slide_id]) for r in finished.itertuples()]
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
     table = table[COLUMNS].astype({"count": "int64", "type_id": "int64"})
@@ -56,7 +69,7 @@ def summarize_cohort(out_dir: Path, plot: bool = True) -> CohortSummary:
     write_bytes_atomic(table_path, buf.getvalue(), fsync=True)
     plot_path = _plot(table, out_dir / SUMMARY_PLOT, _colors(out_dir, finished)) if plot else None
     log.info("cohort summary: %d slides, %d rows -> %s", len(finished), len(table), table_path)
-    return CohortSummary(table=table, table_path=table_path, plot_path=plot_path,
+    return CohortSummary(table=table, table_path=table_path, plot_path=plot_path, missing=missing,
                          qc_flagged={k: v for k, v in qc.items() if v})
 
 
@@ -68,13 +81,15 @@ def _qc_flags(finished: pd.DataFrame) -> dict[str, str]:
             for sid, flags in zip(finished["slide_id"], finished["qc"], strict=True)}
 
 
+def _folder(out_dir: Path, slide_id: str) -> Path:
+    """The slide folder of a manifest row (an unsafe id in a hand-edited manifest is refused)."""
+    return slide_dir(out_dir, slide_id)
+
+
 def _slide_table(slide_dir: Path, slide_id: str, tissue_mm2: float | None, status: str) -> pd.DataFrame:
     names = _class_names(slide_dir)
     parquet = slide_dir / "nuclei.parquet"
-    if parquet.is_file():
-        nuclei = pq.read_table(parquet, columns=["type_id", "type_name", "area_um2", "type_prob"]).to_pandas()
-    else:
-        nuclei = pd.DataFrame({"type_id": [], "type_name": [], "area_um2": [], "type_prob": []})
+    nuclei = pq.read_table(parquet, columns=["type_id", "type_name", "area_um2", "type_prob"]).to_pandas()
     if names is None:
         names = ["background", *sorted(set(nuclei["type_name"]))]
     grouped = nuclei.groupby("type_id").agg(count=("area_um2", "size"), mean_area_um2=("area_um2", "mean"),
@@ -92,6 +107,20 @@ def _slide_table(slide_dir: Path, slide_id: str, tissue_mm2: float | None, statu
     return table
 
 
+def _slide_attrs(slide_dir: Path) -> dict:
+    """The class list and colours of a slide: from nuclei.parquet's provenance, which
+    post-processing copies from maps.zarr, so that a slide whose maps were deleted to save space
+    summarises the same; maps.zarr's attributes for older tables; {} when neither is readable."""
+    try:
+        meta = pq.read_schema(slide_dir / "nuclei.parquet").metadata or {}
+        prov = json.loads(meta.get(b"wsi_pipeline", b"{}"))
+        if prov.get("class_names"):
+            return prov
+    except (OSError, ValueError):
+        pass
+    return _zarr_attrs(slide_dir)
+
+
 def _zarr_attrs(slide_dir: Path) -> dict:
     """maps.zarr's attributes; {} when the slide has no readable maps (it then gets no class list)."""
     try:
@@ -101,13 +130,13 @@ def _zarr_attrs(slide_dir: Path) -> dict:
 
 
 def _class_names(slide_dir: Path) -> list[str] | None:
-    names = _zarr_attrs(slide_dir).get("class_names")
+    names = _slide_attrs(slide_dir).get("class_names")
     return list(names) if names else None
 
 
 def _colors(out_dir: Path, finished: pd.DataFrame) -> dict[str, str]:
     for slide_id in finished["slide_id"]:
-        attrs = _zarr_attrs(out_dir / slide_id)
+        attrs = _slide_attrs(_folder(out_dir, slide_id))
         if attrs.get("class_names") and attrs.get("class_colors"):
             return dict(zip(attrs["class_names"], attrs["class_colors"]))
     return {}

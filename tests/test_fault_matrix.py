@@ -1,0 +1,535 @@
+"""Fault matrix (issue 11): the ways a cohort run met faults that once lost or corrupted data.
+
+Each case reproduces one fault on tiny synthetic slides (512² crops of the CMU slide, a
+width-8 network) and asserts that nothing is lost or written outside OUT, and that what a rerun
+produces equals an undisturbed run's tables. Runs are made in this process (`--workers 0`)
+except where two processes are the point.
+
+  1  two runs on one OUT at once: slide locks, stale and foreign locks, a merged manifest
+  2  slide ids from names like `...tif`: always a folder strictly inside OUT
+  3  predict-tiles: never over an input, distinct inputs get distinct outputs
+  4  stage markers whose outputs were deleted: redone, maps only where needed
+  9, 10  ids whatever way the cohort path is written (`.`, absolute, symlinks)
+  12 evaluate --types naming fewer types than the data has
+  13 errors that name the real problem (CLI flags, a folder in a slide list)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from cohort_fixtures import (
+    CMU_CROPS,
+    assert_same_tables,
+    cli,
+    cmu_cohort,
+    cmu_crop,
+    kill_group,
+    result_tables,
+    run_cli,
+    wait_for,
+    write_pyramid_tiff,
+)
+
+from wsi_pipeline.cli import main
+from wsi_pipeline.cohort import locks
+from wsi_pipeline.cohort.config import load_run_config
+from wsi_pipeline.cohort.discover import discover
+from wsi_pipeline.cohort.layout import RESERVED_NAMES, UnsafeSlideId, safe_id, slide_dir
+from wsi_pipeline.cohort.manifest_merge import merge_rows, write_shared_manifest
+from wsi_pipeline.cohort.runner import CohortRunner, RunSetupError
+
+
+# -- helpers --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cohort(shared_data, tmp_path_factory):
+    """(root, checkpoint): root/slides holds cmu_a.tif and cmu_b.tif."""
+    return cmu_cohort(shared_data, tmp_path_factory.mktemp("faults"))
+
+
+def run_here(source: Path, out: Path, ckpt: Path, *, break_locks: bool = False, **overrides):
+    """One run in this process, no cluster; the report."""
+    cfg = load_run_config(None, {"checkpoint": str(ckpt), "cluster": {"workers": 0}, **overrides})
+    return CohortRunner(source, out, cfg, break_locks=break_locks).run()
+
+
+@pytest.fixture(scope="module")
+def clean(cohort):
+    """An undisturbed run of the cohort: the tables every faulty run must end up with."""
+    root, ckpt = cohort
+    out = root / "clean"
+    report = run_here(root / "slides", out, ckpt)
+    assert report.ok and not report.locked
+    return result_tables(out)
+
+
+def _sleeper() -> subprocess.Popen:
+    """A live process on this host to stand for another run holding a lock."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+
+def _hold(lock: Path, *, pid: int, host: str | None = None) -> locks.LockHolder:
+    """Write `lock` as if the run `pid` on `host` held it."""
+    holder = locks.LockHolder(host=host or socket.gethostname(), pid=pid,
+                              started_at="2026-01-01T00:00:00+0000", token="other-run",
+                              pid_start=locks._pid_start(pid))
+    locks.acquire(lock, holder)
+    return holder
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# -- 1: locks ------------------------------------------------------------------------------------
+def test_a_slide_held_by_a_live_run_is_skipped_untouched_then_taken_over_when_it_dies(cohort, clean, tmp_path):
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    other = _sleeper()
+    try:
+        holder = _hold(out / "cmu_a" / "slide.lock", pid=other.pid)
+        before = _snapshot(out / "cmu_a")
+        report = run_here(root / "slides", out, ckpt)
+        assert [sid for sid, *_ in report.locked] == ["cmu_a"]
+        line = report.locked_lines()[0]
+        assert f"pid {other.pid}" in line and socket.gethostname() in line and holder.started_at in line
+        assert _snapshot(out / "cmu_a") == before  # not a marker, not a failure record
+        rows = pd.read_parquet(out / "manifest.parquet").set_index("slide_id")
+        assert rows.loc["cmu_b", "status"] == "done" and rows.loc["cmu_a", "status"] == "pending"
+    finally:
+        other.kill()
+        other.wait()
+    # The holder died without releasing: the next run on this host takes the lock over.
+    report = run_here(root / "slides", out, ckpt)
+    assert report.ok and not report.locked
+    assert not (out / "cmu_a" / "slide.lock").exists() and not (out / "cmu_b" / "slide.lock").exists()
+    assert_same_tables(clean, result_tables(out))
+
+
+def test_a_lock_held_from_another_host_needs_break_locks(cohort, tmp_path):
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    _hold(out / "cmu_a" / "slide.lock", pid=1, host="some-other-node")
+    slide = root / "slides" / "cmu_a.tif"
+    report = run_here(slide, out, ckpt)
+    assert report.locked and "some-other-node" in report.locked_lines()[0]
+    assert not (out / "cmu_a" / "stages").exists()
+    proc = run_cli("run", str(slide), "-o", str(out), "--checkpoint", str(ckpt), "--workers", "0")
+    assert proc.returncode == 0 and "--break-locks" in proc.stdout and "SKIPPED cmu_a" in proc.stdout
+    report = run_here(slide, out, ckpt, break_locks=True)
+    assert report.ok and not report.locked
+    assert pd.read_parquet(out / "manifest.parquet")["status"].tolist() == ["done"]
+
+
+def test_two_runs_at_once_on_one_out_finish_with_the_tables_of_one_run(cohort, clean, tmp_path):
+    """The issue's reproduction: `run C -o OUT & sleep 2; run C -o OUT`."""
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    args = ("run", str(root / "slides"), "-o", str(out), "--checkpoint", str(ckpt), "--workers", "0")
+    first = cli(*args)
+    try:
+        assert wait_for(lambda: any(out.glob("*/maps.zarr.partial")), 60), "inference never started"
+        second = run_cli(*args)
+        out_first, _ = first.communicate(timeout=120)
+    finally:
+        kill_group(first)
+    assert first.returncode == 0, out_first
+    assert second.returncode == 0, second.stdout
+    assert "locked by another run" in second.stdout and f"pid {first.pid}" in second.stdout
+    assert_same_tables(clean, result_tables(out))
+    assert not list(out.glob("*/slide.lock")) and not (out / ".manifest.lock").exists()
+
+
+def test_locks_are_released_when_a_run_stops_on_an_exception(cohort, tmp_path, monkeypatch):
+    import wsi_pipeline.cohort.tasks as tasks
+
+    root, ckpt = cohort
+
+    def interrupted(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(tasks._STAGE_FUNCTIONS, "infer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_here(root / "slides", tmp_path / "out", ckpt)
+    assert not list((tmp_path / "out").glob("*/slide.lock"))
+
+
+def test_a_stage_whose_lock_was_taken_over_writes_nothing(cohort, clean, tmp_path):
+    """A run whose lock another run broke (--break-locks) must not touch the folder again."""
+    from wsi_pipeline.cohort.stages import SlideStages
+    from wsi_pipeline.cohort.tasks import run_stage
+
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    run_here(root / "slides" / "cmu_a.tif", out, ckpt)
+    cfg = load_run_config(None, {"checkpoint": str(ckpt), "cluster": {"workers": 0},
+                                 "postproc": {"ns_threshold": 0.6}})
+    runner = CohortRunner(root / "slides" / "cmu_a.tif", out, cfg)
+    plan = runner.plan(lock=True)[0]
+    assert plan.pending == ["postproc", "export"]
+    job = runner.job(plan, progress=False)
+    lock = out / "cmu_a" / "slide.lock"
+    lock.unlink()
+    _hold(lock, pid=1, host="the-run-that-broke-it")
+    before = _snapshot(out / "cmu_a")
+    outcome = run_stage(job, "postproc")
+    assert not outcome["ok"] and outcome["lock_lost"]
+    assert _snapshot(out / "cmu_a") == before
+    assert SlideStages(out / "cmu_a").read_failure() is None
+
+
+def test_stale_locks_dead_pid_reused_pid_and_empty_file(tmp_path):
+    me = locks.me()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / "a.lock"
+    _hold(lock, pid=dead.pid)
+    locks.acquire(lock, me)  # dead pid on this host: taken over
+    assert locks.holds(lock, me.token)
+    locks.release(lock, me)
+    assert not lock.exists()
+
+    reused = locks.LockHolder(host=socket.gethostname(), pid=os.getpid(), started_at="x", token="old",
+                              pid_start=(locks._pid_start(os.getpid()) or 0) + 1)
+    locks.acquire(lock, reused)
+    if locks._pid_start(os.getpid()) is not None:  # start times are known (Linux): pid reuse is seen
+        locks.acquire(lock, me)
+        assert locks.holds(lock, me.token)
+        locks.release(lock, me)
+    lock.unlink(missing_ok=True)
+
+    lock.write_text("")  # a holder that died between creating and writing its lock
+    with pytest.raises(locks.LockHeld):
+        locks.acquire(lock, me)  # young: maybe still being written
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    locks.acquire(lock, me)
+    assert locks.holds(lock, me.token)
+
+
+def test_release_leaves_a_lock_that_was_taken_over(tmp_path):
+    lock = tmp_path / "a.lock"
+    mine, theirs = locks.me(), locks.me()
+    locks.acquire(lock, mine)
+    lock.unlink()
+    locks.acquire(lock, theirs)
+    locks.release(lock, mine)
+    assert locks.holds(lock, theirs.token)
+
+
+def test_manifest_merges_runs_of_different_slides_into_one_out(cohort, tmp_path):
+    """SLURM array jobs, each given its own list, one OUT: the manifest lists every slide."""
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    for name in ("cmu_a", "cmu_b"):
+        listing = tmp_path / f"{name}.csv"
+        listing.write_text(f"path\n{root / 'slides' / name}.tif\n")
+        assert run_here(listing, out, ckpt).ok
+    rows = pd.read_parquet(out / "manifest.parquet")
+    assert sorted(rows["slide_id"]) == ["cmu_a", "cmu_b"] and set(rows["status"]) == {"done"}
+    summary = pd.read_parquet(out / "cohort_summary.parquet")
+    assert sorted(summary["slide_id"].unique()) == ["cmu_a", "cmu_b"]
+
+
+def test_merge_rows_keeps_rows_of_slides_held_elsewhere(tmp_path):
+    existing = [{"slide_id": "a", "status": "done"}, {"slide_id": "b", "status": "done"},
+                {"slide_id": "gone", "status": "done"}]
+    ours = [{"slide_id": "a", "status": "pending"}, {"slide_id": "c", "status": "done"}]
+    merged = merge_rows(existing, ours, keep_theirs={"a"})
+    assert [(r["slide_id"], r["status"]) for r in merged] == [
+        ("a", "done"), ("c", "done"), ("b", "done"), ("gone", "done")]
+    for sid in ("a", "b", "c"):
+        (tmp_path / sid).mkdir()
+    write_shared_manifest(tmp_path, existing)
+    write_shared_manifest(tmp_path, ours, keep_theirs={"a"})
+    rows = pd.read_parquet(tmp_path / "manifest.parquet")
+    assert rows["slide_id"].tolist() == ["a", "c", "b"]  # "gone" has no folder any more
+    assert not (tmp_path / ".manifest.lock").exists()
+
+
+# -- 2: slide ids that would leave OUT ---------------------------------------------------------
+@pytest.mark.parametrize("raw, expected", [
+    ("..", "__"), (".", "_"), ("", "_"), (".hidden", "_hidden"), ("a/b", "a_b"), ("a\\b", "a_b"),
+    ("x\ny", "x_y"), ("logs", "logs_"), ("manifest.parquet", "manifest.parquet_"),
+    ("TCGA-01 (copy).svs", "TCGA-01 (copy).svs"), ("a..b", "a..b"),
+])
+def test_safe_id(raw, expected):
+    assert safe_id(raw) == expected
+
+
+def test_long_ids_are_cut_and_stay_distinct():
+    a, b = safe_id("x" * 300 + "a"), safe_id("x" * 300 + "b")
+    assert a != b and len(a.encode()) <= 160 and len(b.encode()) <= 160
+
+
+def test_reserved_names_are_what_out_uses():
+    from wsi_pipeline.cohort.manifest import MANIFEST
+    from wsi_pipeline.cohort.summarize import SUMMARY_PLOT, SUMMARY_TABLE
+
+    assert {MANIFEST, SUMMARY_TABLE, SUMMARY_PLOT, "logs"} == set(RESERVED_NAMES)
+
+
+def test_slide_dir_refuses_anything_not_strictly_inside_out(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for bad in ("..", ".", "", "a/b", "../x", "logs"):
+        with pytest.raises(UnsafeSlideId):
+            slide_dir(out, bad)
+    (tmp_path / "elsewhere").mkdir()
+    (out / "linked").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafeSlideId, match="not a folder directly inside"):
+        slide_dir(out, "linked")
+    assert slide_dir(out, "__") == out / "__"
+
+
+def test_dot_names_stay_inside_out_and_nothing_outside_is_deleted(cohort, tmp_path):
+    """`...tif` once got the id "..": its stage clean-up deleted maps.zarr, tissue.png and
+    nuclei.parquet in OUT's parent."""
+    root, ckpt = cohort
+    work = tmp_path / "work"
+    for decoy in ("tissue.png", "tissue.json", "nuclei.parquet", "summary.json", "overlay.png"):
+        (work / decoy).parent.mkdir(parents=True, exist_ok=True)
+        (work / decoy).write_text("the user's own file")
+    (work / "maps.zarr").mkdir()
+    (work / "maps.zarr" / "keep").write_text("the user's own file")
+    slides = work / "slides"
+    slides.mkdir()
+    shutil.copy(root / "slides" / "cmu_a.tif", slides / "...tif")
+    shutil.copy(root / "slides" / "cmu_b.tif", slides / "..tif")
+    listing = work / "list.csv"
+    listing.write_text("path\nslides/...tif\nslides/..tif\n")
+    assert sorted(e.slide_id for e in discover(listing)) == ["_", "__"]
+    before = _snapshot(work)
+    report = run_here(listing, work / "out", ckpt)
+    assert report.ok, report.failure_lines()
+    after = _snapshot(work)
+    assert {k: v for k, v in after.items() if not k.startswith("out/")} == before
+    assert (work / "out" / "__" / "nuclei.parquet").is_file() and (work / "out" / "_" / "nuclei.parquet").is_file()
+    # given alone, the same file gets the same id
+    assert [e.slide_id for e in discover(slides / "...tif")] == ["__"]
+
+
+def test_a_slide_folder_that_is_a_link_out_of_out_is_refused_before_any_work(cohort, tmp_path):
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "cmu_a").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RunSetupError, match="not a folder directly inside"):
+        run_here(root / "slides", out, ckpt)
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+# -- 3: predict-tiles never writes over an input ------------------------------------------------
+@pytest.fixture(scope="module")
+def tile_ckpt(tmp_path_factory):
+    import torch
+
+    from wsi_pipeline.model import MultiTaskNet, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tile_ckpt") / "tiny.pt"
+    save_checkpoint(path, MultiTaskNet(encoder="resnet18", width=8),
+                    class_names=("background", "other", "inflammatory", "epithelial", "spindle"), mpp=0.25)
+    return path
+
+
+def _tile(path: Path, seed: int) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _predict(*args: str):
+    return CliRunner().invoke(main, ["predict-tiles", *map(str, args), "--device", "cpu"])
+
+
+def test_predict_tiles_into_its_own_input_folder_refuses_overlays_over_inputs(tile_ckpt, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    t1 = _tile(d / "t1.png", 0)
+    original = t1.read_bytes()
+    res = _predict(d, d, "--overlay", "--checkpoint", tile_ckpt)
+    assert res.exit_code != 0 and "would overwrite the input image" in res.output and "t1.png" in res.output
+    assert t1.read_bytes() == original and not (d / "t1.mat").exists()
+    res = _predict(d, d, "--checkpoint", tile_ckpt)  # .mat only: fine next to the inputs
+    assert res.exit_code == 0, res.output
+    assert t1.read_bytes() == original and (d / "t1.mat").is_file()
+
+
+def test_predict_tiles_same_stem_different_extension_get_their_own_outputs(tile_ckpt, tmp_path):
+    import scipy.io as sio
+
+    d, out = tmp_path / "d", tmp_path / "out"
+    d.mkdir()
+    _tile(d / "x.png", 0)
+    _tile(d / "x.jpg", 1)
+    _tile(d / "y.png", 2)
+    res = _predict(d, out, "--overlay", "--geojson", "--checkpoint", tile_ckpt)
+    assert res.exit_code == 0, res.output
+    assert "3 image(s) written" in res.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["x.jpg.geojson.gz", "x.jpg.mat", "x.jpg.png", "x.png.geojson.gz", "x.png.mat",
+                     "x.png.png", "y.geojson.gz", "y.mat", "y.png"]
+    assert sio.loadmat(out / "x.png.mat")["inst_map"].shape == (64, 64)
+
+
+def test_predict_tiles_outputs_that_still_clash_are_an_error_before_any_work(tile_ckpt, tmp_path):
+    d, out = tmp_path / "d", tmp_path / "out"
+    d.mkdir()
+    _tile(d / "x.png", 0)
+    _tile(d / "x.jpg", 1)
+    _tile(d / "x.png.bmp", 2)  # its stem is "x.png": x.png.mat, like x.png's
+    res = _predict(d, out, "--checkpoint", tile_ckpt)
+    assert res.exit_code != 0 and "would both write" in res.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+# -- 4: markers are only as good as the outputs they promise -----------------------------------
+def test_deleted_nuclei_table_is_rebuilt_without_redoing_inference(cohort, clean, tmp_path):
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    run_here(root / "slides", out, ckpt)
+    infer_marker = (out / "cmu_a" / "stages" / "infer.json").read_text()
+    (out / "cmu_a" / "nuclei.parquet").unlink()
+    res = CliRunner().invoke(main, ["summarize", str(out)])
+    assert res.exit_code != 0 and "cmu_a" in res.output and "nuclei.parquet is missing" in res.output
+    cfg = load_run_config(None, {"checkpoint": str(ckpt), "cluster": {"workers": 0}})
+    plans = {p.entry.slide_id: p.pending for p in CohortRunner(root / "slides", out, cfg).plan()}
+    assert plans == {"cmu_a": ["postproc", "export"], "cmu_b": []}
+    report = run_here(root / "slides", out, ckpt)
+    assert report.ran_stages == 2
+    assert (out / "cmu_a" / "stages" / "infer.json").read_text() == infer_marker
+    assert_same_tables(clean, result_tables(out))
+
+
+def test_deleted_maps_are_remade_only_when_a_stage_that_reads_them_runs(cohort, clean, tmp_path):
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    run_here(root / "slides", out, ckpt)
+    shutil.rmtree(out / "cmu_a" / "maps.zarr")  # to save space, once the slide is finished
+    report = run_here(root / "slides", out, ckpt)
+    assert report.ran_stages == 0 and not (out / "cmu_a" / "maps.zarr").exists()
+    assert_same_tables(clean, result_tables(out))
+    # --geojson later: export reads maps.zarr's attributes, so inference is redone (it used to
+    # fail with FileNotFoundError on every rerun)
+    report = run_here(root / "slides", out, ckpt, export={"geojson": True})
+    assert report.ok, report.failure_lines()
+    assert (out / "cmu_a" / "nuclei.geojson.gz").is_file() and (out / "cmu_b" / "nuclei.geojson.gz").is_file()
+    assert report.ran_stages == 3 + 1  # cmu_a: all three stages; cmu_b: export only
+    pd.testing.assert_frame_equal(clean["cmu_a"], pd.read_parquet(out / "cmu_a" / "nuclei.parquet"))
+
+
+def test_deleted_export_outputs_are_rewritten(cohort, tmp_path):
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    slide = root / "slides" / "cmu_b.tif"
+    run_here(slide, out, ckpt, export={"geojson": True})
+    (out / "cmu_b" / "nuclei.geojson.gz").unlink()
+    report = run_here(slide, out, ckpt, export={"geojson": True})
+    assert report.ran_stages == 1 and (out / "cmu_b" / "nuclei.geojson.gz").is_file()
+
+
+# -- 9, 10: ids whatever way the path is written -----------------------------------------------
+def _touch(p: Path) -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"x")
+    return p
+
+
+def test_ids_do_not_depend_on_how_the_cohort_path_is_written(tmp_path, monkeypatch):
+    cohort = tmp_path / "cohort"
+    for rel in ("a/s.svs", "b/s.svs", "t.svs"):
+        _touch(cohort / rel)
+    (tmp_path / "link").symlink_to(cohort)
+    expected = ["a__s", "b__s", "t"]
+    monkeypatch.chdir(cohort)
+    assert sorted(e.slide_id for e in discover(Path("."))) == expected  # was: PosixPath('.') has an empty name
+    assert all(e.path.is_absolute() for e in discover(Path(".")))
+    monkeypatch.chdir(tmp_path)
+    for spelled in (Path("cohort"), cohort, tmp_path / "link", Path("link"), Path("cohort/../cohort")):
+        assert sorted(e.slide_id for e in discover(spelled)) == expected, spelled
+
+
+def test_run_dot_from_inside_the_cohort(cohort, tmp_path, monkeypatch):
+    root, ckpt = cohort
+    monkeypatch.chdir(root / "slides")
+    report = run_here(Path("."), tmp_path / "out", ckpt)
+    assert report.ok and sorted(r["slide_id"] for r in report.rows) == ["cmu_a", "cmu_b"]
+
+
+def test_symlinked_slides_keep_their_own_names_and_two_links_are_one_slide(tmp_path, caplog):
+    target = _touch(tmp_path / "store" / "0f3a9c.svs")
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    (cohort / "patient1.svs").symlink_to(target)
+    (cohort / "patient1_again.svs").symlink_to(target)
+    (cohort / "patient2.svs").symlink_to(_touch(tmp_path / "store" / "77aa.svs"))
+    entries = discover(cohort)
+    assert [e.slide_id for e in entries] == ["patient1", "patient2"]
+    assert "patient1_again.svs is the same file as" in caplog.text
+
+
+# -- 12: evaluate --types must name every type the data has ------------------------------------
+def test_evaluate_types_fewer_than_the_data_has_is_refused(tmp_path):
+    from wsi_pipeline.metrics.matio import write_instance_mat
+
+    inst = np.zeros((32, 32), np.int32)
+    for i, (r, c) in enumerate([(2, 2), (2, 18), (18, 2), (18, 18)], start=1):
+        inst[r:r + 10, c:c + 10] = i
+    for folder in ("pred", "true"):
+        (tmp_path / folder).mkdir()
+        write_instance_mat(tmp_path / folder / "img.mat", inst, np.array([1, 2, 3, 4]))
+    args = ["evaluate", "--pred", str(tmp_path / "pred"), "--true", str(tmp_path / "true")]
+    res = CliRunner().invoke(main, [*args, "--types", "a,b"])
+    assert res.exit_code != 0 and "type id 4" in res.output and "--types names 2" in res.output
+    assert not (tmp_path / "pred" / "evaluation.json").exists()
+    res = CliRunner().invoke(main, [*args, "--types", "a,b,c,d"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "pred" / "evaluation.json").read_text())["type_names"]["4"] == "d"
+
+
+# -- 13: errors that name the real problem -----------------------------------------------------
+def test_bad_cli_flag_is_named_as_a_flag_not_as_the_defaults(cohort, tmp_path):
+    root, ckpt = cohort
+    res = CliRunner().invoke(main, ["run", str(root / "slides"), "-o", str(tmp_path / "out"),
+                                    "--checkpoint", str(ckpt), "--workers", "-3"])
+    assert res.exit_code != 0 and "--workers" in res.output and "<defaults>" not in res.output
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cluster:\n  workers: 1\n")
+    res = CliRunner().invoke(main, ["run", str(root / "slides"), "-o", str(tmp_path / "out"),
+                                    "--checkpoint", str(ckpt), "--config", str(cfg), "--chunk-size", "7"])
+    assert res.exit_code != 0 and "--chunk-size" in res.output and str(cfg) not in res.output
+
+
+def test_a_folder_in_a_slide_list_is_reported_as_a_folder(cohort, tmp_path):
+    root, ckpt = cohort
+    (tmp_path / "scan_1.svs").mkdir()
+    listing = tmp_path / "list.csv"
+    listing.write_text("path\nscan_1.svs\n")
+    report = run_here(listing, tmp_path / "out", ckpt)
+    assert report.failure_lines() == [f"scan_1: infer: IsADirectoryError: {tmp_path / 'scan_1.svs'}: "
+                                      "is a folder, not a slide file"]
+
+
+def test_crops_make_valid_slides_for_this_module(shared_data, tmp_path):
+    """The fixture slides are real pyramidal TIFFs (guards the cases above against a fixture
+    that silently fails every slide)."""
+    from wsi_pipeline.io import open_slide
+
+    path = write_pyramid_tiff(tmp_path / "s.tif", cmu_crop(shared_data, *CMU_CROPS["cmu_a"]), 0.499)
+    with open_slide(path) as slide:
+        assert abs(slide.mpp - 0.499) < 1e-3
