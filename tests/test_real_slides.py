@@ -1,7 +1,8 @@
 """Real slides through `wsi-pipeline run`, end to end.
 
-TCGA (no pixel size in its metadata) must fail with the file named unless --mpp is given; CMU
-run with 512- and 2048-px chunks must report the same nuclei, so chunk seams leave no trace.
+TCGA (no pixel size in its metadata) is refused before any work, with the file named, unless
+--mpp is given; CMU run with 512- and 2048-px chunks must report the same nuclei, so chunk seams
+leave no trace.
 A tiny network refitted to call dark blobs nuclei, working at 1 µm/px, keeps each run to seconds.
 """
 
@@ -34,10 +35,9 @@ def test_tcga_without_mpp_fails_naming_the_file_and_runs_with_it(shared_data, ch
     slide = shared_data / TCGA
     res = _run(slide, tmp_path / "no_mpp", checkpoint)
     assert res.returncode != 0, res.stdout
-    assert "MissingMppError" in res.stdout and f"{slide.resolve()}: no pixel size (mpp)" in res.stdout
-    assert "--mpp" in res.stdout
-    row = pd.read_parquet(tmp_path / "no_mpp" / "manifest.parquet").iloc[0]
-    assert row["status"] == "failed" and row["failed_stage"] == "infer"
+    assert f"{slide.name}: no pixel size (mpp)" in res.stdout and "nothing was run" in res.stdout
+    assert "--mpp" in res.stdout and "0.25 µm/px for 40×" in res.stdout
+    assert not (tmp_path / "no_mpp" / "manifest.parquet").exists()  # refused by the preflight
 
     res = _run(slide, tmp_path / "mpp", checkpoint, "--mpp", "0.5")
     assert res.returncode == 0, res.stdout

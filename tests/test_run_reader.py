@@ -28,9 +28,10 @@ def test_infer_task_opens_the_slide_with_the_configured_reader(tmp_path, monkeyp
         raise io.SlideReadError(path, "stop here")
 
     monkeypatch.setattr(io, "open_slide", spy)
-    cfg = RunConfig.model_validate({"mpp": 0.5, "discovery": {"reader": reader}})
+    cfg = RunConfig.model_validate({"discovery": {"reader": reader}})
     job = tasks.SlideJob(slide_id="s", path=tmp_path / "s.svs", out_dir=tmp_path, cfg=cfg,
-                         checkpoint=tmp_path / "m.pt", model_sha256="0" * 64, expected={})
+                         checkpoint=tmp_path / "m.pt", model_sha256="0" * 64, expected={},
+                         mpp=0.5, mpp_source="fallback")  # as the preflight resolved it
     with pytest.raises(io.SlideReadError, match="stop here"):
         tasks._infer(job)
     assert seen == {"path": tmp_path / "s.svs", "mpp": 0.5, "backend": reader}

@@ -165,6 +165,7 @@ def _attributes(slide: Slide, geo: _Geometry, cfg: InferConfig, model: LoadedMod
     return {
         "mpp": geo.model_mpp,
         "slide_mpp": geo.slide_mpp,
+        "slide_mpp_source": slide.mpp_source,  # metadata, objective_power, fallback, override, csv
         "scale": geo.scale,
         "origin": [geo.origin, geo.origin],
         "level0_size": list(slide.dimensions),

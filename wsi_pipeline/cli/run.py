@@ -18,7 +18,12 @@ import click
               help="Run config YAML (see configs/run_default.yaml).")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="Model checkpoint (default: the shipped weights).")
-@click.option("--mpp", type=float, help="Level-0 µm/px for slides without pixel-size metadata.")
+@click.option("--mpp", type=float,
+              help="Fallback level-0 µm/px, used only for slides whose file has no pixel size.")
+@click.option("--mpp-override", type=float,
+              help="Level-0 µm/px for every slide, whatever its metadata says (for wrong metadata).")
+@click.option("--allow-unusual-mpp", is_flag=True, default=None,
+              help="Run slides whose pixel size is outside the plausible range (default 0.1-2 µm/px).")
 @click.option("--chunk-size", type=int, help="Side of a Zarr map chunk / post-processing unit (pixels).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where the model runs.")
 @click.option("--geojson", is_flag=True, default=None, help="Also write nuclei.geojson.gz (QuPath).")
@@ -27,11 +32,7 @@ import click
               help="CPU workers of the embedded cluster (0 = no cluster, run in this process).")
 @click.option("--retry-failed", is_flag=True, default=None, help="Rerun slides that failed before.")
 @click.option("--dry-run", is_flag=True, help="List what would run, flag unreadable and tissue-free slides.")
-@click.option("--break-locks", is_flag=True,
-              help="Take over slide locks held by runs on other hosts (only when those runs are dead; "
-              "locks of dead runs on this host are taken over anyway).")
-def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool, break_locks: bool,
-            **options: Any) -> None:
+def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool, **options: Any) -> None:
     """Segment and classify every nucleus in SOURCE: a slide, a folder of slides (searched
     recursively) or a CSV/TSV list of slide paths. Rerunning resumes: finished stages are skipped,
     stages whose settings or model changed are redone."""
@@ -44,8 +45,7 @@ def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         cfg = load_run_config(config_path, _overrides(options))
-        runner = CohortRunner(source, out_dir, cfg, on_event=_Progress(), dry_run=dry_run,
-                              break_locks=break_locks)
+        runner = CohortRunner(source, out_dir, cfg, on_event=_Progress(), dry_run=dry_run)
         if dry_run:
             _print_preview(runner)
             return
@@ -60,7 +60,7 @@ def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool
 def _overrides(options: dict[str, Any]) -> dict[str, Any]:
     """CLI flags as a nested dict over the config file; unset flags leave the file's values."""
     o: dict[str, Any] = {}
-    for key in ("checkpoint", "mpp", "retry_failed"):
+    for key in ("checkpoint", "mpp", "mpp_override", "retry_failed"):
         if options.get(key) is not None:
             o[key] = str(options[key]) if key == "checkpoint" else options[key]
     infer = {k: options[k] for k in ("chunk_size", "device") if options.get(k) is not None}
@@ -68,6 +68,8 @@ def _overrides(options: dict[str, Any]) -> dict[str, Any]:
         o["infer"] = infer
     if options.get("geojson"):
         o["export"] = {"geojson": True}
+    if options.get("allow_unusual_mpp"):
+        o["preflight"] = {"allow_unusual_mpp": True}
     cluster = {k: options[k] for k in ("scheduler", "workers") if options.get(k) is not None}
     if cluster:
         o["cluster"] = cluster
@@ -84,14 +86,15 @@ class _Progress:
         from tqdm.auto import tqdm
 
         if kind == "planned":
-            locked = info.get("locked", 0)
-            done = info["total"] - info["todo"] - locked
+            unreadable = info.get("unreadable", 0)
+            done = info["total"] - info["todo"] - unreadable
             click.echo(f"{info['total']} slides: {info['todo']} to run, {done} already finished"
                        + (f" ({info['skipped_failed']} failed before; --retry-failed reruns them)"
                           if info["skipped_failed"] else "")
-                       + (f", {locked} skipped: locked by another run" if locked else ""), err=True)
+                       + (f", {unreadable} that do not open (recorded as failed)" if unreadable else ""),
+                       err=True)
             if info["todo"]:
-                self.bar = tqdm(total=info["total"] - locked, initial=done, desc="slides", unit="slide")
+                self.bar = tqdm(total=info["total"], initial=done, desc="slides", unit="slide")
         elif kind == "cluster":
             where = "external Dask cluster" if info["external"] else "embedded Dask cluster"
             link = info["dashboard"] or "not available"
@@ -107,16 +110,20 @@ class _Progress:
 
 
 def _print_preview(runner: Any) -> None:
-    from wsi_pipeline.cohort.preview import preview
+    from wsi_pipeline.cohort.preview import preview, run_checks
 
     items = preview(runner)
     for it in items:
         stages = ",".join(it.todo) if it.todo else "-"
         extra = f"  tissue {it.tissue_mm2:.2f} mm²" if it.tissue_mm2 is not None else ""
+        if it.mpp is not None:
+            extra += f"  mpp {it.mpp:g} ({it.mpp_source})"
         flag = f"  [{it.flag}]" if it.flag else ""
         click.echo(f"{it.slide_id}\t{it.state}\tstages: {stages}{extra}{flag}\t{it.path}")
     n_todo = sum(bool(it.todo) for it in items)
     n_flag = sum(it.flag is not None for it in items)
+    for note in run_checks(runner, items):
+        click.echo(note, err=True)
     click.echo(f"dry run: {len(items)} slides, {n_todo} would run, {n_flag} flagged", err=True)
 
 
@@ -129,10 +136,8 @@ def _print_report(report: Any) -> None:
                f"manifest: {report.out_dir / 'manifest.parquet'}", err=True)
     if report.summary_path is not None:
         click.echo(f"cohort summary: {report.summary_path}", err=True)
-    for line in report.locked_lines():
-        click.echo(f"SKIPPED {line}", err=True)
-    if report.locked:
-        click.echo("a slide locked by a run that is dead is taken over by the next run on the same "
-                   "host; from another host rerun with --break-locks", err=True)
     for line in report.failure_lines():
         click.echo(f"FAILED {line}", err=True)
+    for row in report.rows:
+        if row.get("qc"):
+            click.echo(f"QC {row['slide_id']}: {row['qc']} (see its summary.json and log)", err=True)

@@ -7,7 +7,7 @@ exactly one place; this module adds what only a run has (checkpoint, device, clu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -79,6 +79,40 @@ class DiscoveryConfig(BaseModel):
     )
 
 
+class PreflightConfig(BaseModel):
+    """Checks made before any slide is processed (see wsi_pipeline.cohort.preflight)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mpp_range: tuple[float, float] = Field(
+        (0.1, 2.0), description="plausible level-0 µm/px; slides outside it are refused unless "
+        "allow_unusual_mpp (40× scans ≈ 0.25, 20× ≈ 0.5)",
+    )
+    allow_unusual_mpp: bool = Field(
+        False, description="process slides whose pixel size is outside mpp_range (--allow-unusual-mpp)"
+    )
+    open_threads: int = Field(4, ge=1, description="slides opened at once while checking them")
+    disk_check: Literal["refuse", "warn", "off"] = Field(
+        "refuse", description="free space on the output's disk against the maps the run will write: "
+        "refuse = stop when even a small tissue share would not fit, warn = only say so",
+    )
+    disk_mb_per_mm2: float = Field(
+        90.0, gt=0, description="maps.zarr MB per mm² of tissue for a model at 0.25 µm/px "
+        "(scaled with the square of the model's pixel size)",
+    )
+    disk_min_tissue_fraction: float = Field(
+        0.2, gt=0, le=1, description="disk_check refuses when the maps would not fit even if only "
+        "this share of the slides' scanned area were tissue (it warns when the whole area would not)",
+    )
+
+    @field_validator("mpp_range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] < v[1]:
+            raise ValueError("must be [low, high] with 0 < low < high")
+        return v
+
+
 class RunConfig(BaseModel):
     """One run: the model, the per-stage settings, and how to schedule the slides."""
 
@@ -86,7 +120,12 @@ class RunConfig(BaseModel):
 
     checkpoint: Path | None = Field(None, description="model checkpoint; None = the shipped weights")
     mpp: float | None = Field(
-        None, gt=0, description="level-0 µm/px for every slide (overrides slide metadata)"
+        None, gt=0, description="fallback level-0 µm/px, used only for slides whose file carries no "
+        "pixel size (the file's metadata wins)",
+    )
+    mpp_override: float | None = Field(
+        None, gt=0, description="level-0 µm/px for every slide, whatever its metadata says (for wrong "
+        "metadata); a slide list's mpp column still wins for its slides",
     )
     infer: InferConfig = Field(default_factory=InferConfig)
     postproc: PostprocConfig = Field(default_factory=PostprocConfig)
@@ -94,18 +133,22 @@ class RunConfig(BaseModel):
     export: ExportConfig = Field(default_factory=ExportConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    preflight: PreflightConfig = Field(default_factory=PreflightConfig)
     retry_failed: bool = Field(False, description="rerun slides that failed in an earlier run")
     summarize: bool = Field(True, description="write cohort_summary.parquet at the end of a run")
 
-    def stage_configs(self) -> dict[str, Any]:
+    def stage_configs(self, mpp: float | None = None) -> dict[str, Any]:
         """What each stage's output depends on, for the stage hashes.
 
-        Execution knobs (device, batch size, threads) are left out: changing them, or running
-        on another machine with `device: auto`, does not redo finished slides.
+        `mpp` is the pixel size the user chose for the slide (fallback, override or CSV; None
+        where it is the file's own, which the slide's fingerprint already covers): a flag that
+        does not change a slide's pixel size does not redo it. Execution knobs (device, batch
+        size, threads) are left out: changing them, or running on another machine with
+        `device: auto`, does not redo finished slides.
         """
         infer = self.infer.model_dump(mode="json", exclude=set(EXECUTION_KNOBS))
         return {
-            "infer": {"infer": infer, "mpp": self.mpp},
+            "infer": {"infer": infer, "mpp": mpp},
             "postproc": {"postproc": self.postproc.model_dump(mode="json"),
                          "chunking": self.chunking.model_dump(mode="json", exclude={"workers"})},
             "export": self.export.model_dump(mode="json"),
@@ -132,7 +175,9 @@ DEFAULT_YAML_HEADER = """\
 # Copy this file, change what you need, pass it with --config; unknown keys are errors.
 # Sizes that depend on magnification are in microns (µm, µm²) and converted with the pixel size.
 # Changing a key under infer/postproc/chunking/export redoes that stage and the ones after it on
-# the next run; cluster/discovery keys and infer.device/batch_size/reader_threads never do.
+# the next run; cluster/discovery/preflight keys and infer.device/batch_size/reader_threads never do.
+# mpp is a fallback for slides whose files carry no pixel size; mpp and mpp_override redo only the
+# slides whose pixel size they change (README: "Pixel size (mpp)").
 """
 
 

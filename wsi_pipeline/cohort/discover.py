@@ -1,32 +1,17 @@
 """Find the slides of a cohort: a folder searched recursively, a list file, or one slide.
 
-Each slide gets a `slide_id`, the name of its output folder OUT/<slide_id>/. The rules, so that
-a rerun always finds its earlier outputs:
-
-- the file stem when that is unique in the cohort; stems that collide (a/x.svs, b/x.svs) fall
-  back to the path below the cohort root joined with "__" (a__x, b__x), keeping the extension
-  where even that clashes (x.svs, x.tif), so that no two slides ever share an output folder;
-- names are taken as the paths are written, made absolute without resolving symbolic links: a
-  link keeps its own name (not its target's), and `run .`, `run /abs/cohort` and `run
-  /link/to/cohort` give the same ids (the root is the folder given, or the common folder of a
-  list's paths);
-- unsafe characters are replaced (`layout.safe_id`): an id never contains a path separator,
-  never starts with a dot (a file named `...tif` gets `__`, not `..`) and never names one of
-  OUT's own files;
-- the same file listed twice, or reached through two links, is one slide (the first path in
-  sorted order), with a warning naming both.
+Each slide gets a `slide_id`, the name of its output folder OUT/<slide_id>/. It is the file
+stem when that is unique in the cohort; stems that collide (a/x.svs, b/x.svs) fall back to the
+relative path joined with "__" so that no two slides ever share an output folder.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-from wsi_pipeline.cohort.layout import safe_id
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +22,8 @@ SLIDE_EXTENSIONS: tuple[str, ...] = (
 LIST_EXTENSIONS = (".csv", ".tsv", ".txt")
 #: Header names accepted for the path column of a list file (first column otherwise).
 PATH_COLUMNS = ("path", "slide", "file", "filename", "slide_path")
+#: Header names accepted for a list file's optional per-slide pixel size column (level-0 µm/px).
+MPP_COLUMNS = ("mpp", "mpp_um", "um_per_px", "microns_per_pixel")
 
 
 @dataclass(frozen=True)
@@ -45,6 +32,7 @@ class SlideEntry:
 
     path: Path
     slide_id: str
+    mpp: float | None = None  # level-0 µm/px from a slide list's mpp column (wins over metadata)
 
 
 class DiscoveryError(ValueError):
@@ -58,25 +46,30 @@ def discover(
 ) -> list[SlideEntry]:
     """Slides named by `source`: a slide file, a folder (recursive) or a CSV/TSV/TXT list.
 
+    A list may give each slide its pixel size in a column named mpp (see MPP_COLUMNS); an
+    empty cell leaves that slide to its file's metadata.
+
     `probe_unknown` also asks OpenSlide about files with other extensions (slow on big trees).
     Files are returned sorted so that the order, and hence the ids, are reproducible.
     """
-    source = _absolute(Path(source))
+    source = Path(source)
     if not source.exists():
         raise DiscoveryError(f"input not found: {source}")
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    list_mpp: dict[Path, float | None] = {}
     if source.is_dir():
         paths = _walk(source, exts, probe_unknown)
         root = source
     elif source.suffix.lower() in LIST_EXTENSIONS and source.suffix.lower() not in exts:
-        paths = _read_list(source)
+        paths, list_mpp = _read_list(source)
         root = _common_root(paths)
     else:
-        paths = [source]
-        root = source.parent
+        paths = [source.resolve()]
+        root = source.resolve().parent
     if not paths:
         raise DiscoveryError(f"no slides found in {source} (extensions: {', '.join(exts)})")
-    return _assign_ids(paths, root)
+    entries = _assign_ids(paths, root)
+    return [replace(e, mpp=list_mpp.get(e.path)) for e in entries] if list_mpp else entries
 
 
 def _walk(folder: Path, exts: tuple[str, ...], probe_unknown: bool) -> list[Path]:
@@ -87,15 +80,13 @@ def _walk(folder: Path, exts: tuple[str, ...], probe_unknown: bool) -> list[Path
         if _inside_mrxs_data_dir(p):
             continue
         if p.suffix.lower() in exts or (probe_unknown and _openslide_detects(p)):
-            found.append(p)
+            found.append(p.resolve())
     return found
 
 
 def _inside_mrxs_data_dir(p: Path) -> bool:
     """MIRAX slides keep their tiles in a sibling folder named like the .mrxs: skip its files."""
     parent = p.parent
-    if not parent.name:  # the filesystem root
-        return False
     return any(parent.with_name(parent.name + ext).is_file() for ext in (".mrxs", ".MRXS"))
 
 
@@ -108,8 +99,9 @@ def _openslide_detects(p: Path) -> bool:
         return False
 
 
-def _read_list(list_file: Path) -> list[Path]:
-    """Paths from a CSV/TSV/TXT list; relative paths are taken relative to the list file."""
+def _read_list(list_file: Path) -> tuple[list[Path], dict[Path, float | None]]:
+    """Paths from a CSV/TSV/TXT list, relative ones taken relative to the list file, and each
+    path's value in the optional mpp column ({} without one; None for an empty cell)."""
     text = list_file.read_text()
     dialect = "excel-tab" if list_file.suffix.lower() == ".tsv" or "\t" in text.split("\n", 1)[0] else "excel"
     rows = [r for r in csv.reader(text.splitlines(), dialect=dialect) if r and r[0].strip()]
@@ -118,23 +110,42 @@ def _read_list(list_file: Path) -> list[Path]:
     header = [c.strip().lower() for c in rows[0]]
     col, first_line = 0, 1
     named = [i for i, h in enumerate(header) if h in PATH_COLUMNS]
+    mpp_col = next((i for i, h in enumerate(header) if h in MPP_COLUMNS), None)
     if named:
         col, rows, first_line = named[0], rows[1:], 2
     elif not _looks_like_path(rows[0][0], list_file):
         rows, first_line = rows[1:], 2  # an unnamed header line
+    else:
+        mpp_col = None  # no header at all: no column has a name
     paths = []
+    mpps: dict[Path, float | None] = {}
     for line_no, row in enumerate(rows, start=first_line):
         if col >= len(row) or not row[col].strip():
             raise DiscoveryError(f"{list_file}: row {line_no} has no path in column {col + 1}")
         p = Path(row[col].strip()).expanduser()
-        paths.append(_absolute(p if p.is_absolute() else list_file.parent / p))
-    return paths
+        paths.append((p if p.is_absolute() else list_file.parent / p).resolve())
+        if mpp_col is not None:
+            mpp = _list_mpp(row, mpp_col, list_file, line_no)
+            if paths[-1] in mpps and mpps[paths[-1]] != mpp:
+                raise DiscoveryError(f"{list_file}: row {line_no}: {paths[-1]} is listed twice with "
+                                     f"different mpp ({mpps[paths[-1]]} and {mpp})")
+            mpps.setdefault(paths[-1], mpp)
+    return paths, mpps
 
 
-def _absolute(p: Path) -> Path:
-    """Absolute and normalised (no "." or ".." parts) without resolving symbolic links: ids
-    come from the names the user wrote, whichever way the path to them was spelled."""
-    return Path(os.path.abspath(os.path.expanduser(p)))
+def _list_mpp(row: list[str], col: int, list_file: Path, line_no: int) -> float | None:
+    """A row's pixel size: a positive number, or None for an empty cell (the file's own then)."""
+    cell = row[col].strip() if col < len(row) else ""
+    if not cell:
+        return None
+    try:
+        mpp = float(cell)
+    except ValueError:
+        mpp = float("nan")
+    if not (mpp > 0 and mpp < float("inf")):
+        raise DiscoveryError(f"{list_file}: row {line_no}: mpp {cell!r} is not a positive number "
+                             "of µm per pixel")
+    return mpp
 
 
 def _looks_like_path(cell: str, list_file: Path) -> bool:
@@ -158,14 +169,15 @@ def _assign_ids(paths: list[Path], root: Path) -> list[SlideEntry]:
     """The file stem where unique; else the path below `root` joined with "__" (x/s.svs -> x__s),
     keeping the extension where even that clashes (x.svs and x.tif in one folder -> x.svs, x.tif),
     so that two inputs never share an output folder."""
-    unique = _one_per_file(paths)
-    stems = Counter(safe_id(p.stem) for p in unique)
-    by_path = {p: _path_id(p, root, keep_suffix=False) for p in unique if stems[safe_id(p.stem)] > 1}
+    seen: set[Path] = set()
+    unique = [p for p in paths if not (p in seen or seen.add(p))]
+    stems = Counter(p.stem for p in unique)
+    by_path = {p: _path_id(p, root, keep_suffix=False) for p in unique if stems[p.stem] > 1}
     clashes = Counter(by_path.values())
     entries = []
     for p in unique:
-        if stems[safe_id(p.stem)] == 1:
-            slide_id = safe_id(p.stem)
+        if stems[p.stem] == 1:
+            slide_id = p.stem
         elif clashes[by_path[p]] == 1:
             slide_id = by_path[p]
         else:
@@ -175,32 +187,12 @@ def _assign_ids(paths: list[Path], root: Path) -> list[SlideEntry]:
     return entries
 
 
-def _one_per_file(paths: list[Path]) -> list[Path]:
-    """`paths` without repeats of one file (same path, or two links to it): the first is kept."""
-    seen: dict[object, Path] = {}
-    unique = []
-    for p in paths:
-        try:
-            st = p.stat()
-            key: object = (st.st_dev, st.st_ino)
-        except OSError:  # missing or unreadable: recorded as a failed slide later, by its path
-            key = p
-        if key in seen:
-            if seen[key] != p:
-                log.warning("%s is the same file as %s: it is run once, as %s", p, seen[key], seen[key])
-            continue
-        seen[key] = p
-        unique.append(p)
-    return unique
-
-
 def _path_id(p: Path, root: Path, *, keep_suffix: bool) -> str:
     try:
         rel = p.relative_to(root)
     except ValueError:
         rel = Path(*p.parts[1:])
-    parts = (rel if keep_suffix else rel.with_suffix("")).parts
-    return safe_id("__".join(parts))
+    return "__".join((rel if keep_suffix else rel.with_suffix("")).parts)
 
 
 def _check_unique(entries: list[SlideEntry]) -> None:

@@ -1,15 +1,10 @@
 """Run a cohort: plan from the stage markers, schedule what is left, isolate failures.
 
 Everything that can be checked cheaply is checked before any work starts (output folder,
-config, checkpoint, input list). Slides whose stages are all done under the current settings
-cost a stat and a JSON read each: a rerun of a finished cohort loads no model and starts no
-cluster. Each slide's stages run as a chain of Dask tasks; a slide that fails is recorded and
-the others go on.
-
-Several runs may share one OUT (SLURM array jobs given different slides, two hosts on one
-cohort): a run locks each slide it is going to write (OUT/<slide>/slide.lock) while it plans,
-and skips, naming the holder, every slide another live run holds. The manifest is merged under
-a short lock, never overwritten with one run's view only (manifest_merge.py).
+config, checkpoint, input list, and each slide's file and pixel size: see preflight.py). Slides
+whose stages are all done under the current settings cost an open, a stat and a JSON read each:
+a rerun of a finished cohort loads no model and starts no cluster. Each slide's stages run as a
+chain of Dask tasks; a slide that fails is recorded and the others go on.
 """
 
 from __future__ import annotations
@@ -19,17 +14,23 @@ import os
 import tempfile
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsi_pipeline.cohort import locks
 from wsi_pipeline.cohort.config import RunConfig
 from wsi_pipeline.cohort.discover import SlideEntry, discover
-from wsi_pipeline.cohort.layout import UnsafeSlideId, slide_dir, slide_lock
-from wsi_pipeline.cohort.manifest import slide_row
-from wsi_pipeline.cohort.manifest_merge import write_shared_manifest
+from wsi_pipeline.cohort.manifest import slide_row, write_manifest
+from wsi_pipeline.cohort.preflight import (
+    PreflightError,
+    SlideCheck,
+    check_checkpoint,
+    check_slides,
+    estimate_disk,
+    mpp_refusal,
+)
 from wsi_pipeline.cohort.stages import (
     STAGES,
     SlideStages,
@@ -62,7 +63,6 @@ class SlidePlan:
     expected: dict[str, str] | None  # None when the file cannot even be stat'ed
     pending: list[str]
     skipped_failure: dict[str, Any] | None = None  # failed before and not retried
-    locked_by: locks.LockHolder | None = None  # another run holds the slide: skipped
 
 
 @dataclass
@@ -85,8 +85,6 @@ class RunReport:
     dashboard_link: str | None = None
     summary_path: Path | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
-    #: Slides skipped because another run holds them: (slide_id, holder, lock file).
-    locked: list[tuple[str, locks.LockHolder | None, Path]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -95,10 +93,6 @@ class RunReport:
     def failure_lines(self) -> list[str]:
         return [f"{r['slide_id']}: {r['failed_stage']}: {r['error_type']}: {r['error']}"
                 for r in self.failures]
-
-    def locked_lines(self) -> list[str]:
-        return [f"{sid}: locked by another run ({h.describe() if h else 'unknown holder'}): {path}"
-                for sid, h, path in self.locked]
 
 
 def check_output_dir(out_dir: Path, create: bool = True) -> Path:
@@ -144,15 +138,8 @@ class CohortRunner:
     """Plan and run one cohort into one output folder."""
 
     def __init__(self, source: Path, out_dir: Path, cfg: RunConfig,
-                 on_event: EventHandler | None = None, dry_run: bool = False,
-                 break_locks: bool = False):
-        """`break_locks` takes over slide locks held from other hosts (whose runs this host
-        cannot see); locks of dead runs on this host are always taken over."""
+                 on_event: EventHandler | None = None, dry_run: bool = False):
         self.cfg = cfg
-        self.break_locks = break_locks
-        self.holder = locks.me("wsi-pipeline run")
-        self._held: set[str] = set()  # slides this run has locked
-        self._foreign: set[str] = set()  # slides other runs hold: their manifest rows are kept
         self.on_event = on_event or (lambda kind, info: None)
         self.out_dir = check_output_dir(out_dir, create=not dry_run)
         self.checkpoint = resolve_checkpoint(cfg)
@@ -163,88 +150,55 @@ class CohortRunner:
                                     cfg.discovery.probe_unknown)
         except ValueError as exc:
             raise RunSetupError(str(exc)) from exc
-        for entry in self.entries:
-            try:
-                slide_dir(self.out_dir, entry.slide_id)
-            except UnsafeSlideId as exc:
-                raise RunSetupError(str(exc)) from exc
         self._last_manifest = 0.0
+        self._checks: dict[str, SlideCheck] | None = None
+        self._n_unreadable = 0  # slides the preflight found unopenable and recorded as failed
 
     # -- planning --------------------------------------------------------------------------
-    def plan(self, lock: bool = False) -> list[SlidePlan]:
-        """What each slide needs. With `lock`, every slide that will run is locked for this run
-        first and then planned again from disk (the run that held it before may have finished
-        it); without (the dry run), slides other runs hold are only reported."""
-        stage_cfgs = self.cfg.stage_configs()
-        return [self._plan_slide(entry, stage_cfgs, lock) for entry in self.entries]
-
-    def _plan_slide(self, entry: SlideEntry, stage_cfgs: dict[str, Any], lock: bool) -> SlidePlan:
-        try:
-            expected = stage_hashes(stage_cfgs, self.model_sha256, slide_fingerprint(entry.path))
-        except OSError:
-            expected = None
-        plan = self._plan_from_disk(entry, expected)
-        if not plan.pending:
-            return plan
-        if not lock:
-            holder = locks.read_holder(slide_lock(self.out_dir, entry.slide_id))
-            return SlidePlan(entry, expected, [], locked_by=holder) if holder is not None else plan
-        try:
-            locks.acquire(slide_lock(self.out_dir, entry.slide_id), self.holder,
-                          break_foreign=self.break_locks)
-        except locks.LockHeld as exc:
-            log.warning("%s: skipped: %s", entry.slide_id, exc)
-            return SlidePlan(entry, expected, [], locked_by=exc.holder)
-        self._held.add(entry.slide_id)
-        plan = self._plan_from_disk(entry, expected)
-        if not plan.pending:
-            self._unlock(entry.slide_id)
-        return plan
-
-    def _plan_from_disk(self, entry: SlideEntry, expected: dict[str, str] | None) -> SlidePlan:
-        if expected is None:
-            return SlidePlan(entry, None, list(STAGES))
-        stages = SlideStages(slide_dir(self.out_dir, entry.slide_id))
-        pending = stages.pending(expected, self.model_sha256)
-        failure = stages.read_failure()
-        if (pending and failure is not None and not self.cfg.retry_failed
-                and failure.get("stage_hash") == expected["export"]):
-            return SlidePlan(entry, expected, [], skipped_failure=failure)
-        return SlidePlan(entry, expected, pending)
-
-    def _unlock(self, slide_id: str) -> None:
-        if slide_id in self._held:
-            self._held.discard(slide_id)
-            locks.release(slide_lock(self.out_dir, slide_id), self.holder)
+    def plan(self) -> list[SlidePlan]:
+        plans = []
+        for entry in self.entries:
+            try:
+                expected = stage_hashes(self._stage_configs(entry), self.model_sha256,
+                                        slide_fingerprint(entry.path))
+            except OSError:
+                plans.append(SlidePlan(entry, None, list(STAGES)))
+                continue
+            stages = SlideStages(self.out_dir / entry.slide_id)
+            pending = stages.pending(expected, self.model_sha256)
+            failure = stages.read_failure()
+            if (pending and failure is not None and not self.cfg.retry_failed
+                    and failure.get("stage_hash") == expected["export"]):
+                plans.append(SlidePlan(entry, expected, [], skipped_failure=failure))
+            else:
+                plans.append(SlidePlan(entry, expected, pending))
+        return plans
 
     def job(self, plan: SlidePlan, progress: bool) -> SlideJob:
         expected = plan.expected or {s: "unreadable" for s in STAGES}
         return SlideJob(slide_id=plan.entry.slide_id, path=plan.entry.path, out_dir=self.out_dir,
                         cfg=self.cfg, checkpoint=self.checkpoint, model_sha256=self.model_sha256,
-                        expected=expected, progress=progress, lock_token=self.holder.token)
+                        expected=expected, progress=progress, **self._job_mpp(plan.entry))
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> RunReport:
         with log_to_file(self.out_dir / "logs" / "run.log", this_thread_only=False):
-            try:
-                return self._run()
-            finally:  # also on Ctrl-C and errors: a lock left behind would hold off other runs
-                for slide_id in list(self._held):
-                    self._unlock(slide_id)
+            return self._run()
 
     def _run(self) -> RunReport:
         t0 = time.perf_counter()
-        plans = self.plan(lock=True)
+        self._refuse_bad_mpp()
+        plans = self.plan()
         log.info("run: %d slides into %s, model %s (sha256 %s)", len(plans), self.out_dir,
                  self.checkpoint, self.model_sha256[:12])
         todo = [p for p in plans if p.pending]
-        self._foreign = {p.entry.slide_id for p in plans if p.locked_by is not None}
+        todo = self._preflight(todo)
         self.on_event("planned", {"total": len(plans), "todo": len(todo),
                                   "skipped_failed": sum(p.skipped_failure is not None for p in plans),
-                                  "locked": len(self._foreign)})
+                                  "unreadable": self._n_unreadable})
         rows = {p.entry.slide_id: self._row(p) for p in plans}
         for p in plans:
-            if not p.pending and p.locked_by is None:
+            if not p.pending:
                 self.on_event("slide_done", {"row": rows[p.entry.slide_id], "ran": False})
         self._write_manifest(rows, force=True)
         dashboard = None
@@ -261,10 +215,7 @@ class CohortRunner:
             self._write_manifest(rows, force=True)
         report = RunReport(out_dir=self.out_dir, rows=list(rows.values()),
                            seconds=time.perf_counter() - t0, ran_stages=ran, dashboard_link=dashboard,
-                           failures=[r for r in rows.values() if r["status"] == "failed"],
-                           locked=[(p.entry.slide_id, p.locked_by,
-                                    slide_lock(self.out_dir, p.entry.slide_id))
-                                   for p in plans if p.locked_by is not None])
+                           failures=[r for r in rows.values() if r["status"] == "failed"])
         if self.cfg.summarize:
             from wsi_pipeline.cohort.summarize import summarize_cohort
 
@@ -362,31 +313,93 @@ class CohortRunner:
                 return _Chain(chain.plan, chain.index, rest, requeued=chain.requeued + 1)
             log.error("%s: %s lost: %s\n%s", job.slide_id, stage, type(exc).__name__,
                       "".join(traceback.format_exception(exc)))
-        if job.still_locked():
-            record_failure(job, stage, type(exc).__name__, str(exc))
+        record_failure(job, stage, type(exc).__name__, str(exc))
         return None
 
     def _slide_finished(self, plan: SlidePlan, rows: dict[str, dict]) -> None:
         row = self._row(plan)
         rows[plan.entry.slide_id] = row
-        self._unlock(plan.entry.slide_id)
         self.on_event("slide_done", {"row": row, "ran": True})
         self._write_manifest(rows)
 
     def _row(self, plan: SlidePlan) -> dict[str, Any]:
-        row = slide_row(self.out_dir, plan.entry, plan.expected, self.model_sha256, self.config_hash)
+        row = slide_row(self.out_dir, plan.entry, plan.expected, self.model_sha256, self.config_hash,
+                        mpp=self._row_mpp(plan.entry))
         if plan.expected is None and row["status"] == "pending":
             row.update(status="failed", failed_stage="infer", error_type="FileNotFoundError",
                        error=f"{plan.entry.path}: cannot read the file")
-        elif row["status"] in ("done", "no_tissue") and plan.expected is not None:
-            stages = SlideStages(slide_dir(self.out_dir, plan.entry.slide_id))
-            if stages.pending(plan.expected, self.model_sha256):
-                row["status"] = "pending"  # its markers are there, an output they promise is not
         return row
+
+    # -- preflight (preflight.py) -------------------------------------------------------------
+    def slide_checks(self) -> dict[str, SlideCheck]:
+        """Every slide opened once, its pixel size resolved; cached (plan and run share it)."""
+        if self._checks is None:
+            self._checks = check_slides(self.entries, self.cfg)
+            sources = Counter(c.mpp.source for c in self._checks.values() if c.mpp and c.mpp.value)
+            log.info("preflight: %d slides opened; pixel size from %s", len(self._checks),
+                     ", ".join(f"{k}: {n}" for k, n in sorted(sources.items())) or "nowhere")
+        return self._checks
+
+    def _stage_configs(self, entry: SlideEntry) -> dict[str, Any]:
+        """The slide's stage settings: the run's, with the pixel size the user chose for it."""
+        check = self.slide_checks().get(entry.slide_id)
+        if check is not None and check.mpp is not None:
+            return self.cfg.stage_configs(mpp=check.mpp.hash_value)
+        return self.cfg.stage_configs(mpp=entry.mpp or self.cfg.mpp_override)
+
+    def _job_mpp(self, entry: SlideEntry) -> dict[str, Any]:
+        check = self.slide_checks().get(entry.slide_id)
+        if check is None or check.mpp is None or check.mpp.value is None:
+            return {}
+        return {"mpp": check.mpp.value, "mpp_source": check.mpp.source}
+
+    def _row_mpp(self, entry: SlideEntry) -> tuple[float | None, str | None]:
+        check = (self._checks or {}).get(entry.slide_id)
+        if check is None or check.mpp is None:
+            return None, None
+        return check.mpp.value, check.mpp.source
+
+    def _refuse_bad_mpp(self) -> None:
+        """Stop before anything is written when a slide has no believable pixel size."""
+        message = mpp_refusal(self.slide_checks(), self.cfg)
+        if message is not None:
+            raise RunSetupError(message)
+
+    def _preflight(self, todo: list[SlidePlan]) -> list[SlidePlan]:
+        """The slides of `todo` that can run. The checkpoint is loaded once and the disk
+        estimated first (either may stop the run); then slides that do not open are recorded
+        as failed and left out, and the others go on."""
+        checks = self.slide_checks()
+        unreadable = {p.entry.slide_id for p in todo
+                      if p.entry.slide_id in checks and checks[p.entry.slide_id].problem == "unreadable"}
+        runnable = [p for p in todo if p.entry.slide_id not in unreadable]
+        if runnable:
+            try:
+                model = check_checkpoint(self.checkpoint)
+            except PreflightError as exc:
+                raise RunSetupError(str(exc)) from exc
+            to_infer = [checks[p.entry.slide_id] for p in runnable
+                        if "infer" in p.pending and p.entry.slide_id in checks]
+            disk = estimate_disk(self.out_dir, to_infer, model.mpp, self.cfg)
+            if disk.verdict == "refuse":
+                raise RunSetupError(str(disk))
+            (log.warning if disk.verdict == "warn" else log.info)("preflight: %s", disk)
+        for plan in todo:
+            if plan.entry.slide_id in unreadable:
+                self._record_unreadable(plan, checks[plan.entry.slide_id])
+        self._n_unreadable = len(unreadable)
+        return runnable
+
+    def _record_unreadable(self, plan: SlidePlan, check: SlideCheck) -> None:
+        job = self.job(plan, progress=False)
+        with log_to_file(job.log_path):
+            log.error("%s: infer failed: the slide does not open (found before any work)\n%s",
+                      job.slide_id, check.traceback or check.message)
+        if plan.expected is not None:  # else the row says "cannot read the file" by itself
+            record_failure(job, "infer", check.error_type or "SlideReadError", check.message or "")
 
     def _write_manifest(self, rows: dict[str, dict], force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._last_manifest >= MANIFEST_INTERVAL_S:
-            write_shared_manifest(self.out_dir, list(rows.values()), keep_theirs=self._foreign,
-                                  holder=self.holder)
+            write_manifest(self.out_dir, list(rows.values()))
             self._last_manifest = now
