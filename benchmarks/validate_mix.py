@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--degrade", action="store_true", help="also score scan-degraded images")
     ap.add_argument("--quality", type=int, nargs=2, default=(30, 90))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = ap.parse_args()
 
@@ -57,7 +58,7 @@ def main() -> None:
     model = load_checkpoint(args.checkpoint)
     net = prepare_model(model.net, model.net.mean.device)
     kw = {"n_types": cfg.model.n_types, "mpp": cfg.mpp, "tile": cfg.patch_size + 64,
-          "stride": cfg.patch_size, "batch_size": 8, "device": "cpu"}
+          "stride": cfg.patch_size, "batch_size": 8, "device": "cpu", "tta": args.tta}
     print(f"checkpoint {args.checkpoint} (sha256 {model.sha256[:12]}), {len(val)} validation images, "
           f"CPU flags: {cpu_flags()}")
     results = {"checkpoint": str(args.checkpoint), "sha256": model.sha256}

@@ -31,3 +31,31 @@ def test_native_bf16_from_cpu_flags(tmp_path, monkeypatch, text, native):
 
 def test_unreadable_cpuinfo_means_no_bf16(tmp_path):
     assert predict.cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_flip_tta_undoes_each_flip_and_hv_signs() -> None:
+    """A flip-equivariant stand-in network: NS/NC depend on each pixel alone, and HV is the
+    offset of each pixel from the tile centre — what HoVer-Net predicts for one nucleus filling
+    the tile, and a map whose H channel changes sign under a left-right flip. TTA must give back
+    the same maps: flips undone, H and V signs restored."""
+    import numpy as np
+    import torch
+
+    from wsi_pipeline.model.predict import predict_batch
+
+    class CentredNucleus(torch.nn.Module):
+        def forward(self, x):
+            b, _, h, w = x.shape
+            hx = torch.linspace(-1, 1, w).view(1, 1, 1, w).expand(b, 1, h, w)
+            vy = torch.linspace(-1, 1, h).view(1, 1, h, 1).expand(b, 1, h, w)
+            ns = torch.cat([torch.zeros_like(x[:, :1]), x[:, 2:3] * 4], 1)
+            nc = torch.cat([x[:, 2:3], -x[:, 2:3]], 1)
+            return {"ns": ns, "hv": torch.cat([hx, vy], 1), "nc": nc}
+
+    img = np.random.default_rng(0).integers(0, 256, (2, 32, 64, 3)).astype(np.uint8)
+    plain = predict_batch(CentredNucleus(), img, precision="fp32")
+    tta = predict_batch(CentredNucleus(), img, precision="fp32", tta=True)
+    for key in ("ns", "hv", "nc"):
+        assert np.allclose(plain[key], tta[key], atol=1e-6), key
+    # without the sign correction the flipped H channel would average to zero
+    assert np.abs(tta["hv"][:, 0, :, -1] - 1).max() < 1e-6

@@ -35,12 +35,13 @@ def predict_maps(
     batch_size: int,
     device: torch.device | str,
     transform: Callable[[Sample], np.ndarray] | None = None,
+    tta: bool = False,
 ) -> list[Maps]:
     """Network maps of every sample's image (or of `transform(sample)`, e.g. a scan
-    degradation; the labels stay)."""
+    degradation; the labels stay); `tta`: flip test-time augmentation."""
     return [
         predict_tiled(net, s.image if transform is None else transform(s), tile=tile,
-                      stride=stride, batch_size=batch_size, device=device)
+                      stride=stride, batch_size=batch_size, device=device, tta=tta)
         for s in samples
     ]
 
@@ -93,10 +94,11 @@ def score_by_dataset(
     device: torch.device | str,
     postproc: PostprocConfig | None = None,
     transform: Callable[[Sample], np.ndarray] | None = None,
+    tta: bool = False,
 ) -> dict[str, dict[str, float]]:
     """`predict_maps` then `score_maps`."""
     maps = predict_maps(net, samples, tile=tile, stride=stride, batch_size=batch_size,
-                        device=device, transform=transform)
+                        device=device, transform=transform, tta=tta)
     return score_maps(samples, maps, n_types=n_types, mpp=mpp, postproc=postproc)
 
 

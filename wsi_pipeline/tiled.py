@@ -24,8 +24,10 @@ def predict_tiled(
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     precision: Precision = "auto",
+    tta: bool = False,
 ) -> dict[str, np.ndarray]:
-    """uint8 (H, W, 3) -> {"ns": (H, W), "hv": (2, H, W), "nc": (C, H, W)} float32."""
+    """uint8 (H, W, 3) -> {"ns": (H, W), "hv": (2, H, W), "nc": (C, H, W)} float32;
+    `tta`: flip test-time augmentation (`model.predict`)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
     if tile % 32:
@@ -42,7 +44,7 @@ def predict_tiled(
         # padded coordinates of a tile = map origin + top/left padding = index * stride
         batch = np.stack([padded[i * stride : i * stride + tile, j * stride : j * stride + tile]
                           for i, j in zip(bi, bj, strict=True)])
-        pred = predict_batch(net, batch, device, precision)
+        pred = predict_batch(net, batch, device, precision, tta)
         if not out:
             out = {"ns": np.zeros((h, w), np.float32),
                    "hv": np.zeros((2, h, w), np.float32),
