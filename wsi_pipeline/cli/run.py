@@ -32,7 +32,11 @@ import click
               help="CPU workers of the embedded cluster (0 = no cluster, run in this process).")
 @click.option("--retry-failed", is_flag=True, default=None, help="Rerun slides that failed before.")
 @click.option("--dry-run", is_flag=True, help="List what would run, flag unreadable and tissue-free slides.")
-def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool, **options: Any) -> None:
+@click.option("--break-locks", is_flag=True,
+              help="Take over slide locks held by runs on other hosts (only when those runs are dead; "
+              "locks of dead runs on this host are taken over anyway).")
+def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool, break_locks: bool,
+            **options: Any) -> None:
     """Segment and classify every nucleus in SOURCE: a slide, a folder of slides (searched
     recursively) or a CSV/TSV list of slide paths. Rerunning resumes: finished stages are skipped,
     stages whose settings or model changed are redone."""
@@ -45,7 +49,8 @@ def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         cfg = load_run_config(config_path, _overrides(options))
-        runner = CohortRunner(source, out_dir, cfg, on_event=_Progress(), dry_run=dry_run)
+        runner = CohortRunner(source, out_dir, cfg, on_event=_Progress(), dry_run=dry_run,
+                              break_locks=break_locks)
         if dry_run:
             _print_preview(runner)
             return
@@ -86,15 +91,17 @@ class _Progress:
         from tqdm.auto import tqdm
 
         if kind == "planned":
+            locked = info.get("locked", 0)
             unreadable = info.get("unreadable", 0)
-            done = info["total"] - info["todo"] - unreadable
+            done = info["total"] - info["todo"] - locked - unreadable
             click.echo(f"{info['total']} slides: {info['todo']} to run, {done} already finished"
                        + (f" ({info['skipped_failed']} failed before; --retry-failed reruns them)"
                           if info["skipped_failed"] else "")
+                       + (f", {locked} skipped: locked by another run" if locked else "")
                        + (f", {unreadable} that do not open (recorded as failed)" if unreadable else ""),
                        err=True)
             if info["todo"]:
-                self.bar = tqdm(total=info["total"], initial=done, desc="slides", unit="slide")
+                self.bar = tqdm(total=info["total"] - locked, initial=done, desc="slides", unit="slide")
         elif kind == "cluster":
             where = "external Dask cluster" if info["external"] else "embedded Dask cluster"
             link = info["dashboard"] or "not available"
@@ -136,6 +143,11 @@ def _print_report(report: Any) -> None:
                f"manifest: {report.out_dir / 'manifest.parquet'}", err=True)
     if report.summary_path is not None:
         click.echo(f"cohort summary: {report.summary_path}", err=True)
+    for line in report.locked_lines():
+        click.echo(f"SKIPPED {line}", err=True)
+    if report.locked:
+        click.echo("a slide locked by a run that is dead is taken over by the next run on the same "
+                   "host; from another host rerun with --break-locks", err=True)
     for line in report.failure_lines():
         click.echo(f"FAILED {line}", err=True)
     for row in report.rows:

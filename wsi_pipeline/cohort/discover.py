@@ -1,17 +1,32 @@
 """Find the slides of a cohort: a folder searched recursively, a list file, or one slide.
 
-Each slide gets a `slide_id`, the name of its output folder OUT/<slide_id>/. It is the file
-stem when that is unique in the cohort; stems that collide (a/x.svs, b/x.svs) fall back to the
-relative path joined with "__" so that no two slides ever share an output folder.
+Each slide gets a `slide_id`, the name of its output folder OUT/<slide_id>/. The rules, so that
+a rerun always finds its earlier outputs:
+
+- the file stem when that is unique in the cohort; stems that collide (a/x.svs, b/x.svs) fall
+  back to the path below the cohort root joined with "__" (a__x, b__x), keeping the extension
+  where even that clashes (x.svs, x.tif), so that no two slides ever share an output folder;
+- names are taken as the paths are written, made absolute without resolving symbolic links: a
+  link keeps its own name (not its target's), and `run .`, `run /abs/cohort` and `run
+  /link/to/cohort` give the same ids (the root is the folder given, or the common folder of a
+  list's paths);
+- unsafe characters are replaced (`layout.safe_id`): an id never contains a path separator,
+  never starts with a dot (a file named `...tif` gets `__`, not `..`) and never names one of
+  OUT's own files;
+- the same file listed twice, or reached through two links, is one slide (the first path in
+  sorted order), with a warning naming both.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from wsi_pipeline.cohort.layout import safe_id
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +67,7 @@ def discover(
     `probe_unknown` also asks OpenSlide about files with other extensions (slow on big trees).
     Files are returned sorted so that the order, and hence the ids, are reproducible.
     """
-    source = Path(source)
+    source = _absolute(Path(source))
     if not source.exists():
         raise DiscoveryError(f"input not found: {source}")
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
@@ -64,8 +79,8 @@ def discover(
         paths, list_mpp = _read_list(source)
         root = _common_root(paths)
     else:
-        paths = [source.resolve()]
-        root = source.resolve().parent
+        paths = [source]
+        root = source.parent
     if not paths:
         raise DiscoveryError(f"no slides found in {source} (extensions: {', '.join(exts)})")
     entries = _assign_ids(paths, root)
@@ -80,13 +95,15 @@ def _walk(folder: Path, exts: tuple[str, ...], probe_unknown: bool) -> list[Path
         if _inside_mrxs_data_dir(p):
             continue
         if p.suffix.lower() in exts or (probe_unknown and _openslide_detects(p)):
-            found.append(p.resolve())
+            found.append(p)
     return found
 
 
 def _inside_mrxs_data_dir(p: Path) -> bool:
     """MIRAX slides keep their tiles in a sibling folder named like the .mrxs: skip its files."""
     parent = p.parent
+    if not parent.name:  # the filesystem root
+        return False
     return any(parent.with_name(parent.name + ext).is_file() for ext in (".mrxs", ".MRXS"))
 
 
@@ -123,7 +140,7 @@ def _read_list(list_file: Path) -> tuple[list[Path], dict[Path, float | None]]:
         if col >= len(row) or not row[col].strip():
             raise DiscoveryError(f"{list_file}: row {line_no} has no path in column {col + 1}")
         p = Path(row[col].strip()).expanduser()
-        paths.append((p if p.is_absolute() else list_file.parent / p).resolve())
+        paths.append(_absolute(p if p.is_absolute() else list_file.parent / p))
         if mpp_col is not None:
             mpp = _list_mpp(row, mpp_col, list_file, line_no)
             if paths[-1] in mpps and mpps[paths[-1]] != mpp:
@@ -148,6 +165,12 @@ def _list_mpp(row: list[str], col: int, list_file: Path, line_no: int) -> float 
     return mpp
 
 
+def _absolute(p: Path) -> Path:
+    """Absolute and normalised (no "." or ".." parts) without resolving symbolic links: ids
+    come from the names the user wrote, whichever way the path to them was spelled."""
+    return Path(os.path.abspath(os.path.expanduser(p)))
+
+
 def _looks_like_path(cell: str, list_file: Path) -> bool:
     p = Path(cell.strip())
     return p.suffix.lower() in SLIDE_EXTENSIONS or (list_file.parent / p).exists() or p.exists()
@@ -169,15 +192,14 @@ def _assign_ids(paths: list[Path], root: Path) -> list[SlideEntry]:
     """The file stem where unique; else the path below `root` joined with "__" (x/s.svs -> x__s),
     keeping the extension where even that clashes (x.svs and x.tif in one folder -> x.svs, x.tif),
     so that two inputs never share an output folder."""
-    seen: set[Path] = set()
-    unique = [p for p in paths if not (p in seen or seen.add(p))]
-    stems = Counter(p.stem for p in unique)
-    by_path = {p: _path_id(p, root, keep_suffix=False) for p in unique if stems[p.stem] > 1}
+    unique = _one_per_file(paths)
+    stems = Counter(safe_id(p.stem) for p in unique)
+    by_path = {p: _path_id(p, root, keep_suffix=False) for p in unique if stems[safe_id(p.stem)] > 1}
     clashes = Counter(by_path.values())
     entries = []
     for p in unique:
-        if stems[p.stem] == 1:
-            slide_id = p.stem
+        if stems[safe_id(p.stem)] == 1:
+            slide_id = safe_id(p.stem)
         elif clashes[by_path[p]] == 1:
             slide_id = by_path[p]
         else:
@@ -187,12 +209,32 @@ def _assign_ids(paths: list[Path], root: Path) -> list[SlideEntry]:
     return entries
 
 
+def _one_per_file(paths: list[Path]) -> list[Path]:
+    """`paths` without repeats of one file (same path, or two links to it): the first is kept."""
+    seen: dict[object, Path] = {}
+    unique = []
+    for p in paths:
+        try:
+            st = p.stat()
+            key: object = (st.st_dev, st.st_ino)
+        except OSError:  # missing or unreadable: recorded as a failed slide later, by its path
+            key = p
+        if key in seen:
+            if seen[key] != p:
+                log.warning("%s is the same file as %s: it is run once, as %s", p, seen[key], seen[key])
+            continue
+        seen[key] = p
+        unique.append(p)
+    return unique
+
+
 def _path_id(p: Path, root: Path, *, keep_suffix: bool) -> str:
     try:
         rel = p.relative_to(root)
     except ValueError:
         rel = Path(*p.parts[1:])
-    return "__".join((rel if keep_suffix else rel.with_suffix("")).parts)
+    parts = (rel if keep_suffix else rel.with_suffix("")).parts
+    return safe_id("__".join(parts))
 
 
 def _check_unique(entries: list[SlideEntry]) -> None:

@@ -19,7 +19,7 @@ class SlidePreview:
     slide_id: str
     path: Path
     todo: list[str]  # stages that would run
-    state: str  # "to do", "finished", "failed before (skipped)"
+    state: str  # "to do", "finished", "failed before (skipped)", "locked by another run (...)"
     flag: str | None  # "unreadable: ...", "no tissue", "missing mpp: ...", "implausible mpp: ..."
     mpp: float | None = None
     mpp_source: str | None = None  # metadata, objective_power, fallback, override, csv
@@ -57,7 +57,9 @@ def preview(runner: CohortRunner) -> list[SlidePreview]:
     out = []
     checks = runner.slide_checks()
     for plan in runner.plan():
-        if plan.skipped_failure is not None:
+        if plan.locked_by is not None:
+            state = f"locked by another run ({plan.locked_by.describe()})"
+        elif plan.skipped_failure is not None:
             state = "failed before (skipped; --retry-failed reruns it)"
         else:
             state = "to do" if plan.pending else "finished"

@@ -5,6 +5,11 @@ config, checkpoint, input list, and each slide's file and pixel size: see prefli
 whose stages are all done under the current settings cost an open, a stat and a JSON read each:
 a rerun of a finished cohort loads no model and starts no cluster. Each slide's stages run as a
 chain of Dask tasks; a slide that fails is recorded and the others go on.
+
+Several runs may share one OUT (SLURM array jobs given different slides, two hosts on one
+cohort): a run locks each slide it is going to write (OUT/<slide>/slide.lock) while it plans,
+and skips, naming the holder, every slide another live run holds. The manifest is merged under
+a short lock, never overwritten with one run's view only (manifest_merge.py).
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wsi_pipeline.cohort import locks
 from wsi_pipeline.cohort.config import RunConfig
 from wsi_pipeline.cohort.discover import SlideEntry, discover
-from wsi_pipeline.cohort.manifest import slide_row, write_manifest
+from wsi_pipeline.cohort.layout import UnsafeSlideId, slide_dir, slide_lock
+from wsi_pipeline.cohort.manifest import slide_row
+from wsi_pipeline.cohort.manifest_merge import write_shared_manifest
 from wsi_pipeline.cohort.preflight import (
     PreflightError,
     SlideCheck,
@@ -63,6 +71,7 @@ class SlidePlan:
     expected: dict[str, str] | None  # None when the file cannot even be stat'ed
     pending: list[str]
     skipped_failure: dict[str, Any] | None = None  # failed before and not retried
+    locked_by: locks.LockHolder | None = None  # another run holds the slide: skipped
 
 
 @dataclass
@@ -85,6 +94,8 @@ class RunReport:
     dashboard_link: str | None = None
     summary_path: Path | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
+    #: Slides skipped because another run holds them: (slide_id, holder, lock file).
+    locked: list[tuple[str, locks.LockHolder | None, Path]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -93,6 +104,10 @@ class RunReport:
     def failure_lines(self) -> list[str]:
         return [f"{r['slide_id']}: {r['failed_stage']}: {r['error_type']}: {r['error']}"
                 for r in self.failures]
+
+    def locked_lines(self) -> list[str]:
+        return [f"{sid}: locked by another run ({h.describe() if h else 'unknown holder'}): {path}"
+                for sid, h, path in self.locked]
 
 
 def check_output_dir(out_dir: Path, create: bool = True) -> Path:
@@ -138,8 +153,15 @@ class CohortRunner:
     """Plan and run one cohort into one output folder."""
 
     def __init__(self, source: Path, out_dir: Path, cfg: RunConfig,
-                 on_event: EventHandler | None = None, dry_run: bool = False):
+                 on_event: EventHandler | None = None, dry_run: bool = False,
+                 break_locks: bool = False):
+        """`break_locks` takes over slide locks held from other hosts (whose runs this host
+        cannot see); locks of dead runs on this host are always taken over."""
         self.cfg = cfg
+        self.break_locks = break_locks
+        self.holder = locks.me("wsi-pipeline run")
+        self._held: set[str] = set()  # slides this run has locked
+        self._foreign: set[str] = set()  # slides other runs hold: their manifest rows are kept
         self.on_event = on_event or (lambda kind, info: None)
         self.out_dir = check_output_dir(out_dir, create=not dry_run)
         self.checkpoint = resolve_checkpoint(cfg)
@@ -150,55 +172,93 @@ class CohortRunner:
                                     cfg.discovery.probe_unknown)
         except ValueError as exc:
             raise RunSetupError(str(exc)) from exc
+        for entry in self.entries:
+            try:
+                slide_dir(self.out_dir, entry.slide_id)
+            except UnsafeSlideId as exc:
+                raise RunSetupError(str(exc)) from exc
         self._last_manifest = 0.0
         self._checks: dict[str, SlideCheck] | None = None
         self._n_unreadable = 0  # slides the preflight found unopenable and recorded as failed
 
     # -- planning --------------------------------------------------------------------------
-    def plan(self) -> list[SlidePlan]:
-        plans = []
-        for entry in self.entries:
-            try:
-                expected = stage_hashes(self._stage_configs(entry), self.model_sha256,
-                                        slide_fingerprint(entry.path))
-            except OSError:
-                plans.append(SlidePlan(entry, None, list(STAGES)))
-                continue
-            stages = SlideStages(self.out_dir / entry.slide_id)
-            pending = stages.pending(expected, self.model_sha256)
-            failure = stages.read_failure()
-            if (pending and failure is not None and not self.cfg.retry_failed
-                    and failure.get("stage_hash") == expected["export"]):
-                plans.append(SlidePlan(entry, expected, [], skipped_failure=failure))
-            else:
-                plans.append(SlidePlan(entry, expected, pending))
-        return plans
+    def plan(self, lock: bool = False) -> list[SlidePlan]:
+        """What each slide needs. With `lock`, every slide that will run is locked for this run
+        first and then planned again from disk (the run that held it before may have finished
+        it); without (the dry run), slides other runs hold are only reported."""
+        return [self._plan_slide(entry, self._stage_configs(entry), lock) for entry in self.entries]
+
+    def _plan_slide(self, entry: SlideEntry, stage_cfgs: dict[str, Any], lock: bool) -> SlidePlan:
+        try:
+            expected = stage_hashes(stage_cfgs, self.model_sha256, slide_fingerprint(entry.path))
+        except OSError:
+            expected = None
+        plan = self._plan_from_disk(entry, expected)
+        if not plan.pending:
+            return plan
+        if not lock:
+            holder = locks.read_holder(slide_lock(self.out_dir, entry.slide_id))
+            return SlidePlan(entry, expected, [], locked_by=holder) if holder is not None else plan
+        try:
+            locks.acquire(slide_lock(self.out_dir, entry.slide_id), self.holder,
+                          break_foreign=self.break_locks)
+        except locks.LockHeld as exc:
+            log.warning("%s: skipped: %s", entry.slide_id, exc)
+            return SlidePlan(entry, expected, [], locked_by=exc.holder)
+        self._held.add(entry.slide_id)
+        plan = self._plan_from_disk(entry, expected)
+        if not plan.pending:
+            self._unlock(entry.slide_id)
+        return plan
+
+    def _plan_from_disk(self, entry: SlideEntry, expected: dict[str, str] | None) -> SlidePlan:
+        if expected is None:
+            return SlidePlan(entry, None, list(STAGES))
+        stages = SlideStages(slide_dir(self.out_dir, entry.slide_id))
+        pending = stages.pending(expected, self.model_sha256)
+        failure = stages.read_failure()
+        if (pending and failure is not None and not self.cfg.retry_failed
+                and failure.get("stage_hash") == expected["export"]):
+            return SlidePlan(entry, expected, [], skipped_failure=failure)
+        return SlidePlan(entry, expected, pending)
+
+    def _unlock(self, slide_id: str) -> None:
+        if slide_id in self._held:
+            self._held.discard(slide_id)
+            locks.release(slide_lock(self.out_dir, slide_id), self.holder)
 
     def job(self, plan: SlidePlan, progress: bool) -> SlideJob:
         expected = plan.expected or {s: "unreadable" for s in STAGES}
         return SlideJob(slide_id=plan.entry.slide_id, path=plan.entry.path, out_dir=self.out_dir,
                         cfg=self.cfg, checkpoint=self.checkpoint, model_sha256=self.model_sha256,
-                        expected=expected, progress=progress, **self._job_mpp(plan.entry))
+                        expected=expected, progress=progress, lock_token=self.holder.token,
+                        **self._job_mpp(plan.entry))
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> RunReport:
         with log_to_file(self.out_dir / "logs" / "run.log", this_thread_only=False):
-            return self._run()
+            try:
+                return self._run()
+            finally:  # also on Ctrl-C and errors: a lock left behind would hold off other runs
+                for slide_id in list(self._held):
+                    self._unlock(slide_id)
 
     def _run(self) -> RunReport:
         t0 = time.perf_counter()
         self._refuse_bad_mpp()
-        plans = self.plan()
+        plans = self.plan(lock=True)
         log.info("run: %d slides into %s, model %s (sha256 %s)", len(plans), self.out_dir,
                  self.checkpoint, self.model_sha256[:12])
         todo = [p for p in plans if p.pending]
         todo = self._preflight(todo)
+        self._foreign = {p.entry.slide_id for p in plans if p.locked_by is not None}
         self.on_event("planned", {"total": len(plans), "todo": len(todo),
                                   "skipped_failed": sum(p.skipped_failure is not None for p in plans),
+                                  "locked": len(self._foreign),
                                   "unreadable": self._n_unreadable})
         rows = {p.entry.slide_id: self._row(p) for p in plans}
         for p in plans:
-            if not p.pending:
+            if not p.pending and p.locked_by is None:
                 self.on_event("slide_done", {"row": rows[p.entry.slide_id], "ran": False})
         self._write_manifest(rows, force=True)
         dashboard = None
@@ -215,7 +275,10 @@ class CohortRunner:
             self._write_manifest(rows, force=True)
         report = RunReport(out_dir=self.out_dir, rows=list(rows.values()),
                            seconds=time.perf_counter() - t0, ran_stages=ran, dashboard_link=dashboard,
-                           failures=[r for r in rows.values() if r["status"] == "failed"])
+                           failures=[r for r in rows.values() if r["status"] == "failed"],
+                           locked=[(p.entry.slide_id, p.locked_by,
+                                    slide_lock(self.out_dir, p.entry.slide_id))
+                                   for p in plans if p.locked_by is not None])
         if self.cfg.summarize:
             from wsi_pipeline.cohort.summarize import summarize_cohort
 
@@ -313,12 +376,14 @@ class CohortRunner:
                 return _Chain(chain.plan, chain.index, rest, requeued=chain.requeued + 1)
             log.error("%s: %s lost: %s\n%s", job.slide_id, stage, type(exc).__name__,
                       "".join(traceback.format_exception(exc)))
-        record_failure(job, stage, type(exc).__name__, str(exc))
+        if job.still_locked():
+            record_failure(job, stage, type(exc).__name__, str(exc))
         return None
 
     def _slide_finished(self, plan: SlidePlan, rows: dict[str, dict]) -> None:
         row = self._row(plan)
         rows[plan.entry.slide_id] = row
+        self._unlock(plan.entry.slide_id)
         self.on_event("slide_done", {"row": row, "ran": True})
         self._write_manifest(rows)
 
@@ -328,6 +393,10 @@ class CohortRunner:
         if plan.expected is None and row["status"] == "pending":
             row.update(status="failed", failed_stage="infer", error_type="FileNotFoundError",
                        error=f"{plan.entry.path}: cannot read the file")
+        elif row["status"] in ("done", "no_tissue") and plan.expected is not None:
+            stages = SlideStages(slide_dir(self.out_dir, plan.entry.slide_id))
+            if stages.pending(plan.expected, self.model_sha256):
+                row["status"] = "pending"  # its markers are there, an output they promise is not
         return row
 
     # -- preflight (preflight.py) -------------------------------------------------------------
@@ -397,9 +466,11 @@ class CohortRunner:
                       job.slide_id, check.traceback or check.message)
         if plan.expected is not None:  # else the row says "cannot read the file" by itself
             record_failure(job, "infer", check.error_type or "SlideReadError", check.message or "")
+        self._unlock(plan.entry.slide_id)
 
     def _write_manifest(self, rows: dict[str, dict], force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._last_manifest >= MANIFEST_INTERVAL_S:
-            write_manifest(self.out_dir, list(rows.values()))
+            write_shared_manifest(self.out_dir, list(rows.values()), keep_theirs=self._foreign,
+                                  holder=self.holder)
             self._last_manifest = now

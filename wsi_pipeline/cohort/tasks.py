@@ -4,6 +4,11 @@ A stage function catches every exception of its slide, records it (failure recor
 in OUT/logs/<slide>.log) and returns it as a failed outcome: a broken file is a fact about the
 slide, not about the worker, so it is not retried and never stops other slides. Only the
 loss of a worker surfaces to the driver as an exception (Dask's KilledWorker after retries).
+
+The run that submitted a job holds the slide's lock (see locks.py). A stage checks that the
+lock is still that run's before it deletes anything and again before it writes its marker:
+if another run took the slide over meanwhile (`--break-locks`), the stage stops and leaves the
+folder to it, writing neither a marker nor a failure record.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from wsi_pipeline import __version__
+from wsi_pipeline.cohort import locks
 from wsi_pipeline.cohort.config import RunConfig
+from wsi_pipeline.cohort.layout import slide_dir, slide_lock, slide_log
 from wsi_pipeline.cohort.stages import SlideStages, StageMarker
 
 log = logging.getLogger(__name__)
@@ -45,14 +52,20 @@ class SlideJob:
     progress: bool = False
     mpp: float | None = None  # the slide's pixel size as resolved by the preflight (None: resolve here)
     mpp_source: str | None = None  # where it came from (wsi_pipeline.cohort.mpp)
+    lock_token: str | None = None  # token of the slide lock the submitting run holds
 
     @property
     def slide_dir(self) -> Path:
-        return self.out_dir / self.slide_id
+        return slide_dir(self.out_dir, self.slide_id)
 
     @property
     def log_path(self) -> Path:
-        return self.out_dir / "logs" / f"{self.slide_id}.log"
+        return slide_log(self.out_dir, self.slide_id)
+
+    def still_locked(self) -> bool:
+        """Whether the slide's lock is still the submitting run's (True for a job without one)."""
+        return self.lock_token is None or locks.holds(slide_lock(self.out_dir, self.slide_id),
+                                                      self.lock_token)
 
 
 Outcome = dict[str, Any]
@@ -67,6 +80,8 @@ def run_stage(job: SlideJob, stage: str, upstream: Outcome | None = None) -> Out
         log.info("%s: %s started on %s (pid %d)", job.slide_id, stage, _host(), os.getpid())
         t0 = time.perf_counter()
         key = _task_key()
+        if not job.still_locked():
+            return _lock_lost(job, stage)
         try:
             if key:
                 stages.record_attempt(key)
@@ -74,9 +89,13 @@ def run_stage(job: SlideJob, stage: str, upstream: Outcome | None = None) -> Out
             result = _STAGE_FUNCTIONS[stage](job)
         except Exception as exc:  # noqa: BLE001 - any error of this slide is recorded, not raised
             log.error("%s: %s failed\n%s", job.slide_id, stage, traceback.format_exc())
+            if not job.still_locked():
+                return _lock_lost(job, stage)
             stages.clear_attempt()
             return record_failure(job, stage, type(exc).__name__, str(exc))
         seconds = time.perf_counter() - t0
+        if not job.still_locked():
+            return _lock_lost(job, stage)
         stages.finish(StageMarker(stage=stage, config_hash=job.expected[stage],
                                   model_sha256=job.model_sha256, version=__version__,
                                   seconds=round(seconds, 3), result=result))
@@ -84,6 +103,15 @@ def run_stage(job: SlideJob, stage: str, upstream: Outcome | None = None) -> Out
         stages.clear_attempt()
         log.info("%s: %s done in %.1f s: %s", job.slide_id, stage, seconds, result)
     return {"ok": True, "slide_id": job.slide_id, "stage": stage, "result": result}
+
+
+def _lock_lost(job: SlideJob, stage: str) -> Outcome:
+    holder = locks.read_holder(slide_lock(job.out_dir, job.slide_id))
+    who = holder.describe() if holder is not None else "nobody (the lock file is gone)"
+    log.error("%s: %s stopped: the slide's lock is now held by %s; its folder is left to that run",
+              job.slide_id, stage, who)
+    return {"ok": False, "slide_id": job.slide_id, "stage": stage, "lock_lost": True,
+            "error_type": "LockLost", "error": f"lock taken over by {who}"}
 
 
 def record_failure(job: SlideJob, stage: str, error_type: str, error: str) -> Outcome:
@@ -100,6 +128,8 @@ def _infer(job: SlideJob) -> dict[str, Any]:
     from wsi_pipeline.infer import infer_slide
     from wsi_pipeline.io import open_slide
 
+    if job.path.is_dir():
+        raise IsADirectoryError(f"{job.path}: is a folder, not a slide file")
     with open_slide(job.path, mpp=job.mpp, backend=job.cfg.discovery.reader) as slide:
         _slide_mpp(job, slide)
         model = _model(job)
