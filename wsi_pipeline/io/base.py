@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Self
 
 import numpy as np
-from PIL import Image
+
+from wsi_pipeline.resample import resize_rgb
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +201,7 @@ class Slide(ABC):
                 f"{self.mpp:g} µm/px right?")
         raw = self._read_level(level, gx0, gy0, ix1 - ix0, iy1 - iy0)
         bx, by = xl - gx0 / ds, yl - gy0 / ds
-        img = Image.fromarray(raw).resize(
-            (w, h), Image.Resampling.BICUBIC if f < 1 else Image.Resampling.BILINEAR,
-            box=(bx, by, bx + w * f, by + h * f),
-        )
-        return np.asarray(img)
+        return resize_rgb(raw, (w, h), box=(bx, by, bx + w * f, by + h * f))
 
     def size_at_mpp(self, mpp: float) -> tuple[int, int]:
         """(W, H) of the whole slide on a grid of `mpp` pixels (partial last pixels included)."""
