@@ -7,13 +7,16 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import shapely
 from maps_synth import CLASSES, COLORS, MPP, disc_instances, oracle_maps, write_maps_zarr
 from PIL import Image
 
 from wsi_pipeline.export import export_slide
 from wsi_pipeline.export_config import ExportConfig
-from wsi_pipeline.geojson import hex_to_rgb
+from wsi_pipeline.geojson import hex_to_rgb, nucleus_uuid, qupath_problems, write_feature_collection
 from wsi_pipeline.postproc import PostprocConfig
 from wsi_pipeline.postproc.slide import postprocess_slide
 
@@ -81,6 +84,81 @@ def test_geojson_is_a_qupath_detection_collection(tmp_path):
         ring = np.array(feat["geometry"]["coordinates"][0])
         assert (ring[0] == ring[-1]).all() and ring.max() <= 128  # level-0 px (scale 0.5)
     assert names == {"other", "inflammatory", "epithelial", "spindle"}
+    assert qupath_problems(d / "nuclei.geojson.gz") == []
+
+
+def test_geojson_ids_join_back_to_the_nuclei_table(tmp_path):
+    """The nucleus id is the object name and, with the slide id, its UUID, never a (float32)
+    measurement; both join a QuPath export back to nuclei.parquet."""
+    d = _slide_dir(tmp_path)
+    export_slide(d, ExportConfig(geojson=True))
+    with gzip.open(d / "nuclei.geojson.gz", "rt", encoding="utf-8") as f:
+        features = json.load(f)["features"]
+    table = pq.read_table(d / "nuclei.parquet", columns=["nucleus_id", "area_um2"]).to_pandas()
+    by_name = {int(f["properties"]["name"]): f for f in features}
+    assert sorted(by_name) == sorted(table["nucleus_id"])
+    for nid, feat in by_name.items():
+        assert feat["id"] == str(nucleus_uuid("slideX", nid))
+        assert "nucleus_id" not in feat["properties"]["measurements"]
+    assert len({f["id"] for f in features}) == len(features)
+    assert str(nucleus_uuid("slideX", 7)) == str(nucleus_uuid("slideX", 7)) != str(nucleus_uuid("slideY", 7))
+
+
+def _batch(polygons, ids):
+    n = len(polygons)
+    return pa.RecordBatch.from_pydict({
+        "geometry": shapely.to_wkb(np.array(polygons, dtype=object)),
+        "nucleus_id": np.asarray(ids, np.int64), "type_id": np.ones(n, np.int16),
+        "area_um2": np.array([20.0] * (n - 1) + [np.nan]), "type_prob": np.full(n, 0.9)})
+
+
+def test_geojson_keeps_ids_beyond_float32_and_outlines_valid_on_the_qupath_grid(tmp_path):
+    """Ids above 2**24 survive exactly (a float32 measurement would round 420000001 to
+    420000000); an outline that plain rounding to 0.01 px makes invalid (a 0.006 px slit
+    closing up) is still valid; a NaN measurement is left out, not written as NaN."""
+    slit = shapely.Polygon([(0, 0), (10, 0), (10, 10), (5.003, 10), (5.003, 2), (4.997, 2),
+                            (4.997, 10), (0, 10)])
+    assert slit.is_valid and not shapely.set_precision(slit, 0.01, mode="pointwise").is_valid
+    square = shapely.box(20, 20, 30.123456, 30.987654)
+    ids = [420_000_001, 2**24 + 1]
+    out = tmp_path / "n.geojson.gz"
+    write_feature_collection(out, [_batch([slit, square], ids)], ["background", "tumour"],
+                             ["#000000", "#ff0000"], slide_id="s1")
+    assert qupath_problems(out) == []
+    with gzip.open(out, "rt", encoding="utf-8") as f:
+        features = json.load(f)["features"]
+    assert [f["properties"]["name"] for f in features] == ["420000001", "16777217"]
+    assert features[0]["properties"]["measurements"] == {"area_um2": 20.0, "type_prob": 0.9}
+    assert features[1]["properties"]["measurements"] == {"type_prob": 0.9}
+    assert [30.12, 30.99] in features[1]["geometry"]["coordinates"][0]
+    assert float(np.float32(ids[0])) != ids[0]  # why the id may not be a QuPath measurement
+
+
+def test_qupath_rules_catch_what_qupath_refuses(tmp_path):
+    good = {"type": "Feature", "id": str(nucleus_uuid("s", 1)),
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 0]]]},
+            "properties": {"objectType": "detection", "name": "1",
+                           "classification": {"name": "tumour", "color": [255, 0, 0]},
+                           "measurements": {"area_um2": 3.0}}}
+    cases = {
+        "objectType": {"properties": {**good["properties"], "objectType": "annotation"}},
+        "colour": {"properties": {**good["properties"], "classification": {"name": "t"}}},
+        "finite number": {"properties": {**good["properties"], "measurements": {"id": "7"}}},
+        "not closed": {"geometry": {"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 1]]]}},
+        "invalid polygon": {"geometry": {"type": "Polygon", "coordinates": [
+            [[0, 0], [4, 4], [4, 0], [0, 4], [0, 0]]]}},
+        "rounded": {"geometry": {"type": "Polygon", "coordinates": [[
+            [0, 0], [10, 0], [10, 10], [5.003, 10], [5.003, 2], [4.997, 2], [4.997, 10], [0, 10],
+            [0, 0]]]}},
+        "UUID": {"id": 17},
+    }
+    path = tmp_path / "f.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [good]}))
+    assert qupath_problems(path) == []
+    for what, change in cases.items():
+        path.write_text(json.dumps({"type": "FeatureCollection", "features": [{**good, **change}]}))
+        problems = qupath_problems(path)
+        assert len(problems) == 1 and what in problems[0], (what, problems)
 
 
 def test_overlay_draws_nuclei_in_type_colours_on_a_blank_background(tmp_path):
@@ -109,4 +187,5 @@ def test_empty_slide_exports_zero_counts(tmp_path):
     assert summary["n_nuclei"] == 0 and summary["status"] == "no_tissue"
     with gzip.open(d / "nuclei.geojson.gz", "rt") as f:
         assert json.load(f) == {"type": "FeatureCollection", "features": []}
+    assert qupath_problems(d / "nuclei.geojson.gz") == []
     assert (d / "overlay.png").is_file()

@@ -15,6 +15,7 @@ from PIL import Image
 from wsi_pipeline import tile_mode
 from wsi_pipeline.cli import main
 from wsi_pipeline.data.stain import ReinhardNormalizer
+from wsi_pipeline.geojson import qupath_problems
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
 from wsi_pipeline.postproc import SegmentationResult, segment_instances
 from wsi_pipeline.tile_mode import segment_image, write_geojson, write_mat, write_overlay
@@ -84,6 +85,7 @@ def test_cli_writes_mat_overlay_geojson_and_skips_unreadable(checkpoint, input_d
         assert mat["inst_type"].shape == (n, 1) and mat["inst_centroid"].shape == (n, 2)
         assert mat["inst_uid"].shape == (n, 1)
         assert (out / f"{stem}.png").is_file() and (out / f"{stem}.geojson.gz").is_file()
+        assert qupath_problems(out / f"{stem}.geojson.gz") == []
     assert not (out / "broken.mat").exists()
 
 
@@ -164,6 +166,8 @@ def test_writers_on_ground_truth(truth, checkpoint, tmp_path):
     assert f0["geometry"]["type"] == "Polygon" and f0["properties"]["objectType"] == "detection"
     assert f0["properties"]["classification"]["name"] == CLASSES[result.types[0]]
     assert f0["properties"]["measurements"]["area_um2"] > 0
+    assert f0["properties"]["name"] == "1" and "nucleus_id" not in f0["properties"]["measurements"]
+    assert qupath_problems(tmp_path / "t.geojson.gz") == []
 
 
 def test_cli_match_selects_images(checkpoint, input_dir, tmp_path):

@@ -126,4 +126,7 @@ def write_geojson(path: Path, result: SegmentationResult, model: LoadedModel, mp
         **{c: table[c].to_numpy(np.float64) for c in table.columns if c.startswith("prob_")},
     }
     batch = pa.RecordBatch.from_pydict(columns)
-    write_feature_collection(path, [batch], model.class_names, model.class_colors)
+    # The image's name stands in for a slide id in each nucleus's UUID (the Feature `id`).
+    image_id = path.name.removesuffix(".gz").removesuffix(".geojson")
+    write_feature_collection(path, [batch], model.class_names, model.class_colors,
+                             slide_id=image_id)
