@@ -6,6 +6,7 @@ import json
 
 import geopandas as gpd
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import shapely
@@ -23,7 +24,7 @@ REQUIRED = [
     "nucleus_id", "x", "y", "x_um", "y_um", "area_um2", "perimeter_um", "eccentricity",
     "solidity", "type_id", "type_name", "type_prob",
     *[f"prob_{c}" for c in CLASSES], "geometry",
-]
+]  # plus `bbox`, the GeoParquet covering column, which geopandas reads only to filter (bbox=...)
 
 
 def iou_pairs(a: np.ndarray, b: np.ndarray):
@@ -114,6 +115,7 @@ def test_empty_slide_gives_empty_table_with_the_schema(tmp_path):
     assert res.n_nuclei == 0 and res.n_chunks == 9 and res.n_chunks_segmented == 0
     table = gpd.read_parquet(res.out_path)
     assert list(table.columns) == REQUIRED and len(table) == 0
+    assert pq.read_schema(res.out_path).names == [*REQUIRED, "bbox"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["nuclei.parquet"]  # no temp left
 
 
@@ -130,3 +132,50 @@ def test_dask_client_gives_the_same_table_as_local_threads(shared_data, tmp_path
                                    client=client, progress=False, chunking=chunking)
     assert remote.n_nuclei == local.n_nuclei > 0
     assert pq.read_table(remote.out_path).equals(pq.read_table(local.out_path))
+
+
+def test_bbox_covering_column_filters_row_groups(shared_data, tmp_path):
+    """GeoParquet 1.1: a `bbox` struct column, declared as the geometry's covering, holds each
+    polygon's bounds (never inside them); its row-group statistics let a reader skip row groups
+    outside a window, and a DuckDB bbox query selects exactly the nuclei whose box meets it."""
+    import pyarrow.dataset as ds
+
+    inst, types = consep_mosaic(shared_data / "consep_patches" / "train", 4)
+    maps_path = write_maps_zarr(tmp_path / "maps.zarr", oracle_maps(inst, types), 256)
+    res = postprocess_slide(maps_path, tmp_path / "nuclei.parquet", PostprocConfig(), progress=False,
+                            chunking=ChunkingConfig(row_group_rows=1024))
+    geo = json.loads(pq.read_schema(res.out_path).metadata[b"geo"])
+    assert geo["version"] == "1.1.0"
+    assert geo["columns"]["geometry"]["covering"] == {
+        "bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}}
+    table = pq.read_table(res.out_path)
+    assert table.schema.field("bbox").type == pa.struct(
+        [(k, pa.float32()) for k in ("xmin", "ymin", "xmax", "ymax")])
+    bounds = shapely.bounds(shapely.from_wkb(table.column("geometry").to_numpy(False)))
+    box = np.stack([table.column("bbox").combine_chunks().field(k).to_numpy()
+                    for k in ("xmin", "ymin", "xmax", "ymax")], 1).astype(np.float64)
+    assert (box[:, :2] <= bounds[:, :2]).all() and (box[:, 2:] >= bounds[:, 2:]).all()
+    assert np.abs(box - bounds).max() < 0.01
+
+    meta = pq.ParquetFile(res.out_path).metadata
+    assert meta.num_row_groups >= 2
+    col = [meta.row_group(0).column(j).path_in_schema for j in range(meta.num_columns)].index("bbox.xmin")
+    assert all(meta.row_group(i).column(col).statistics.has_min_max for i in range(meta.num_row_groups))
+    # A window over the top-left corner: bbox statistics rule out most row groups.
+    x0, y0, x1, y1 = 0.0, 0.0, 100.0, 100.0
+    frag = next(iter(ds.dataset(res.out_path).get_fragments()))
+    flt = ((ds.field("bbox", "xmin") <= x1) & (ds.field("bbox", "xmax") >= x0)
+           & (ds.field("bbox", "ymin") <= y1) & (ds.field("bbox", "ymax") >= y0))
+    kept = frag.split_by_row_group(flt)
+    assert 0 < len(kept) < meta.num_row_groups
+    want = set(table.column("nucleus_id").to_numpy()[
+        (box[:, 0] <= x1) & (box[:, 2] >= x0) & (box[:, 1] <= y1) & (box[:, 3] >= y0)])
+    got = set(ds.dataset(res.out_path).to_table(filter=flt).column("nucleus_id").to_pylist())
+    assert got == want and 0 < len(want) < len(table)
+    assert set(gpd.read_parquet(res.out_path, bbox=(x0, y0, x1, y1)).nucleus_id) == want
+
+    duckdb = pytest.importorskip("duckdb")
+    rows = duckdb.sql(
+        f"SELECT nucleus_id FROM read_parquet('{res.out_path}') WHERE bbox.xmin <= {x1} "
+        f"AND bbox.xmax >= {x0} AND bbox.ymin <= {y1} AND bbox.ymax >= {y0}").fetchall()
+    assert {r[0] for r in rows} == want

@@ -132,7 +132,25 @@ def nuclei_schema(class_names: tuple[str, ...]) -> pa.Schema:
     ]
     fields += [(prob_column(name), pa.float32()) for name in class_names]
     fields.append(("geometry", pa.binary()))
+    fields.append(("bbox", BBOX_TYPE))
     return pa.schema(fields)
+
+
+#: GeoParquet 1.1 bbox covering column: each polygon's bounds (level-0 px), float32 rounded
+#: outwards so that the box always contains the polygon. Its per-row-group statistics let
+#: DuckDB, GDAL or pyarrow skip row groups outside a query window without reading geometry.
+BBOX_TYPE = pa.struct([(k, pa.float32()) for k in ("xmin", "ymin", "xmax", "ymax")])
+
+
+def bbox_array(polygons: np.ndarray) -> pa.StructArray:
+    """The `bbox` column of `polygons` (float32, xmin/ymin rounded down, xmax/ymax up)."""
+    bounds = shapely.bounds(polygons).reshape(-1, 4)
+    b32 = bounds.astype(np.float32)
+    low, high = b32[:, :2], b32[:, 2:]
+    low[:] = np.where(low > bounds[:, :2], np.nextafter(low, np.float32(-np.inf)), low)
+    high[:] = np.where(high < bounds[:, 2:], np.nextafter(high, np.float32(np.inf)), high)
+    return pa.StructArray.from_arrays([pa.array(b32[:, k]) for k in range(4)],
+                                      fields=list(BBOX_TYPE))
 
 
 def _read_window(ctx: MapsContext, win: ChunkWindow):
@@ -210,6 +228,7 @@ def process_chunk(ctx: MapsContext, win: ChunkWindow) -> ChunkResult:
     for k, name in enumerate(ctx.class_names):
         cols[prob_column(name)] = type_probs[:, k]
     cols["geometry"] = shapely.to_wkb(polys)
+    cols["bbox"] = bbox_array(polys)
     order = np.argsort(cols["nucleus_id"], kind="stable")
     table = pa.table(cols, schema=nuclei_schema(ctx.class_names)).take(order)
     return ChunkResult(win.index, table, True, owned.n_edge_cut)

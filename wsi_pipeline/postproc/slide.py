@@ -48,7 +48,15 @@ GEO_METADATA = {
     "version": "1.1.0",
     "primary_column": "geometry",
     # Level-0 pixel coordinates: no geographic CRS applies (GeoParquet: null = undefined).
-    "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": None}},
+    "columns": {
+        "geometry": {
+            "encoding": "WKB",
+            "geometry_types": ["Polygon"],
+            "crs": None,
+            # GeoParquet 1.1 covering: the per-row bounding boxes in the `bbox` struct column.
+            "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
+        }
+    },
 }
 
 
