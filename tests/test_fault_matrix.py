@@ -107,9 +107,14 @@ def test_a_slide_held_by_a_live_run_is_skipped_untouched_then_taken_over_when_it
         assert _snapshot(out / "cmu_a") == before  # not a marker, not a failure record
         rows = pd.read_parquet(out / "manifest.parquet").set_index("slide_id")
         assert rows.loc["cmu_b", "status"] == "done" and rows.loc["cmu_a", "status"] == "pending"
+        cfg = load_run_config(None, {"checkpoint": str(ckpt), "cluster": {"workers": 0}})
+        dry = {p.entry.slide_id: p.locked_by for p in CohortRunner(root / "slides", out, cfg).plan()}
+        assert dry["cmu_a"] is not None and dry["cmu_a"].pid == other.pid
     finally:
         other.kill()
         other.wait()
+    dry = {p.entry.slide_id: p for p in CohortRunner(root / "slides", out, cfg).plan()}
+    assert dry["cmu_a"].locked_by is None and dry["cmu_a"].pending  # a dead holder: would be taken over
     # The holder died without releasing: the next run on this host takes the lock over.
     report = run_here(root / "slides", out, ckpt)
     assert report.ok and not report.locked
@@ -140,13 +145,16 @@ def test_two_runs_at_once_on_one_out_finish_with_the_tables_of_one_run(cohort, c
     first = cli(*args)
     try:
         assert wait_for(lambda: any(out.glob("*/maps.zarr.partial")), 60), "inference never started"
-        second = run_cli(*args)
+        # The second run in this process, so that it plans at once, while the first holds both
+        # slides (a second CLI process would spend seconds importing torch first).
+        second = run_here(root / "slides", out, ckpt)
         out_first, _ = first.communicate(timeout=120)
     finally:
         kill_group(first)
     assert first.returncode == 0, out_first
-    assert second.returncode == 0, second.stdout
-    assert "locked by another run" in second.stdout and f"pid {first.pid}" in second.stdout
+    assert second.ok and second.locked, "the second run should have met the first one's locks"
+    assert all(holder is not None and holder.pid == first.pid for _, holder, _ in second.locked)
+    assert f"pid {first.pid}" in second.locked_lines()[0]
     assert_same_tables(clean, result_tables(out))
     assert not list(out.glob("*/slide.lock")) and not (out / ".manifest.lock").exists()
 

@@ -115,6 +115,14 @@ def release(path: Path, holder: LockHolder) -> None:
         log.warning("lock %s was taken over by %s while this run held it", path, current.describe())
 
 
+def stale_reason(path: Path, *, break_foreign: bool = False, max_age_s: float | None = None) -> str | None:
+    """Why `acquire` would take the lock at `path` over now; None if it would not (or no lock)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    return _stale_reason(path, read_holder(path), break_foreign, max_age_s)
+
+
 def holds(path: Path, token: str) -> bool:
     """Whether the lock at `path` is still the one with `token` (checked before each write)."""
     current = read_holder(path)

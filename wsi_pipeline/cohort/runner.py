@@ -196,9 +196,12 @@ class CohortRunner:
         plan = self._plan_from_disk(entry, expected)
         if not plan.pending:
             return plan
-        if not lock:
-            holder = locks.read_holder(slide_lock(self.out_dir, entry.slide_id))
-            return SlidePlan(entry, expected, [], locked_by=holder) if holder is not None else plan
+        if not lock:  # the dry run: report a holder that a run would not take over
+            path = slide_lock(self.out_dir, entry.slide_id)
+            holder = locks.read_holder(path)
+            if holder is None or locks.stale_reason(path, break_foreign=self.break_locks) is not None:
+                return plan
+            return SlidePlan(entry, expected, [], locked_by=holder)
         try:
             locks.acquire(slide_lock(self.out_dir, entry.slide_id), self.holder,
                           break_foreign=self.break_locks)
