@@ -101,8 +101,20 @@ def slide_row(out_dir: Path, entry: SlideEntry, expected: dict[str, str] | None,
     return row
 
 
+def _int_dtypes(table: pa.Table):
+    """`table` as pandas with nullable integers (Int64): a slide without a count reads <NA>,
+    never turning the whole column into float64."""
+    import pandas as pd
+
+    mapper = {pa.int64(): pd.Int64Dtype()}
+    return table.to_pandas(types_mapper=mapper.get)
+
+
 def write_manifest(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    # With pandas metadata naming Int64 for the integer columns, pandas.read_parquet (and
+    # read_manifest) keep n_tiles, n_nuclei and size_bytes integers when a slide failed.
+    table = pa.Table.from_pandas(_int_dtypes(table), schema=SCHEMA, preserve_index=False)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     path = out_dir / MANIFEST
@@ -111,5 +123,6 @@ def write_manifest(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def read_manifest(out_dir: Path):
-    """The manifest as a pandas DataFrame."""
-    return pq.read_table(Path(out_dir) / MANIFEST).to_pandas()
+    """The manifest as a pandas DataFrame (integer columns as nullable Int64, also for
+    manifests written before they carried pandas metadata)."""
+    return _int_dtypes(pq.read_table(Path(out_dir) / MANIFEST))
