@@ -240,3 +240,32 @@ def test_config_rejects_stride_inside_margin():
     with pytest.raises(ValueError, match="margin"):
         InferConfig(tile_size=256, margin=32, stride=200)
     assert InferConfig().effective_stride == 192
+
+
+def test_progress_bar_counts_the_tiles_the_log_names(model, tissue_canvas, tmp_path, monkeypatch,
+                                                     caplog):
+    """Tiles straddling a chunk-row boundary run twice; the bar still counts tiles, so its total
+    is the number in the log line, and it ends full."""
+    import wsi_pipeline.infer as infer_mod
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, **kw):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(infer_mod, "tqdm", Bar)
+    slide = fake_slide(tissue_canvas, 0.25, tmp_path)
+    with caplog.at_level("INFO", logger="wsi_pipeline.infer"):
+        result = infer_slide(slide, tmp_path / "out", InferConfig(chunk_size=96, **FAST), model)
+    assert result.n_runs > result.n_tiles  # the case that made bar and log disagree
+    assert [(b.total, b.n) for b in bars] == [(result.n_tiles, result.n_tiles)]
+    line = next(r.getMessage() for r in caplog.records if " tiles (" in r.getMessage())
+    assert f"{result.n_tiles} tiles (+{result.n_runs - result.n_tiles} runs" in line

@@ -103,8 +103,10 @@ def infer_slide(slide: Slide, out_dir: Path, cfg: InferConfig, model: LoadedMode
     selected = tiles_touching_mask(grid, tissue.mask, model_mpp / thumb_mpp)
     plan = schedule(grid, selected, cfg.chunk_size)
     geo = _Geometry(slide_mpp, model_mpp, scale, grid, plan)
-    log.info("%s: %d x %d map px at %.3g um/px, %.3f mm2 tissue, %d tiles (%d runs)",
-             slide.path.name, width, height, model_mpp, tissue.mm2, int(selected.sum()), len(plan))
+    n_tiles = int(selected.sum())
+    log.info("%s: %d x %d map px at %.3g um/px, %.3f mm2 tissue, %d tiles (+%d runs: a tile "
+             "straddling chunk rows runs once per row)", slide.path.name, width, height, model_mpp,
+             tissue.mm2, n_tiles, len(plan) - n_tiles)
     stain, stain_record = None, None
     normalizer = normalizer_from_meta(model.meta.get("stain"))
     if normalizer is not None:
@@ -307,7 +309,12 @@ def _run_pipeline(slide: Slide, group: zarr.Group, geo: _Geometry, cfg: InferCon
 
     done: queue.Queue = queue.Queue(maxsize=2)
     errors: list[BaseException] = []
-    bar = tqdm(total=len(plan), unit="tile", desc=slide.path.name, disable=not progress,
+    # The bar counts tiles, as the log line does: a tile that runs once per chunk row it
+    # straddles counts when its last run is written.
+    tile_of_run = np.unique(plan.rows.astype(np.int64) * (int(plan.cols.max(initial=0)) + 1)
+                            + plan.cols, return_inverse=True)[1]
+    runs_left = np.bincount(tile_of_run)
+    bar = tqdm(total=runs_left.size, unit="tile", desc=slide.path.name, disable=not progress,
                leave=False)
 
     def write_loop() -> None:
@@ -316,7 +323,9 @@ def _run_pipeline(slide: Slide, group: zarr.Group, geo: _Geometry, cfg: InferCon
                 continue  # drain so the producer never blocks
             try:
                 writer.add(*item)
-                bar.update(len(item[0]))
+                tiles = tile_of_run[item[0]]
+                np.subtract.at(runs_left, tiles, 1)
+                bar.update(int(np.count_nonzero(runs_left[np.unique(tiles)] == 0)))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
                 errors.append(exc)
 
