@@ -93,3 +93,53 @@ def test_large_holes_stay_open():
     img[60:240, 60:240] = 242  # 180 px = 1.44 mm wide hole: a real gap, not filled
     result = detect_tissue(img, 8.0, TissueConfig(dilate_um=0))
     assert not result.mask[150, 150] and result.mask[30, 30]
+
+
+def test_clefts_larger_than_max_hole_stay_holes_smaller_ones_are_filled():
+    """A cleft inside the section is not tissue: counting it would lower every density."""
+    img = canvas((300, 300))
+    rr, cc = disk((150, 150), 120)
+    img[rr, cc] = PINK
+    img[60:80, 100:200] = 242  # cleft of 20 x 100 px = 128,000 µm² at 8 µm/px: stays a hole
+    img[200:206, 140:146] = 242  # pale spot of 36 px = 2,304 µm²: filled
+    cfg = TissueConfig(max_hole_um2=10_000, dilate_um=0)
+    result = detect_tissue(img, 8.0, cfg)
+    assert not result.mask[70, 150] and result.mask[203, 143]
+    disc_um2 = np.pi * 120**2 * 64
+    assert result.mm2 * 1e6 == pytest.approx(disc_um2 - 20 * 100 * 64, rel=0.02)
+    assert result.holes["max_hole_um2"] == 10_000 and result.holes["kept_holes"] == 1
+    assert result.holes["kept_um2"] == pytest.approx(20 * 100 * 64)
+    assert result.holes["filled_um2"] == pytest.approx(36 * 64)
+    assert "10000 µm²" in result.holes["rule"]
+    # a threshold above the cleft's area fills it as well (the old behaviour)
+    filled = detect_tissue(img, 8.0, TissueConfig(max_hole_um2=200_000, dilate_um=0))
+    assert filled.mask[70, 150] and filled.holes["kept_holes"] == 0
+    assert filled.mm2 > result.mm2
+
+
+def test_default_keeps_the_clefts_of_the_real_skin_section(shared_data):
+    """CMU-1-Small-Region has clefts of ≈10,000 and ≈17,000 µm² in its dermis; the default rule
+    keeps them open and fills only small pale spots."""
+    with open_slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as slide:
+        thumb = slide.thumbnail_at_mpp(8.0)
+    result = detect_tissue(thumb, 8.0, TissueConfig(dilate_um=0))
+    assert result.holes["kept_holes"] >= 2 and result.holes["kept_um2"] > 25_000
+    old = detect_tissue(thumb, 8.0, TissueConfig(max_hole_um2=50_000, dilate_um=0))
+    assert result.mm2 < old.mm2 - 0.025
+
+
+def test_tissue_png_shows_the_measured_mask_and_the_margin(tmp_path):
+    img = canvas((300, 300))
+    rr, cc = disk((150, 150), 120)
+    img[rr, cc] = PINK
+    img[60:80, 100:200] = 242
+    result = detect_tissue(img, 8.0, TissueConfig(max_hole_um2=10_000, dilate_um=40))
+    save_tissue(result, tmp_path)
+    png = np.asarray(Image.open(tmp_path / "tissue.png"))
+    np.testing.assert_array_equal(png > 0, result.mask)  # inferred mask: unchanged meaning
+    np.testing.assert_array_equal(png == 255, result.measured)
+    assert result.measured.sum() * 64 / 1e6 == pytest.approx(result.mm2)
+    # the cleft is 20 px wide: the 5 px margin narrows it in the inferred mask but does not close it
+    assert png[70, 150] == 0 and png[62, 150] == 128
+    meta = json.loads((tmp_path / "tissue.json").read_text())
+    assert meta["holes"] == result.holes
