@@ -1,4 +1,5 @@
-"""Export stage: nuclei.parquet → summary.json, overlay.png and (optionally) nuclei.geojson.gz.
+"""Export stage: nuclei.parquet → summary.json, overlay.png, the QC sheet (qc/) and (optionally)
+nuclei.geojson.gz.
 
 Everything is derived from the slide folder the earlier stages wrote (maps.zarr attributes,
 tissue.png, nuclei.parquet, stages/*.json), so export can be rerun on its own. The table is
@@ -24,6 +25,7 @@ from wsi_pipeline.export_config import ExportConfig
 from wsi_pipeline.geojson import write_geojson
 from wsi_pipeline.overlay import render_overlay
 from wsi_pipeline.qc import QCStats, describe, qc_report
+from wsi_pipeline.qc_sheet import QC_DIR, SlideGeometry, render_qc_sheet
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,14 @@ def _tissue_mm2(slide_dir: Path, attrs: dict) -> float:
     if tissue_json.is_file():
         return float(json.loads(tissue_json.read_text(encoding="utf-8")).get("mm2", 0.0))
     return 0.0
+
+
+def _tissue_json(slide_dir: Path) -> dict:
+    """tissue.json's content ({} when absent or unreadable): its hole rule goes into summary.json."""
+    try:
+        return json.loads((slide_dir / "tissue.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def _type_stats(parquet_path: Path, batch_rows: int, qc: QCStats | None = None
@@ -120,6 +130,25 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
         batch_rows=cfg.batch_rows,
     )
     export_timings = {"overlay": time.perf_counter() - t_overlay}
+    qc_sheet = None
+    if cfg.qc_sheet.enabled:
+        t_sheet = time.perf_counter()
+        qc_sheet = render_qc_sheet(
+            parquet_path,
+            slide_dir / QC_DIR,
+            geo=SlideGeometry(level0_wh=tuple(attrs["level0_size"]), slide_mpp=float(attrs["slide_mpp"]),
+                              model_mpp=float(attrs["mpp"]),
+                              slide_path=(attrs.get("slide") or {}).get("path")),
+            class_names=class_names,
+            class_colors=class_colors,
+            tissue_png=slide_dir / "tissue.png",
+            tissue_mpp=_tissue_json(slide_dir).get("thumb_mpp"),
+            cfg=cfg.qc_sheet,
+            title=f"{slide_dir.name}, {tissue_mm2:.2f} mm² tissue",
+            batch_rows=cfg.batch_rows,
+        )
+        export_timings["qc_sheet"] = time.perf_counter() - t_sheet
+        outputs.insert(-1, QC_DIR)
     if cfg.geojson:
         t_geo = time.perf_counter()
         write_geojson(
@@ -149,6 +178,8 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
         "model_mpp": attrs.get("mpp"),
         "level0_size": attrs.get("level0_size"),
         "overlay_mpp": overlay_mpp,
+        "tissue": {"holes": _tissue_json(slide_dir).get("holes")},
+        "qc_sheet": qc_sheet,
         "outputs": outputs,
         "provenance": {
             "model_sha256": attrs.get("model_sha256"),

@@ -7,6 +7,29 @@ from pydantic import BaseModel, ConfigDict, Field
 from wsi_pipeline.qc import QCConfig
 
 
+class QCSheetConfig(BaseModel):
+    """What the QC sheet shows; crops are fixed by these and the nucleus table alone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Write OUT/<slide>/qc/ (sheet.png, crops, density.png).")
+    crop_px: int = Field(384, ge=64, le=1024, description="Side of each crop in pixels.")
+    crop_mpp: float | None = Field(
+        None, gt=0, description="µm per pixel of the crops; null: the model's (what the network saw)."
+    )
+    n_spread: int = Field(4, ge=0, le=16, description="Crops spread over the tissue, besides the "
+                          "densest and the least confident window.")
+    min_tissue_fraction: float = Field(
+        0.5, ge=0, le=1, description="A crop window must be at least this much on tissue.")
+    min_nuclei_confidence: int = Field(
+        5, ge=1, description="The least-confident window must hold at least this many nuclei.")
+    outline_px: int = Field(2, ge=1, le=6, description="Width of nucleus outlines on the crops.")
+    heatmap_bin_um: float = Field(50.0, gt=0, description="Bin side of the density heat map (µm); "
+                                  "coarser on slides too large for 512 bins a side.")
+    heatmap_max_px: int = Field(900, ge=128, le=4096,
+                                description="Longest side of the heat-map thumbnail.")
+
+
 class ExportConfig(BaseModel):
     """What the export stage writes next to nuclei.parquet, and how."""
 
@@ -33,4 +56,8 @@ class ExportConfig(BaseModel):
     qc: QCConfig = Field(
         default_factory=QCConfig,
         description="Plausibility bounds; slides outside them are flagged in summary.json and the manifest.",
+    )
+    qc_sheet: QCSheetConfig = Field(
+        default_factory=QCSheetConfig,
+        description="Full-resolution crops with nucleus outlines and a density heat map (OUT/<slide>/qc/).",
     )

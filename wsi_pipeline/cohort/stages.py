@@ -30,7 +30,7 @@ STAGES: tuple[str, ...] = ("infer", "postproc", "export")
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "infer": ("maps.zarr", "maps.zarr.partial", "tissue.png", "tissue.json"),
     "postproc": ("nuclei.parquet",),
-    "export": ("nuclei.geojson.gz", "summary.json", "overlay.png"),
+    "export": ("nuclei.geojson.gz", "summary.json", "overlay.png", "qc"),  # qc/: the QC sheet
 }
 #: What each stage reads from the folder (written by an earlier stage). export reads the
 #: attributes of maps.zarr (class names and colours, slide size and mpp, provenance).
