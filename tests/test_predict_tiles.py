@@ -264,3 +264,20 @@ def test_image_without_tissue_is_not_normalised_with_a_warning(stain_checkpoint,
         segment_image(load_checkpoint(stain_checkpoint), blank, tile=128, stride=64, name="glass.png")
     assert seen[0] is blank
     assert "glass.png: too little tissue" in caplog.text
+
+
+def test_cli_tta_is_on_by_default_and_no_tta_turns_it_off(checkpoint, input_dir, tmp_path, monkeypatch):
+    seen: list[bool] = []
+    real = tile_mode.predict_tiled
+
+    def spy(*args, tta=False, **kw):
+        seen.append(tta)
+        return real(*args, tta=tta, **kw)
+
+    monkeypatch.setattr(tile_mode, "predict_tiled", spy)
+    for flags, out in (([], "on"), (["--no-tta"], "off")):
+        res = CliRunner().invoke(main, ["predict-tiles", str(input_dir), str(tmp_path / out),
+                                        "--checkpoint", str(checkpoint), *flags])
+        assert res.exit_code == 0, res.output
+    n = len(seen) // 2
+    assert seen[:n] == [True] * n and seen[n:] == [False] * n

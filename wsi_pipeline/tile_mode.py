@@ -28,6 +28,7 @@ from wsi_pipeline.metrics.matio import write_instance_mat
 from wsi_pipeline.model import LoadedModel
 from wsi_pipeline.postproc import SegmentationResult, segment_instances
 from wsi_pipeline.postproc.measure import measure_instances
+from wsi_pipeline.resample import resize_rgb, scaled_size
 from wsi_pipeline.tiled import predict_tiled
 
 log = logging.getLogger(__name__)
@@ -43,19 +44,20 @@ def segment_image(
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     two_step: bool = True,
+    tta: bool = False,
     name: str = "image",
 ) -> SegmentationResult:
     """Instances of an RGB uint8 image; `image_mpp` None means "already at the model's mpp";
-    `name` identifies the image in log messages."""
+    `tta`: flip test-time augmentation (4x the network time); `name` identifies the image in
+    log messages."""
     mpp = float(model.mpp) if image_mpp is None else float(image_mpp)
     h, w = image.shape[:2]
     factor = mpp / float(model.mpp)  # > 1: the image is coarser than the model wants
     net_input = image
-    if abs(factor - 1) > 1e-3:
-        size = (max(1, round(w * factor)), max(1, round(h * factor)))
-        net_input = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+    if abs(factor - 1) > 1e-3:  # the engine's resampling, as for slide tiles
+        net_input = resize_rgb(image, scaled_size((h, w), factor))
     maps = predict_tiled(model.net, _normalize_stain(model, net_input, name), tile=tile,
-                         stride=stride, batch_size=batch_size, device=device)
+                         stride=stride, batch_size=batch_size, device=device, tta=tta)
     if net_input is not image:
         maps = {k: _resize_maps(v, (h, w)) for k, v in maps.items()}
     return segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=mpp, two_step=two_step)
