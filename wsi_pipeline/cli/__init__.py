@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 
 import click
 
@@ -40,6 +41,20 @@ class _LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+class ConsoleHandler(logging.Handler):
+    """Log lines on stderr that never glue onto a progress bar: tqdm.write clears the bars on
+    screen, prints the line and redraws them. The stream is looked up at each line, so a
+    redirected sys.stderr (tests, notebooks) gets the lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
 def log_level(verbose: int) -> int:
     """No flag: warnings only; -v: progress (INFO); -vv or more: DEBUG."""
     return logging.WARNING - 10 * min(verbose, 2)
@@ -50,4 +65,8 @@ def log_level(verbose: int) -> int:
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
     """Find, outline and classify every nucleus in H&E whole-slide images."""
-    logging.basicConfig(level=log_level(verbose), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The handler has the level too: slide logs raise the package's level to INFO while they
+    # are open (cohort.tasks.log_to_file), and those records reach the root's handlers as well.
+    console = ConsoleHandler(level=log_level(verbose))
+    logging.basicConfig(level=log_level(verbose), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=[console])

@@ -47,7 +47,14 @@ from wsi_pipeline.cohort.stages import (
     slide_fingerprint,
     stage_hashes,
 )
-from wsi_pipeline.cohort.tasks import SlideJob, log_to_file, record_failure, run_stage
+from wsi_pipeline.cohort.tasks import (
+    DETAIL,
+    SlideJob,
+    log_to_file,
+    one_line,
+    record_failure,
+    run_stage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +170,9 @@ class CohortRunner:
         self._held: set[str] = set()  # slides this run has locked
         self._foreign: set[str] = set()  # slides other runs hold: their manifest rows are kept
         self.on_event = on_event or (lambda kind, info: None)
-        self.out_dir = check_output_dir(out_dir, create=not dry_run)
+        # OUT is checked now but created only once the checkpoint and the input are known to be
+        # there: a run on a mistyped input leaves no empty output folder behind.
+        self.out_dir = check_output_dir(out_dir, create=False)
         self.checkpoint = resolve_checkpoint(cfg)
         self.model_sha256 = file_sha256(self.checkpoint)
         self.config_hash = canonical_hash(cfg.stage_configs())
@@ -177,6 +186,8 @@ class CohortRunner:
                 slide_dir(self.out_dir, entry.slide_id)
             except UnsafeSlideId as exc:
                 raise RunSetupError(str(exc)) from exc
+        if not dry_run:
+            check_output_dir(self.out_dir, create=True)
         self._last_manifest = 0.0
         self._checks: dict[str, SlideCheck] | None = None
         self._n_unreadable = 0  # slides the preflight found unopenable and recorded as failed
@@ -377,8 +388,8 @@ class CohortRunner:
                 log.warning("%s: %s lost with a worker that died while it was not running it: "
                             "resubmitted from %s", job.slide_id, stage, rest[0])
                 return _Chain(chain.plan, chain.index, rest, requeued=chain.requeued + 1)
-            log.error("%s: %s lost: %s\n%s", job.slide_id, stage, type(exc).__name__,
-                      "".join(traceback.format_exception(exc)))
+            log.error("%s: %s lost: %s (traceback in %s)", job.slide_id, stage, one_line(exc),
+                      job.log_path, extra={DETAIL: "".join(traceback.format_exception(exc))})
         if job.still_locked():
             record_failure(job, stage, type(exc).__name__, str(exc))
         return None
@@ -465,8 +476,11 @@ class CohortRunner:
     def _record_unreadable(self, plan: SlidePlan, check: SlideCheck) -> None:
         job = self.job(plan, progress=False)
         with log_to_file(job.log_path):
-            log.error("%s: infer failed: the slide does not open (found before any work)\n%s",
-                      job.slide_id, check.traceback or check.message)
+            first = (check.message or "").strip().splitlines()[:1]
+            log.error("%s: infer failed: the slide does not open (found before any work): %s: %s "
+                      "(details in %s)", job.slide_id, check.error_type or "SlideReadError",
+                      first[0] if first else "", job.log_path,
+                      extra={DETAIL: check.traceback or check.message})
         if plan.expected is not None:  # else the row says "cannot read the file" by itself
             record_failure(job, "infer", check.error_type or "SlideReadError", check.message or "")
         self._unlock(plan.entry.slide_id)

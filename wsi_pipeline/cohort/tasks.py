@@ -88,7 +88,8 @@ def run_stage(job: SlideJob, stage: str, upstream: Outcome | None = None) -> Out
             stages.begin(stage)
             result = _STAGE_FUNCTIONS[stage](job)
         except Exception as exc:  # noqa: BLE001 - any error of this slide is recorded, not raised
-            log.error("%s: %s failed\n%s", job.slide_id, stage, traceback.format_exc())
+            log.error("%s: %s failed: %s (traceback in %s)", job.slide_id, stage, one_line(exc),
+                      job.log_path, extra={DETAIL: traceback.format_exc()})
             if not job.still_locked():
                 return _lock_lost(job, stage)
             stages.clear_attempt()
@@ -234,6 +235,26 @@ def _host() -> str:
 
 
 # -- per-slide log files ----------------------------------------------------------------------
+#: `log.error(..., extra={DETAIL: text})`: `text` (a traceback) goes to the slide and run log
+#: files only; the console shows the one-line message.
+DETAIL = "detail"
+
+
+def one_line(exc: BaseException) -> str:
+    """'Type: first line of the message', for the console."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+class _DetailFormatter(logging.Formatter):
+    """Log-file lines, followed by the record's DETAIL (a traceback) where it has one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        detail = getattr(record, DETAIL, None)
+        return f"{text}\n{str(detail).rstrip()}" if detail else text
+
+
 class _ThreadFilter(logging.Filter):
     def __init__(self, thread_id: int):
         super().__init__()
@@ -252,7 +273,7 @@ def log_to_file(path: Path, *, this_thread_only: bool = True) -> Iterator[None]:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_DetailFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if this_thread_only:
         handler.addFilter(_ThreadFilter(threading.get_ident()))
     pkg = logging.getLogger("wsi_pipeline")
