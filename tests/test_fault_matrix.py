@@ -283,9 +283,10 @@ def test_long_ids_are_cut_and_stay_distinct():
 
 def test_reserved_names_are_what_out_uses():
     from wsi_pipeline.cohort.manifest import MANIFEST
+    from wsi_pipeline.cohort.report import REPORT
     from wsi_pipeline.cohort.summarize import SUMMARY_PLOT, SUMMARY_TABLE
 
-    assert {MANIFEST, SUMMARY_TABLE, SUMMARY_PLOT, "logs"} == set(RESERVED_NAMES)
+    assert {MANIFEST, SUMMARY_TABLE, SUMMARY_PLOT, REPORT, "logs"} == set(RESERVED_NAMES)
 
 
 def test_slide_dir_refuses_anything_not_strictly_inside_out(tmp_path):

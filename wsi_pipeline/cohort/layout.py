@@ -15,7 +15,7 @@ from pathlib import Path
 
 #: Names OUT itself uses; a slide id equal to one of them would share it (OUT/logs/...).
 RESERVED_NAMES: frozenset[str] = frozenset(
-    {"logs", "manifest.parquet", "cohort_summary.parquet", "cohort_composition.png"}
+    {"logs", "manifest.parquet", "cohort_summary.parquet", "cohort_composition.png", "report.html"}
 )
 #: Longest id in bytes (UTF-8): leaves room in a 255-byte file name for "<id>.log" and temp names.
 MAX_ID_BYTES = 160

@@ -42,10 +42,13 @@ class CohortSummary:
     missing: list[str] = field(default_factory=list)
     #: slide_id -> its QC flags ("a;b"), for the slides that have any (wsi_pipeline.qc).
     qc_flagged: dict[str, str] = field(default_factory=dict)
+    #: OUT/report.html (wsi_pipeline.cohort.report), None when not asked for.
+    report_path: Path | None = None
 
 
-def summarize_cohort(out_dir: Path, plot: bool = True) -> CohortSummary:
-    """Write OUT/cohort_summary.parquet (and the PNG) from OUT/manifest.parquet's finished slides."""
+def summarize_cohort(out_dir: Path, plot: bool = True, report: bool = True) -> CohortSummary:
+    """Write OUT/cohort_summary.parquet (and the PNG) from OUT/manifest.parquet's finished slides,
+    and the cohort report OUT/report.html (every slide of the manifest, with these plots)."""
     out_dir = Path(out_dir)
     manifest_path = out_dir / MANIFEST
     if not manifest_path.is_file():
@@ -69,8 +72,13 @@ def summarize_cohort(out_dir: Path, plot: bool = True) -> CohortSummary:
     write_bytes_atomic(table_path, buf.getvalue(), fsync=True)
     plot_path = _plot(table, out_dir / SUMMARY_PLOT, _colors(out_dir, finished)) if plot else None
     log.info("cohort summary: %d slides, %d rows -> %s", len(finished), len(table), table_path)
+    report_path = None
+    if report:
+        from wsi_pipeline.cohort.report import write_report
+
+        report_path = write_report(out_dir, table, [plot_path] if plot_path is not None else [])
     return CohortSummary(table=table, table_path=table_path, plot_path=plot_path, missing=missing,
-                         qc_flagged={k: v for k, v in qc.items() if v})
+                         qc_flagged={k: v for k, v in qc.items() if v}, report_path=report_path)
 
 
 def _qc_flags(finished: pd.DataFrame) -> dict[str, str]:
