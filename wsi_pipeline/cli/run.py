@@ -10,36 +10,81 @@ from typing import Any
 import click
 
 
+def _builtin_defaults() -> dict[str, str]:
+    """What each flag falls back to with no --config file (shown by --help; a config file's
+    values replace these, and flags replace both)."""
+    from wsi_pipeline.cohort.config import RunConfig
+
+    cfg = RunConfig()
+    lo, hi = cfg.preflight.mpp_range
+    on_off = {True: "on", False: "off"}
+    return {
+        "config": "none, the built-in settings of configs/run_default.yaml",
+        "checkpoint": "the shipped weights",
+        "mpp": "none, a slide without a pixel size stops the run",
+        "mpp_override": "none, each file's metadata",
+        "allow_unusual_mpp": f"{on_off[cfg.preflight.allow_unusual_mpp]}; plausible is {lo:g}-{hi:g} µm/px",
+        "chunk_size": str(cfg.infer.chunk_size),
+        "device": cfg.infer.device,
+        "geojson": on_off[cfg.export.geojson],
+        "scheduler": "none, an embedded cluster on this machine",
+        "workers": "sized to the machine; a single slide runs in this process",
+        "retry_failed": on_off[cfg.retry_failed],
+    }
+
+
+_DEFAULTS = _builtin_defaults()
+
+
+def _help(text: str, key: str) -> str:
+    """`text` and the built-in default, as click's show_default writes it (without its
+    parentheses around text defaults)."""
+    return f"{text}  [default: {_DEFAULTS.get(key, key)}]"
+
+
 @click.command("run")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder (created if missing; its parent must exist).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
-              help="Run config YAML (see configs/run_default.yaml).")
+              help=_help("Run config YAML (every key: configs/run_default.yaml).", "config"))
 @click.option("--checkpoint", type=click.Path(path_type=Path),
-              help="Model checkpoint (default: the shipped weights).")
+              help=_help("Model checkpoint.", "checkpoint"))
 @click.option("--mpp", type=float,
-              help="Fallback level-0 µm/px, used only for slides whose file has no pixel size.")
+              help=_help("Fallback level-0 µm/px, used only for slides whose file has no pixel "
+                         "size.", "mpp"))
 @click.option("--mpp-override", type=float,
-              help="Level-0 µm/px for every slide, whatever its metadata says (for wrong metadata).")
+              help=_help("Level-0 µm/px for every slide, whatever its metadata says (for wrong "
+                         "metadata).", "mpp_override"))
 @click.option("--allow-unusual-mpp", is_flag=True, default=None,
-              help="Run slides whose pixel size is outside the plausible range (default 0.1-2 µm/px).")
-@click.option("--chunk-size", type=int, help="Side of a Zarr map chunk / post-processing unit (pixels).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where the model runs.")
-@click.option("--geojson", is_flag=True, default=None, help="Also write nuclei.geojson.gz (QuPath).")
-@click.option("--scheduler", help="Address tcp://HOST:PORT of a running Dask scheduler.")
+              help=_help("Run slides whose pixel size is outside the plausible range.",
+                         "allow_unusual_mpp"))
+@click.option("--chunk-size", type=int,
+              help=_help("Side of a Zarr map chunk / post-processing unit (pixels).", "chunk_size"))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+              help=_help("Where the model runs.", "device"))
+@click.option("--geojson", is_flag=True, default=None,
+              help=_help("Also write nuclei.geojson.gz (QuPath).", "geojson"))
+@click.option("--scheduler",
+              help=_help("Address tcp://HOST:PORT of a running Dask scheduler.", "scheduler"))
 @click.option("--workers", type=int,
-              help="CPU workers of the embedded cluster (0 = no cluster, run in this process).")
-@click.option("--retry-failed", is_flag=True, default=None, help="Rerun slides that failed before.")
-@click.option("--dry-run", is_flag=True, help="List what would run, flag unreadable and tissue-free slides.")
+              help=_help("CPU workers of the embedded cluster (0 = no cluster, run in this "
+                         "process).", "workers"))
+@click.option("--retry-failed", is_flag=True, default=None,
+              help=_help("Rerun slides that failed before.", "retry_failed"))
+@click.option("--dry-run", is_flag=True,
+              help=_help("List what would run, flag unreadable and tissue-free slides.", "off"))
 @click.option("--break-locks", is_flag=True,
-              help="Take over slide locks held by runs on other hosts (only when those runs are dead; "
-              "locks of dead runs on this host are taken over anyway).")
+              help=_help("Take over slide locks held by runs on other hosts (only when those runs "
+                         "are dead; locks of dead runs on this host are taken over anyway).", "off"))
 def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool, break_locks: bool,
             **options: Any) -> None:
     """Segment and classify every nucleus in SOURCE: a slide, a folder of slides (searched
     recursively) or a CSV/TSV list of slide paths. Rerunning resumes: finished stages are skipped,
-    stages whose settings or model changed are redone."""
+    stages whose settings or model changed are redone.
+
+    The defaults shown are the built-in settings; a --config file's values replace them, and
+    flags replace both."""
     from wsi_pipeline.cohort.cluster import ClusterError
     from wsi_pipeline.cohort.config import ConfigError, load_run_config
     from wsi_pipeline.cohort.runner import CohortRunner, RunSetupError
@@ -49,12 +94,16 @@ def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         cfg = load_run_config(config_path, _overrides(options))
-        runner = CohortRunner(source, out_dir, cfg, on_event=_Progress(), dry_run=dry_run,
+        progress = _Progress()
+        runner = CohortRunner(source, out_dir, cfg, on_event=progress, dry_run=dry_run,
                               break_locks=break_locks)
         if dry_run:
             _print_preview(runner)
             return
-        report = runner.run()
+        try:
+            report = runner.run()
+        finally:
+            progress.close()
     except (ConfigError, RunSetupError, ClusterError) as exc:
         raise click.ClickException(str(exc)) from exc
     _print_report(report)
@@ -81,11 +130,33 @@ def _overrides(options: dict[str, Any]) -> dict[str, Any]:
     return o
 
 
+def _plural(n: int, word: str) -> str:
+    """'1 slide', '2 slides', '0 slides'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 class _Progress:
-    """Overall bar over slides; the stage bars (tiles, chunks) come from the stages themselves."""
+    """Overall bar over slides; the stage bars (tiles, chunks) come from the stages themselves.
+
+    Lines printed while a bar is on screen go through tqdm.write, which clears the bars, prints
+    the line and redraws them (click.echo would glue the line onto the bar).
+    """
 
     def __init__(self) -> None:
         self.bar = None
+
+    def echo(self, text: str) -> None:
+        if self.bar is not None and not self.bar.disable:
+            from tqdm.auto import tqdm
+
+            tqdm.write(text, file=sys.stderr)
+        else:
+            click.echo(text, err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
         from tqdm.auto import tqdm
@@ -94,18 +165,17 @@ class _Progress:
             locked = info.get("locked", 0)
             unreadable = info.get("unreadable", 0)
             done = info["total"] - info["todo"] - locked - unreadable
-            click.echo(f"{info['total']} slides: {info['todo']} to run, {done} already finished"
-                       + (f" ({info['skipped_failed']} failed before; --retry-failed reruns them)"
-                          if info["skipped_failed"] else "")
-                       + (f", {locked} skipped: locked by another run" if locked else "")
-                       + (f", {unreadable} that do not open (recorded as failed)" if unreadable else ""),
-                       err=True)
+            self.echo(f"{_plural(info['total'], 'slide')}: {info['todo']} to run, {done} already finished"
+                      + (f" ({info['skipped_failed']} failed before; --retry-failed reruns them)"
+                         if info["skipped_failed"] else "")
+                      + (f", {locked} skipped: locked by another run" if locked else "")
+                      + (f", {unreadable} that do not open (recorded as failed)" if unreadable else ""))
             if info["todo"]:
                 self.bar = tqdm(total=info["total"] - locked, initial=done, desc="slides", unit="slide")
         elif kind == "cluster":
             where = "external Dask cluster" if info["external"] else "embedded Dask cluster"
             link = info["dashboard"] or "not available"
-            click.echo(f"{where}: {info['infer_slots']} inference slot(s); dashboard: {link}", err=True)
+            self.echo(f"{where}: {info['infer_slots']} inference slot(s); dashboard: {link}")
         elif kind == "stage_started" and self.bar is not None:
             self.bar.set_postfix_str(f"{info['slide_id']}: {info['stage']}")
         elif kind == "slide_done" and info["ran"] and self.bar is not None:
@@ -113,7 +183,7 @@ class _Progress:
             self.bar.update(1)
             self.bar.set_postfix_str(f"{row['slide_id']}: {row['status']}")
             if self.bar.n >= self.bar.total:
-                self.bar.close()
+                self.close()
 
 
 def _print_preview(runner: Any) -> None:
@@ -131,7 +201,8 @@ def _print_preview(runner: Any) -> None:
     n_flag = sum(it.flag is not None for it in items)
     for note in run_checks(runner, items):
         click.echo(note, err=True)
-    click.echo(f"dry run: {len(items)} slides, {n_todo} would run, {n_flag} flagged", err=True)
+    click.echo(f"dry run: {_plural(len(items), 'slide')}, {n_todo} would run, {n_flag} flagged",
+               err=True)
 
 
 def _print_report(report: Any) -> None:
@@ -139,7 +210,7 @@ def _print_report(report: Any) -> None:
 
     counts = Counter(r["status"] for r in report.rows)
     parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    click.echo(f"{len(report.rows)} slides ({parts}) in {report.seconds:.1f} s; "
+    click.echo(f"{_plural(len(report.rows), 'slide')} ({parts}) in {report.seconds:.1f} s; "
                f"manifest: {report.out_dir / 'manifest.parquet'}", err=True)
     if report.summary_path is not None:
         click.echo(f"cohort summary: {report.summary_path}", err=True)
@@ -150,8 +221,9 @@ def _print_report(report: Any) -> None:
     if report.locked:
         click.echo("a slide locked by a run that is dead is taken over by the next run on the same "
                    "host; from another host rerun with --break-locks", err=True)
-    for line in report.failure_lines():
-        click.echo(f"FAILED {line}", err=True)
+    for line, row in zip(report.failure_lines(), report.failures, strict=True):
+        where = f" (traceback: {report.out_dir / row['log']})" if row.get("log") else ""
+        click.echo(f"FAILED {line}{where}", err=True)
     for row in report.rows:
         if row.get("qc"):
             click.echo(f"QC {row['slide_id']}: {row['qc']} (see its summary.json and log)", err=True)
