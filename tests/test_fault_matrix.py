@@ -433,13 +433,55 @@ def test_deleted_maps_are_remade_only_when_a_stage_that_reads_them_runs(cohort, 
     report = run_here(root / "slides", out, ckpt)
     assert report.ran_stages == 0 and not (out / "cmu_a" / "maps.zarr").exists()
     assert_same_tables(clean, result_tables(out))
-    # --geojson later: export reads maps.zarr's attributes, so inference is redone (it used to
-    # fail with FileNotFoundError on every rerun)
+    # --geojson later: export reads what it needs from nuclei.parquet's metadata, so only export
+    # runs, without the maps (it used to fail with FileNotFoundError on every rerun, then to
+    # redo inference)
+    summary = json.loads((out / "cmu_a" / "summary.json").read_text())
     report = run_here(root / "slides", out, ckpt, export={"geojson": True})
     assert report.ok, report.failure_lines()
     assert (out / "cmu_a" / "nuclei.geojson.gz").is_file() and (out / "cmu_b" / "nuclei.geojson.gz").is_file()
-    assert report.ran_stages == 3 + 1  # cmu_a: all three stages; cmu_b: export only
-    pd.testing.assert_frame_equal(clean["cmu_a"], pd.read_parquet(out / "cmu_a" / "nuclei.parquet"))
+    assert report.ran_stages == 1 + 1  # export only, on each slide
+    assert not (out / "cmu_a" / "maps.zarr").exists()
+    again = json.loads((out / "cmu_a" / "summary.json").read_text())
+    for key in ("n_nuclei", "tissue_mm2", "per_type", "qc", "slide_mpp", "slide_mpp_source", "model_mpp",
+                "level0_size", "overlay_mpp", "qc_sheet"):
+        assert again[key] == summary[key], key
+    for key in ("model_sha256", "input", "stain_normalization", "maps_wsi_pipeline_version"):
+        assert again["provenance"][key] == summary["provenance"][key], key
+    assert again["provenance"]["config"]["infer"] == summary["provenance"]["config"]["infer"]
+    assert (out / "cmu_a" / "qc" / "sheet.png").is_file()
+    tables = result_tables(out)
+    tables["manifest"] = tables["manifest"].assign(config_hash=clean["manifest"]["config_hash"])
+    assert_same_tables(clean, tables)  # the settings' hash aside (--geojson)
+    # a postproc setting reads the maps: only then is inference redone
+    report = run_here(root / "slides" / "cmu_a.tif", out, ckpt, export={"geojson": True},
+                      postproc={"ns_threshold": 0.45})
+    assert report.ok and report.ran_stages == 3 and (out / "cmu_a" / "maps.zarr").is_dir()
+
+
+def test_export_of_an_old_table_without_its_maps_names_what_to_do(cohort, tmp_path):
+    """A table written before its metadata carried the maps' attributes, maps deleted: one
+    error naming the file and the way out, not a KeyError."""
+    import pyarrow.parquet as pq
+
+    from wsi_pipeline.export import export_slide
+    from wsi_pipeline.export_config import ExportConfig
+    from wsi_pipeline.table_meta import TableMetaError
+
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    run_here(root / "slides" / "cmu_b.tif", out, ckpt)
+    folder = out / "cmu_b"
+    table = pq.read_table(folder / "nuclei.parquet")
+    prov = json.loads(table.schema.metadata[b"wsi_pipeline"])
+    for key in ("class_colors", "slide_mpp_source", "stain", "maps_wsi_pipeline_version"):
+        prov.pop(key)
+    old = table.replace_schema_metadata({**table.schema.metadata, b"wsi_pipeline": json.dumps(prov).encode()})
+    pq.write_table(old, folder / "nuclei.parquet")
+    assert export_slide(folder, ExportConfig())["slide_mpp_source"] == "metadata"  # from the maps
+    shutil.rmtree(folder / "maps.zarr")
+    with pytest.raises(TableMetaError, match="lacks class_colors.*delete nuclei.parquet and rerun"):
+        export_slide(folder, ExportConfig())
 
 
 def test_deleted_export_outputs_are_rewritten(cohort, tmp_path):

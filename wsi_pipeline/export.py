@@ -1,9 +1,10 @@
 """Export stage: nuclei.parquet → summary.json, overlay.png, the QC sheet (qc/) and (optionally)
 nuclei.geojson.gz.
 
-Everything is derived from the slide folder the earlier stages wrote (maps.zarr attributes,
-tissue.png, nuclei.parquet, stages/*.json), so export can be rerun on its own. The table is
-read in batches: memory stays flat whatever the number of nuclei.
+Everything is derived from the slide folder the earlier stages wrote (nuclei.parquet and its
+metadata, tissue.png, tissue.json, stages/*.json) and the slide file for the QC sheet's crops,
+so export can be rerun on its own, also after maps.zarr was deleted to save space (see
+table_meta.py). The table is read in batches: memory stays flat whatever the number of nuclei.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import zarr
 
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import write_text_atomic
@@ -26,6 +26,7 @@ from wsi_pipeline.geojson import write_geojson
 from wsi_pipeline.overlay import render_overlay
 from wsi_pipeline.qc import QCStats, describe, qc_report
 from wsi_pipeline.qc_sheet import QC_DIR, SlideGeometry, render_qc_sheet
+from wsi_pipeline.table_meta import slide_attributes, table_provenance
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,8 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
     t0 = time.perf_counter()
     slide_dir = Path(slide_dir)
     parquet_path = slide_dir / NUCLEI_PARQUET
-    attrs = dict(zarr.open_group(str(slide_dir / "maps.zarr"), mode="r").attrs)
-    table_meta = pq.read_schema(parquet_path).metadata or {}
-    table_prov = json.loads(table_meta.get(b"wsi_pipeline", b"{}"))
+    table_prov = table_provenance(parquet_path)
+    attrs = slide_attributes(slide_dir, table_prov)  # maps.zarr's attributes, from the table
     class_names = list(attrs["class_names"])
     class_colors = list(attrs["class_colors"])
     tissue_mm2 = _tissue_mm2(slide_dir, attrs)

@@ -50,7 +50,7 @@ _KIND_TITLES = {"densest": "densest", "least_confident": "least confident types"
 
 @dataclass(frozen=True)
 class SlideGeometry:
-    """What the sheet needs to know about the slide (from maps.zarr attributes)."""
+    """What the sheet needs to know about the slide (nuclei.parquet's metadata: table_meta.py)."""
 
     level0_wh: tuple[int, int]
     slide_mpp: float

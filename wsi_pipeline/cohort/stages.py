@@ -32,12 +32,14 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "postproc": ("nuclei.parquet",),
     "export": ("nuclei.geojson.gz", "summary.json", "overlay.png", "qc"),  # qc/: the QC sheet
 }
-#: What each stage reads from the folder (written by an earlier stage). export reads the
-#: attributes of maps.zarr (class names and colours, slide size and mpp, provenance).
+#: What each stage reads from the folder (written by an earlier stage). export takes class
+#: names and colours, slide size, pixel sizes and provenance from nuclei.parquet's metadata
+#: (copied there from maps.zarr's attributes), so a slide whose maps were deleted to save
+#: space exports again (--geojson, a QC bound) without redoing inference.
 STAGE_READS: dict[str, tuple[str, ...]] = {
     "infer": (),
     "postproc": ("maps.zarr",),
-    "export": ("maps.zarr", "nuclei.parquet", "tissue.png", "tissue.json"),
+    "export": ("nuclei.parquet", "tissue.png", "tissue.json"),
 }
 #: Outputs that only later stages need: their absence alone does not undo a finished slide.
 INTERMEDIATE: frozenset[str] = frozenset({"maps.zarr"})

@@ -93,12 +93,17 @@ def _maps_context(
 
 
 def _provenance(attrs: dict, cfg: PostprocConfig, chunking: ChunkingConfig, chunk_hw) -> dict:
+    """The table's `wsi_pipeline` metadata: with the maps' attributes that export needs
+    (wsi_pipeline.table_meta), so that export runs without maps.zarr."""
     return {
         "wsi_pipeline_version": __version__,
+        "maps_wsi_pipeline_version": attrs.get("wsi_pipeline_version"),
         "model_sha256": attrs.get("model_sha256"),
         "slide": attrs.get("slide"),
         "mpp": attrs.get("mpp"),
         "slide_mpp": attrs.get("slide_mpp"),
+        "slide_mpp_source": attrs.get("slide_mpp_source"),
+        "stain": attrs.get("stain"),
         "scale": attrs.get("scale"),
         "level0_size": attrs.get("level0_size"),
         "class_names": attrs.get("class_names"),

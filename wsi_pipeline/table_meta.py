@@ -1,0 +1,82 @@
+"""What the export stage knows about a slide, read from its nuclei table rather than its maps.
+
+Post-processing copies maps.zarr's attributes (class names and colours, slide size, pixel sizes,
+tissue area, model and provenance) into nuclei.parquet's `wsi_pipeline` metadata. Export reads
+them from there, so maps.zarr (about 90 MB per mm² of tissue) may be deleted once a slide is
+finished and export still reruns on its own (`--geojson` later, a changed QC bound) without
+redoing inference. Tables written before a key was copied fall back to the maps' attributes
+where the maps are still there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+#: Attribute names (as in maps.zarr) export needs, with their key in the table's metadata.
+REQUIRED: dict[str, str] = {
+    "class_names": "class_names",
+    "class_colors": "class_colors",
+    "level0_size": "level0_size",
+    "slide_mpp": "slide_mpp",
+    "mpp": "mpp",
+}
+#: Attributes export records when known (None otherwise).
+OPTIONAL: dict[str, str] = {
+    "slide": "slide",
+    "tissue_mm2": "tissue_mm2",
+    "model_sha256": "model_sha256",
+    "config": "infer_config",
+    "slide_mpp_source": "slide_mpp_source",
+    "stain": "stain",
+    "wsi_pipeline_version": "maps_wsi_pipeline_version",
+}
+
+
+class TableMetaError(ValueError):
+    """The nuclei table lacks what export needs and the maps it came from are gone."""
+
+
+def table_provenance(parquet_path: Path) -> dict[str, Any]:
+    """nuclei.parquet's `wsi_pipeline` metadata ({} when it has none)."""
+    meta = pq.read_schema(parquet_path).metadata or {}
+    return json.loads(meta.get(b"wsi_pipeline", b"{}"))
+
+
+def slide_attributes(slide_dir: Path, prov: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The slide's attributes under maps.zarr's names, from nuclei.parquet's metadata `prov`
+    (read when not given); keys the table lacks come from maps.zarr when it exists."""
+    slide_dir = Path(slide_dir)
+    table = slide_dir / "nuclei.parquet"
+    prov = table_provenance(table) if prov is None else prov
+    keys = {**REQUIRED, **OPTIONAL}
+    attrs = {name: prov.get(key) for name, key in keys.items()}
+    lacking = [name for name, key in keys.items() if key not in prov]
+    if lacking:
+        maps = _maps_attributes(slide_dir)
+        for name in lacking:
+            if name in maps:
+                attrs[name] = maps[name]
+    missing = [name for name in REQUIRED if attrs.get(name) is None]
+    if missing:
+        raise TableMetaError(
+            f"{table}: its metadata lacks {', '.join(missing)} (a table written by an older "
+            f"wsi-pipeline) and {slide_dir / 'maps.zarr'} is gone: delete {table.name} and rerun "
+            "to rebuild it (inference is redone)")
+    return attrs
+
+
+def _maps_attributes(slide_dir: Path) -> dict[str, Any]:
+    """maps.zarr's attributes; {} when there are no readable maps."""
+    maps = slide_dir / "maps.zarr"
+    if not maps.is_dir():
+        return {}
+    import zarr
+
+    try:
+        return dict(zarr.open_group(str(maps), mode="r").attrs)
+    except Exception:  # noqa: BLE001 - damaged maps: the table's metadata is all there is
+        return {}
