@@ -16,7 +16,9 @@ except where two processes are the point.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 import socket
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -42,7 +45,7 @@ from cohort_fixtures import (
     write_pyramid_tiff,
 )
 
-from wsi_pipeline.cli import main
+from wsi_pipeline.cli import ConsoleHandler, main
 from wsi_pipeline.cohort import locks
 from wsi_pipeline.cohort.config import load_run_config
 from wsi_pipeline.cohort.discover import discover
@@ -532,6 +535,261 @@ def test_symlinked_slides_keep_their_own_names_and_two_links_are_one_slide(tmp_p
     entries = discover(cohort)
     assert [e.slide_id for e in entries] == ["patient1", "patient2"]
     assert "patient1_again.svs is the same file as" in caplog.text
+
+
+# -- 11: a full disk ----------------------------------------------------------------------------
+def _disk_full_error(code: int = errno.ENOSPC) -> OSError:
+    """What pyarrow and Python writes raise on a full disk: errno set, no file name."""
+    return OSError(code, f"Error writing bytes to file. Detail: [errno {code}] {os.strerror(code)}")
+
+
+def _raise(*_args, code: int = errno.ENOSPC, **_kwargs):
+    raise _disk_full_error(code)
+
+
+def _write_text_filling_on(name: str, code: int):
+    """Path.write_text that meets a full disk on the temporary file of `name` (atomic writes)."""
+    real = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self.name.startswith(f".{name}."):
+            _raise(code=code)
+        return real(self, *args, **kwargs)
+
+    return write_text
+
+
+def _json_write_failing(*names: str):
+    """stages.atomic_write_json that meets a full disk writing `names` (markers, failed.json)."""
+    from wsi_pipeline.cohort.stages import atomic_write_json as real
+
+    def write(path, obj):
+        if Path(path).name in names:
+            _raise()
+        return real(path, obj)
+
+    return write
+
+
+#: Where each case meets the full disk, after the stage wrote part of what it writes.
+DISK_FULL_AT = {
+    # the maps are all in maps.zarr.partial, tissue.png/json written: the attributes do not fit
+    "infer": lambda: mock.patch("wsi_pipeline.infer._attributes", _raise),
+    # the table's last row group does not fit
+    "postproc": lambda: mock.patch("wsi_pipeline.postproc.slide._OrderedWriter.close", _raise),
+    # overlay.png and qc/ written, summary.json does not fit (a quota, EDQUOT)
+    "export": lambda: mock.patch.object(Path, "write_text",
+                                        _write_text_filling_on("summary.json", errno.EDQUOT)),
+    # post-processing finished, its marker does not fit
+    "marker": lambda: mock.patch("wsi_pipeline.cohort.stages.atomic_write_json",
+                                 _json_write_failing("postproc.json")),
+    # ... and neither does the failure record: the manifest says it all the same
+    "record": lambda: mock.patch("wsi_pipeline.cohort.stages.atomic_write_json",
+                                 _json_write_failing("postproc.json", "failed.json")),
+}
+
+
+def _disk_full_in(monkeypatch, case: str, slide_id: str = "cmu_a") -> str:
+    """Make one stage of `slide_id` meet a full disk (DISK_FULL_AT); the stage's name."""
+    from wsi_pipeline.cohort import tasks
+
+    stage = "postproc" if case in ("marker", "record") else case
+    real = tasks.run_stage
+
+    def run_stage(job, name, upstream=None):
+        if job.slide_id == slide_id and name == stage:
+            with DISK_FULL_AT[case]():
+                return real(job, name, upstream)
+        return real(job, name, upstream)
+
+    monkeypatch.setattr("wsi_pipeline.cohort.runner.run_stage", run_stage)
+    return stage
+
+
+@pytest.mark.parametrize("case", list(DISK_FULL_AT))
+def test_a_full_disk_fails_the_slide_cleanly_and_stops_the_run(cohort, clean, tmp_path, monkeypatch, case):
+    """Issue 11: a full disk in post-processing gave a 135-line traceback from write_manifest
+    and no failure record, and the slide's partial maps stayed on the full disk."""
+    from wsi_pipeline.cohort.stages import STAGE_OUTPUTS, STAGES
+
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    stage = _disk_full_in(monkeypatch, case)
+    # The console handler `wsi-pipeline` installs (its logging.basicConfig leaves pytest's alone).
+    root_log = logging.getLogger()
+    if not any(isinstance(h, ConsoleHandler) for h in root_log.handlers):
+        monkeypatch.setattr(root_log, "handlers", [*root_log.handlers, ConsoleHandler(level=logging.WARNING)])
+    res = CliRunner().invoke(main, ["run", str(root / "slides"), "-o", str(out), "--checkpoint", str(ckpt),
+                                    "--workers", "0"])
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output and "Errno" not in res.output, res.output
+    what = "disk quota exceeded" if case == "export" else "disk full"
+    written = {"infer": "maps.zarr.partial", "export": "summary.json"}.get(case, "nuclei.parquet")
+    said = f"{what} while writing {out / 'cmu_a' / written}: free space "
+    lines = [line for line in res.output.splitlines() if "disk full" in line or "quota exceeded" in line]
+    if case == "record":
+        assert "the failure could not be recorded in" in lines.pop(1) and not list(out.rglob("failed.json"))
+    assert len(lines) == 3, res.output
+    assert f"cmu_a: {stage} failed: {said}" in lines[0]  # the one line while the run goes on
+    assert lines[1].startswith(f"FAILED cmu_a: {stage}: DiskFull: {said}")  # the report at the end
+    assert lines[2].startswith(f"disk full: no slide was started after cmu_a's {stage}; 1 left pending")
+
+    rows = pd.read_parquet(out / "manifest.parquet").set_index("slide_id")
+    assert (rows.loc["cmu_a", "status"], rows.loc["cmu_a", "failed_stage"]) == ("failed", stage)
+    assert rows.loc["cmu_a", "error_type"] == "DiskFull" and rows.loc["cmu_a", "error"].startswith(said)
+    assert rows.loc["cmu_b", "status"] == "pending"  # never started: it would have failed too
+    assert not (out / "cmu_b" / "stages").exists()
+    # The stage's partial outputs are gone (the space is given back); earlier stages' are kept.
+    folder = out / "cmu_a"
+    assert not [name for name in STAGE_OUTPUTS[stage] if (folder / name).exists()]
+    assert not list(folder.rglob("*.tmp")) and not list(out.glob("*/slide.lock"))
+    kept = STAGES[:STAGES.index(stage)]
+    recorded = set() if case == "record" else {"failed"}
+    assert {p.stem for p in (folder / "stages").glob("*.json")} == {*kept, *recorded}
+    log = (out / "logs" / "cmu_a.log").read_text()
+    assert said in log and "Traceback" in log  # the traceback is in the slide's log only
+
+    # Space freed: the next run (no --retry-failed: the disk's fault, not the slide's) finishes
+    # both, redoing only what was lost, with the tables of an undisturbed run.
+    monkeypatch.undo()
+    report = run_here(root / "slides", out, ckpt)
+    assert report.ok, report.failure_lines()
+    assert report.ran_stages == len(STAGES) - len(kept) + len(STAGES)
+    assert_same_tables(clean, result_tables(out))
+
+
+def test_a_full_disk_on_a_cluster_starts_no_other_slide(cohort, clean, tmp_path, monkeypatch):
+    """On a Dask cluster every slide is submitted at once: a stage that meets a full disk sets
+    the run's stop event and the stage tasks that have not started return without work."""
+    from distributed import LocalCluster
+
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    # Worker threads in this process, so that the injected full disk reaches them; one thread:
+    # cmu_b's inference waits behind cmu_a's.
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1},
+                      dashboard_address=None) as cluster:
+        from wsi_pipeline.cohort import tasks
+
+        real = tasks._STAGE_FUNCTIONS["infer"]
+
+        def infer(job):
+            if job.slide_id != "cmu_a":
+                return real(job)
+            with DISK_FULL_AT["infer"]():
+                return real(job)
+
+        monkeypatch.setitem(tasks._STAGE_FUNCTIONS, "infer", infer)
+        report = run_here(root / "slides", out, ckpt, cluster={"scheduler": cluster.scheduler_address})
+    rows = pd.read_parquet(out / "manifest.parquet").set_index("slide_id")
+    assert rows.loc["cmu_a", "error_type"] == "DiskFull" and rows.loc["cmu_b", "status"] == "pending"
+    assert report.disk_full and "1 left pending" in report.disk_full[0]
+    assert "cmu_b: infer started" not in (out / "logs" / "run.log").read_text()
+    monkeypatch.undo()
+    assert run_here(root / "slides", out, ckpt).ok
+    assert_same_tables(clean, result_tables(out))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MB tmpfs (the whole two-slide run takes about 7 MB); skipped where this
+    process may not mount one (not root, or no CAP_SYS_ADMIN in a container)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {(res.stderr or res.stdout).strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
+
+
+def _fill(disk: Path, leave: int = 0) -> Path:
+    """Fill `disk` with one file until `leave` bytes are free (0: until a write fails)."""
+    filler = disk / f"filler-{len(list(disk.glob('filler-*')))}"
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to fail at close
+        try:
+            while (room := shutil.disk_usage(disk).free - leave) > 0:
+                f.write(b"\0" * min(room, 1 << 20))
+            while not leave:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+def test_a_real_full_disk_loses_nothing_and_the_rerun_gives_the_same_tables(cohort, clean, small_disk,
+                                                                            monkeypatch):
+    """Another writer fills the disk while the run goes on (no error is injected): the slide
+    whose maps no longer fit fails cleanly, gives its space back, and the finished one is kept;
+    with space freed the rerun gives an undisturbed run's tables. Then, on a disk full to the
+    last byte, a manifest write fails without touching the manifest."""
+    import pyarrow.parquet as pq
+
+    from wsi_pipeline.cohort import tasks
+    from wsi_pipeline.cohort.runner import DiskFullError
+
+    root, ckpt = cohort
+    out = small_disk / "out"
+    real = tasks._STAGE_FUNCTIONS["infer"]
+    room = 300_000  # well under cmu_b's 1.2 MB of maps
+    free_at_start: list[int] = []
+
+    def infer(job):
+        if job.slide_id == "cmu_b":
+            _fill(small_disk, leave=room)
+            free_at_start.append(shutil.disk_usage(small_disk).free)
+        return real(job)
+
+    monkeypatch.setitem(tasks._STAGE_FUNCTIONS, "infer", infer)
+    report = run_here(root / "slides", out, ckpt, summarize=False)
+    assert [line.split(": free space")[0] for line in report.failure_lines()] == [
+        f"cmu_b: infer: DiskFull: disk full while writing {out / 'cmu_b' / 'maps.zarr.partial'}"]
+    rows = pd.read_parquet(out / "manifest.parquet").set_index("slide_id")
+    assert rows["status"].to_dict() == {"cmu_a": "done", "cmu_b": "failed"}
+    pd.testing.assert_frame_equal(clean["cmu_a"], pd.read_parquet(out / "cmu_a" / "nuclei.parquet"))
+    assert sorted(p.name for p in (out / "cmu_b").iterdir()) == ["stages"]  # maps.zarr.partial gone
+    # the space came back, less the failure record, a log line and the manifest (a page each)
+    assert shutil.disk_usage(small_disk).free >= free_at_start[0] - 64 * 1024
+
+    for filler in small_disk.glob("filler-*"):
+        filler.unlink()
+    monkeypatch.undo()
+    report = run_here(root / "slides", out, ckpt)
+    assert report.ok and report.ran_stages == 3, report.failure_lines()
+    assert_same_tables(clean, result_tables(out))
+
+    # Full to the last byte: the manifest and the cohort summary are not replaced, and stay whole.
+    manifest = (out / "manifest.parquet").read_bytes()
+    _fill(small_disk)
+    report = run_here(root / "slides", out, ckpt)
+    assert not report.ok and not report.failures
+    assert [line.split(": free space")[0] for line in report.disk_full] == [  # its lock does not fit
+        f"disk full while writing {out / '.manifest.lock'}",
+        f"disk full while writing {out / 'cohort_summary.parquet'}"]
+    assert "the manifest was not replaced (the previous one, if any, is whole)" in report.disk_full[0]
+    assert (out / "manifest.parquet").read_bytes() == manifest
+    assert_same_tables(clean, result_tables(out))
+    assert not list(out.rglob("*.tmp")) and not (out / ".manifest.lock").exists()
+    # A slide to redo cannot even be locked: one error, and no empty lock left behind.
+    with pytest.raises(DiskFullError, match=f"disk full while writing {out / 'cmu_a' / 'slide.lock'}"):
+        run_here(root / "slides", out, ckpt, export={"geojson": True})
+    assert not list(out.glob("*/slide.lock"))
+    # Room for the manifest's lock (a page) but not for the manifest itself.
+    for filler in small_disk.glob("filler-*"):
+        filler.unlink()
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert len(manifest) > 2 * 4096
+    _fill(small_disk, leave=4096)
+    with pytest.raises(OSError) as info:
+        write_shared_manifest(out, rows)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(out / "manifest.parquet")
+    assert (out / "manifest.parquet").read_bytes() == manifest
+    assert not list(out.rglob("*.tmp")) and not (out / ".manifest.lock").exists()
 
 
 # -- 12: evaluate --types must name every type the data has ------------------------------------

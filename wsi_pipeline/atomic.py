@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from wsi_pipeline.diskfull import naming
+
 __all__ = ["atomic_path", "write_bytes_atomic", "write_text_atomic"]
 
 
@@ -31,17 +33,19 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
     of `path` is created if missing). Writers
     that pick a format from the file suffix must be told the format explicitly (the temp name ends
     in .tmp). `fsync=True` flushes the data to disk before the rename, for markers whose presence
-    must imply their content survived a power loss.
+    must imply their content survived a power loss. A full disk met on the way names `path`
+    (wsi_pipeline.diskfull), since a failed write() names no file.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(final)
     try:
-        yield tmp
-        if fsync:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, final)
+        with naming(final, aliases=(tmp,)):
+            yield tmp
+            if fsync:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+            os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -224,6 +224,8 @@ def _print_report(report: Any) -> None:
     for line, row in zip(report.failure_lines(), report.failures, strict=True):
         where = f" (traceback: {report.out_dir / row['log']})" if row.get("log") else ""
         click.echo(f"FAILED {line}{where}", err=True)
+    for line in report.disk_full:  # what a full disk stopped (cohort.runner)
+        click.echo(line, err=True)
     for row in report.rows:
         if row.get("qc"):
             click.echo(f"QC {row['slide_id']}: {row['qc']} (see its summary.json and log)", err=True)

@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wsi_pipeline.diskfull import naming
+
 log = logging.getLogger(__name__)
 
 #: A `.break` file older than this belongs to a takeover that died half-way: removed.
@@ -158,10 +160,14 @@ def _create(path: Path, holder: LockHolder) -> bool:
     except FileExistsError:
         return False
     try:
-        os.write(fd, (json.dumps(asdict(holder), sort_keys=True) + "\n").encode())
-        os.fsync(fd)
-    finally:
+        with naming(path):
+            os.write(fd, (json.dumps(asdict(holder), sort_keys=True) + "\n").encode())
+            os.fsync(fd)
+    except BaseException:  # a full disk: an empty lock left behind would hold off every run
         os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
     return True
 
 

@@ -10,6 +10,11 @@ Several runs may share one OUT (SLURM array jobs given different slides, two hos
 cohort): a run locks each slide it is going to write (OUT/<slide>/slide.lock) while it plans,
 and skips, naming the holder, every slide another live run holds. The manifest is merged under
 a short lock, never overwritten with one run's view only (manifest_merge.py).
+
+A full disk fails the slide that meets it (tasks.py) and stops the run from starting any other
+slide: every one would fail the same way. What finished stays finished; the slides not started
+stay pending and the failed one is retried by the next run. A manifest write that meets a full
+disk leaves the previous manifest whole (it is replaced atomically) and is said in one line.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from wsi_pipeline.cohort.tasks import (
     record_failure,
     run_stage,
 )
+from wsi_pipeline.diskfull import DISK_FULL, describe, disk_full_error
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,11 @@ REQUEUE_LIMIT = 3
 
 class RunSetupError(ValueError):
     """The run cannot start; raised before any slide is touched."""
+
+
+class DiskFullError(RunSetupError):
+    """The disk filled outside any slide's stage (taking a slide lock while planning): the run
+    stops; whatever finished before stays finished."""
 
 
 @dataclass
@@ -103,10 +114,12 @@ class RunReport:
     failures: list[dict[str, Any]] = field(default_factory=list)
     #: Slides skipped because another run holds them: (slide_id, holder, lock file).
     locked: list[tuple[str, locks.LockHolder | None, Path]] = field(default_factory=list)
+    #: What a full disk stopped, one line each (the run, a manifest or summary write).
+    disk_full: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.disk_full
 
     def failure_lines(self) -> list[str]:
         return [f"{r['slide_id']}: {r['failed_stage']}: {r['error_type']}: {r['error']}"
@@ -191,6 +204,11 @@ class CohortRunner:
         self._last_manifest = 0.0
         self._checks: dict[str, SlideCheck] | None = None
         self._n_unreadable = 0  # slides the preflight found unopenable and recorded as failed
+        self._full: str | None = None  # what met a full disk first: the run starts no more slides
+        self._full_writes: dict[str, str] = {}  # run-level files not replaced, and why
+        self._unrecorded: dict[str, dict[str, Any]] = {}  # failures the disk had no room for
+        self._stop_event: str | None = None  # Dask Event name the stage tasks check
+        self._client: Any = None
 
     # -- planning --------------------------------------------------------------------------
     def plan(self, lock: bool = False) -> list[SlidePlan]:
@@ -232,7 +250,8 @@ class CohortRunner:
         pending = stages.pending(expected, self.model_sha256)
         failure = stages.read_failure()
         if (pending and failure is not None and not self.cfg.retry_failed
-                and failure.get("stage_hash") == expected["export"]):
+                and failure.get("stage_hash") == expected["export"]
+                and failure.get("error_type") != DISK_FULL):  # the disk's fault: retried
             return SlidePlan(entry, expected, [], skipped_failure=failure)
         return SlidePlan(entry, expected, pending)
 
@@ -246,13 +265,19 @@ class CohortRunner:
         return SlideJob(slide_id=plan.entry.slide_id, path=plan.entry.path, out_dir=self.out_dir,
                         cfg=self.cfg, checkpoint=self.checkpoint, model_sha256=self.model_sha256,
                         expected=expected, progress=progress, lock_token=self.holder.token,
-                        **self._job_mpp(plan.entry))
+                        stop_event=self._stop_event, **self._job_mpp(plan.entry))
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> RunReport:
         with log_to_file(self.out_dir / "logs" / "run.log", this_thread_only=False):
             try:
                 return self._run()
+            except OSError as exc:  # met outside the stages, which handle their own
+                full = disk_full_error(exc)
+                if full is None:
+                    raise
+                raise DiskFullError(f"{describe(full)}; the run stopped (nothing finished is lost: "
+                                    "free space and rerun)") from exc
             finally:  # also on Ctrl-C and errors: a lock left behind would hold off other runs
                 for slide_id in list(self._held):
                     self._unlock(slide_id)
@@ -296,7 +321,18 @@ class CohortRunner:
         if self.cfg.summarize:
             from wsi_pipeline.cohort.summarize import summarize_cohort
 
-            report.summary_path = summarize_cohort(self.out_dir).table_path
+            try:
+                report.summary_path = summarize_cohort(self.out_dir).table_path
+            except OSError as exc:
+                if disk_full_error(exc) is None:
+                    raise
+                self._disk_full_write("the cohort summary", exc)
+        left = sum(rows[p.entry.slide_id]["status"] == "pending" for p in todo)
+        if self._full is not None and left:
+            report.disk_full.append(f"disk full: no slide was started after {self._full}; {left} "
+                                    "left pending, finished stages kept: free space and rerun "
+                                    "(slides that failed on the full disk are retried too)")
+        report.disk_full += self._full_writes.values()
         log.info("run finished in %.1f s: %d stages scheduled, %d slides failed", report.seconds, ran,
                  len(report.failures))
         return report
@@ -309,6 +345,8 @@ class CohortRunner:
 
     def _run_in_process(self, todo: list[SlidePlan], rows: dict[str, dict]) -> None:
         for plan in todo:
+            if self._full is not None:
+                break  # a full disk: every next slide would fail too
             job = self.job(plan, progress=True)
             outcome = None
             for stage in plan.pending:
@@ -316,7 +354,7 @@ class CohortRunner:
                 outcome = run_stage(job, stage, outcome)
                 if not outcome["ok"]:
                     break
-            self._slide_finished(plan, rows)
+            self._slide_finished(plan, rows, outcome)
 
     def _run_on_cluster(self, todo: list[SlidePlan], rows: dict[str, dict]) -> str | None:
         from distributed import as_completed
@@ -329,6 +367,9 @@ class CohortRunner:
                                   "external": handle.cluster is None})
         try:
             client = handle.client
+            self._client = client
+            # Set on a full disk: stage tasks that have not started return at once.
+            self._stop_event = f"wsi-pipeline-stop-{self.holder.token}"
             # Only each chain's last future is held. A future the driver holds is a result Dask
             # keeps wanted: when a worker holding it dies, Dask recomputes it, and a recomputed
             # stage redoes its side effects (deletes and rewrites the slide's outputs, clears its
@@ -358,9 +399,11 @@ class CohortRunner:
                     if again is not None:
                         done.add(submit(again))
                         continue
-                self._slide_finished(chain.plan, rows)
+                outcome = last.result() if last.status == "finished" else None
+                self._slide_finished(chain.plan, rows, outcome)
                 del last  # released: a later worker death does not recompute this slide
         finally:
+            self._client = None
             handle.close()
         return handle.dashboard_link
 
@@ -394,7 +437,12 @@ class CohortRunner:
             record_failure(job, stage, type(exc).__name__, str(exc))
         return None
 
-    def _slide_finished(self, plan: SlidePlan, rows: dict[str, dict]) -> None:
+    def _slide_finished(self, plan: SlidePlan, rows: dict[str, dict],
+                        outcome: dict[str, Any] | None = None) -> None:
+        if outcome is not None and outcome.get("unrecorded"):
+            self._unrecorded[plan.entry.slide_id] = outcome
+        if outcome is not None and outcome.get("disk_full"):
+            self._stop(f"{plan.entry.slide_id}'s {outcome['stage']}")
         row = self._row(plan)
         rows[plan.entry.slide_id] = row
         self._unlock(plan.entry.slide_id)
@@ -411,7 +459,34 @@ class CohortRunner:
             stages = SlideStages(slide_dir(self.out_dir, plan.entry.slide_id))
             if stages.pending(plan.expected, self.model_sha256):
                 row["status"] = "pending"  # its markers are there, an output they promise is not
+        lost = self._unrecorded.get(plan.entry.slide_id)
+        if lost is not None and row["status"] == "pending":  # no room for its failed.json
+            row.update(status="failed", failed_stage=lost["stage"], error_type=lost["error_type"],
+                       error=lost["error"])
         return row
+
+    # -- a full disk ----------------------------------------------------------------------------
+    def _stop(self, what: str) -> None:
+        """`what` met a full disk: start no more slides (on a cluster, stage tasks not yet
+        running return at once)."""
+        if self._full is not None:
+            return
+        self._full = what
+        log.info("disk full (%s): no more slides are started; what finished is kept", what)
+        if self._client is not None and self._stop_event is not None:
+            from distributed import Event
+
+            Event(self._stop_event, client=self._client).set()
+
+    def _disk_full_write(self, what: str, exc: OSError) -> None:
+        """A run-level write (the manifest, the cohort summary) met a full disk: one line, and
+        the run starts no more slides. The file it would have replaced is left whole."""
+        full = disk_full_error(exc)
+        assert full is not None
+        line = f"{describe(full)}; {what} was not replaced (the previous one, if any, is whole)"
+        log.error("%s", line, extra={DETAIL: "".join(traceback.format_exception(exc))})
+        self._full_writes[what] = line
+        self._stop(f"a write of {what}")
 
     # -- preflight (preflight.py) -------------------------------------------------------------
     def slide_checks(self) -> dict[str, SlideCheck]:
@@ -488,6 +563,12 @@ class CohortRunner:
     def _write_manifest(self, rows: dict[str, dict], force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._last_manifest >= MANIFEST_INTERVAL_S:
-            write_shared_manifest(self.out_dir, list(rows.values()), keep_theirs=self._foreign,
-                                  holder=self.holder)
+            try:
+                write_shared_manifest(self.out_dir, list(rows.values()), keep_theirs=self._foreign,
+                                      holder=self.holder)
+                self._full_writes.pop("the manifest", None)  # replaced after all
+            except OSError as exc:
+                if disk_full_error(exc) is None:
+                    raise
+                self._disk_full_write("the manifest", exc)
             self._last_manifest = now

@@ -155,6 +155,12 @@ class SlideStages:
         """
         for later in STAGES[STAGES.index(stage):]:
             self.marker_path(later).unlink(missing_ok=True)
+        self.discard(stage)
+
+    def discard(self, stage: str) -> None:
+        """Remove what `stage` wrote and its temporary files: before it is redone, and after
+        it failed on a full disk (the space goes back at once; a half-written maps.zarr.partial
+        would otherwise sit on the full disk until the slide is run again)."""
         for name in STAGE_OUTPUTS[stage]:
             p = self.slide_dir / name
             if p.is_dir() and not p.is_symlink():

@@ -5,6 +5,11 @@ in OUT/logs/<slide>.log) and returns it as a failed outcome: a broken file is a 
 slide, not about the worker, so it is not retried and never stops other slides. Only the
 loss of a worker surfaces to the driver as an exception (Dask's KilledWorker after retries).
 
+A full disk (or quota) is not a fact about the slide: the stage's partial outputs are removed at
+once (the space goes back), the failure is recorded as DiskFull with one line naming the file
+and the free space, and the outcome says `disk_full` so that the run schedules no more slides
+(each would fail the same way). The next run retries such slides without --retry-failed.
+
 The run that submitted a job holds the slide's lock (see locks.py). A stage checks that the
 lock is still that run's before it deletes anything and again before it writes its marker:
 if another run took the slide over meanwhile (`--break-locks`), the stage stops and leaves the
@@ -30,6 +35,7 @@ from wsi_pipeline.cohort import locks
 from wsi_pipeline.cohort.config import RunConfig
 from wsi_pipeline.cohort.layout import slide_dir, slide_lock, slide_log
 from wsi_pipeline.cohort.stages import SlideStages, StageMarker
+from wsi_pipeline.diskfull import DISK_FULL, describe, disk_full_error
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,9 @@ class SlideJob:
     mpp: float | None = None  # the slide's pixel size as resolved by the preflight (None: resolve here)
     mpp_source: str | None = None  # where it came from (wsi_pipeline.cohort.mpp)
     lock_token: str | None = None  # token of the slide lock the submitting run holds
+    #: Name of the Dask Event the run sets when the disk is full: stages not yet started then
+    #: return at once, leaving their slides pending (None: not run on a cluster).
+    stop_event: str | None = None
 
     @property
     def slide_dir(self) -> Path:
@@ -75,6 +84,8 @@ def run_stage(job: SlideJob, stage: str, upstream: Outcome | None = None) -> Out
     """Run `stage` of `job` unless an earlier stage failed; write its marker when it succeeds."""
     if upstream is not None and not upstream["ok"]:
         return upstream
+    if job.stop_event is not None and _stop_requested(job.stop_event):
+        return {"ok": False, "slide_id": job.slide_id, "stage": stage, "stopped": True}
     stages = SlideStages(job.slide_dir)
     with log_to_file(job.log_path):
         log.info("%s: %s started on %s (pid %d)", job.slide_id, stage, _host(), os.getpid())
@@ -87,19 +98,22 @@ def run_stage(job: SlideJob, stage: str, upstream: Outcome | None = None) -> Out
                 stages.record_attempt(key)
             stages.begin(stage)
             result = _STAGE_FUNCTIONS[stage](job)
+            seconds = time.perf_counter() - t0
+            if not job.still_locked():
+                return _lock_lost(job, stage)
+            # The marker is written inside the try: on a full disk it fails like the stage.
+            stages.finish(StageMarker(stage=stage, config_hash=job.expected[stage],
+                                      model_sha256=job.model_sha256, version=__version__,
+                                      seconds=round(seconds, 3), result=result))
         except Exception as exc:  # noqa: BLE001 - any error of this slide is recorded, not raised
+            if disk_full_error(exc) is not None:
+                return _disk_full(job, stage, exc)
             log.error("%s: %s failed: %s (traceback in %s)", job.slide_id, stage, one_line(exc),
                       job.log_path, extra={DETAIL: traceback.format_exc()})
             if not job.still_locked():
                 return _lock_lost(job, stage)
             stages.clear_attempt()
             return record_failure(job, stage, type(exc).__name__, str(exc))
-        seconds = time.perf_counter() - t0
-        if not job.still_locked():
-            return _lock_lost(job, stage)
-        stages.finish(StageMarker(stage=stage, config_hash=job.expected[stage],
-                                  model_sha256=job.model_sha256, version=__version__,
-                                  seconds=round(seconds, 3), result=result))
         stages.clear_failure()
         stages.clear_attempt()
         log.info("%s: %s done in %.1f s: %s", job.slide_id, stage, seconds, result)
@@ -115,13 +129,72 @@ def _lock_lost(job: SlideJob, stage: str) -> Outcome:
             "error_type": "LockLost", "error": f"lock taken over by {who}"}
 
 
+#: What a stage writes outside wsi_pipeline.atomic (which names its file itself), for a full
+#: disk whose error names no file (a failed write() names none).
+_WRITES = {"infer": "maps.zarr.partial", "postproc": "nuclei.parquet"}
+
+
+def _disk_full(job: SlideJob, stage: str, exc: BaseException) -> Outcome:
+    """`stage` met a full disk: its partial outputs go (unless another run took the slide
+    over), then one line names the file and the free space left, and the failure is recorded."""
+    stages = SlideStages(job.slide_dir)
+    if not job.still_locked():
+        return _lock_lost(job, stage)
+    full = disk_full_error(exc)
+    assert full is not None
+    try:
+        stages.discard(stage)
+    except OSError as cleanup:  # the message below still says what happened
+        log.warning("%s: could not remove the partial outputs of %s: %s", job.slide_id, stage, cleanup)
+    stages.clear_attempt()
+    message = describe(full, job.slide_dir / _WRITES.get(stage, ""))
+    message += " (after removing the partial outputs of this stage)"
+    log.error("%s: %s failed: %s (traceback in %s)", job.slide_id, stage, message, job.log_path,
+              extra={DETAIL: "".join(traceback.format_exception(exc))})
+    outcome = {**record_failure(job, stage, DISK_FULL, message), "disk_full": True}
+    if job.stop_event is not None:  # now, not when the driver hears of it: no slide starts meanwhile
+        _request_stop(job.stop_event)
+    return outcome
+
+
 def record_failure(job: SlideJob, stage: str, error_type: str, error: str) -> Outcome:
+    """Write the slide's failure record and return the failed outcome. On a disk too full even
+    for the record, the outcome alone carries the failure (the runner puts it in the manifest)."""
     record = {"slide_id": job.slide_id, "stage": stage, "error_type": error_type,
               "error": error.strip().splitlines()[0] if error.strip() else error_type,
               "stage_hash": job.expected["export"],
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": _host()}
-    SlideStages(job.slide_dir).record_failure(record)
+    try:
+        SlideStages(job.slide_dir).record_failure(record)
+    except OSError as exc:
+        full = disk_full_error(exc)
+        if full is None:
+            raise
+        log.error("%s: the failure could not be recorded in %s: %s", job.slide_id,
+                  SlideStages(job.slide_dir).failure_path(), describe(full))
+        return {"ok": False, **record, "unrecorded": True, "disk_full": True}
     return {"ok": False, **record}
+
+
+def _stop_requested(name: str) -> bool:
+    """Whether the run's stop Event (a full disk) is set; False where it cannot be asked."""
+    try:
+        from distributed import Event
+
+        return bool(Event(name).is_set())
+    except Exception:  # noqa: BLE001 - no scheduler to ask: run the stage
+        return False
+
+
+def _request_stop(name: str) -> None:
+    """Set the run's stop Event, so that no stage task starts after this one (the driver sets
+    it as well when the outcome arrives)."""
+    try:
+        from distributed import Event
+
+        Event(name).set()
+    except Exception as exc:  # noqa: BLE001 - no scheduler: the driver stops the run itself
+        log.debug("stop event %s not set here: %s", name, exc)
 
 
 # -- the stages ------------------------------------------------------------------------------
@@ -255,6 +328,30 @@ class _DetailFormatter(logging.Formatter):
         return f"{text}\n{str(detail).rstrip()}" if detail else text
 
 
+class _LogFileHandler(logging.FileHandler):
+    """A log file that, on a full disk, drops lines quietly: logging's default is a traceback
+    on stderr for every line (dozens per failed slide), burying the one line that says the disk
+    is full. The console still shows every line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if disk_full_error(sys.exc_info()[1]) is None:
+            super().handleError(record)
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as exc:
+            if disk_full_error(exc) is None:
+                raise
+
+    def close(self) -> None:  # closing flushes: on a full disk that raises out of `finally`
+        try:
+            super().close()
+        except OSError as exc:
+            if disk_full_error(exc) is None:
+                raise
+
+
 class _ThreadFilter(logging.Filter):
     def __init__(self, thread_id: int):
         super().__init__()
@@ -272,7 +369,7 @@ def log_to_file(path: Path, *, this_thread_only: bool = True) -> Iterator[None]:
     `this_thread_only` keeps their lines out. The run log takes every thread.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _LogFileHandler(path, encoding="utf-8")
     handler.setFormatter(_DetailFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if this_thread_only:
         handler.addFilter(_ThreadFilter(threading.get_ident()))
