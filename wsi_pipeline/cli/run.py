@@ -224,7 +224,7 @@ def _print_report(report: Any) -> None:
     for line, row in zip(report.failure_lines(), report.failures, strict=True):
         where = f" (traceback: {report.out_dir / row['log']})" if row.get("log") else ""
         click.echo(f"FAILED {line}{where}", err=True)
-    for line in report.disk_full:  # what a full disk stopped (cohort.runner)
+    for line in getattr(report, "disk_full", ()):  # what a full disk stopped (cohort.runner)
         click.echo(line, err=True)
     for row in report.rows:
         if row.get("qc"):
