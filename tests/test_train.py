@@ -216,7 +216,8 @@ def test_without_stain_config_checkpoints_carry_no_stain(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["train_compact.yaml", "train_compact_continue.yaml", "train_full.yaml",
-                                  "train_mix.yaml", "train_full_mix.yaml"])
+                                  "train_mix.yaml", "train_mix_consep.yaml",
+                                  "train_full_mix.yaml"])
 def test_shipped_training_configs_load(name):
     from pathlib import Path
 
