@@ -1,17 +1,24 @@
-"""Fault matrix (issue 11): the ways a cohort run met faults that once lost or corrupted data.
+"""Fault matrix (issue 11): the ways a cohort run meets faults, each reproduced on tiny synthetic
+slides (512² crops of the CMU slide, a width-8 network), asserting that nothing is lost or
+written outside OUT and that what a rerun produces equals an undisturbed run's tables. Runs are
+made in this process (`--workers 0`) except where another process is the point.
 
-Each case reproduces one fault on tiny synthetic slides (512² crops of the CMU slide, a
-width-8 network) and asserts that nothing is lost or written outside OUT, and that what a rerun
-produces equals an undisturbed run's tables. Runs are made in this process (`--workers 0`)
-except where two processes are the point.
-
+Cases that once lost or corrupted data, or failed unclearly (the issue's numbers):
   1  two runs on one OUT at once: slide locks, stale and foreign locks, a merged manifest
   2  slide ids from names like `...tif`: always a folder strictly inside OUT
   3  predict-tiles: never over an input, distinct inputs get distinct outputs
-  4  stage markers whose outputs were deleted: redone, maps only where needed
+  4  stage markers whose outputs were deleted: redone, maps only where needed (export reads
+     the nuclei table's metadata, not the maps)
   9, 10  ids whatever way the cohort path is written (`.`, absolute, symlinks)
+  11 a full disk in each stage, its marker, its failure record, the manifest: injected, and on
+     a real 8 MB tmpfs where one can be mounted
   12 evaluate --types naming fewer types than the data has
   13 errors that name the real problem (CLI flags, a folder in a slide list)
+Cases that already passed, kept passing: kill -9 inside each stage (a `wsi-pipeline run`
+process), broken and truncated slides, bad config files, malicious and damaged checkpoints;
+a Dask worker killed by a slide's stage is tests/test_cohort_lost_worker.py (an external
+cluster whose workers die; listed in FAULT_MATRIX below, not repeated here).
+Items 5-8 (pixel sizes, preflight, QC flags) are tests/test_preflight.py and tests/test_qc.py.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from cohort_fixtures import (
+    CMU,
     CMU_CROPS,
     assert_same_tables,
     cli,
@@ -52,6 +60,58 @@ from wsi_pipeline.cohort.discover import discover
 from wsi_pipeline.cohort.layout import RESERVED_NAMES, UnsafeSlideId, safe_id, slide_dir
 from wsi_pipeline.cohort.manifest_merge import merge_rows, write_shared_manifest
 from wsi_pipeline.cohort.runner import CohortRunner, RunSetupError
+
+#: Every case of the issue's fault matrix and the test that covers it ("module::test").
+FAULT_MATRIX: dict[str, str] = {
+    "two runs on one OUT":
+        "test_fault_matrix::test_two_runs_at_once_on_one_out_finish_with_the_tables_of_one_run",
+    "path traversal through the slide id":
+        "test_fault_matrix::test_dot_names_stay_inside_out_and_nothing_outside_is_deleted",
+    "predict-tiles over its input":
+        "test_fault_matrix::test_predict_tiles_into_its_own_input_folder_refuses_overlays_over_inputs",
+    "markers without their outputs":
+        "test_fault_matrix::test_deleted_nuclei_table_is_rebuilt_without_redoing_inference",
+    "maps deleted, then --geojson":
+        "test_fault_matrix::test_deleted_maps_are_remade_only_when_a_stage_that_reads_them_runs",
+    "--mpp a fallback only": "test_preflight::test_fallback_leaves_slides_with_metadata_alone",
+    "missing mpp in the preflight": "test_preflight::test_missing_mpp_refused_before_any_work",
+    "implausible mpp": "test_preflight::test_implausible_mpp_refused",
+    "checkpoint checked once": "test_preflight::test_unusable_checkpoint_is_one_clear_error",
+    "free disk space estimated": "test_preflight::test_disk_space_refused_or_warned",
+    "plausibility QC": "test_qc::test_flags_reach_the_manifest_and_summarize",
+    "run . from inside the cohort": "test_fault_matrix::test_run_dot_from_inside_the_cohort",
+    "ids however the path is written":
+        "test_fault_matrix::test_ids_do_not_depend_on_how_the_cohort_path_is_written",
+    "disk full in a stage":
+        "test_fault_matrix::test_a_full_disk_fails_the_slide_cleanly_and_stops_the_run",
+    "disk full on a cluster":
+        "test_fault_matrix::test_a_full_disk_on_a_cluster_starts_no_other_slide",
+    "disk full, a real tmpfs":
+        "test_fault_matrix::test_a_real_full_disk_loses_nothing_and_the_rerun_gives_the_same_tables",
+    "evaluate --types too few":
+        "test_fault_matrix::test_evaluate_types_fewer_than_the_data_has_is_refused",
+    "bad CLI flags": "test_fault_matrix::test_bad_cli_flag_is_named_as_a_flag_not_as_the_defaults",
+    "a folder in a slide list":
+        "test_fault_matrix::test_a_folder_in_a_slide_list_is_reported_as_a_folder",
+    "kill -9 in each stage":
+        "test_fault_matrix::test_kill_9_in_a_stage_then_the_rerun_gives_the_same_tables",
+    "a killed Dask worker":
+        "test_cohort_lost_worker::test_slide_that_kills_its_worker_is_recorded_and_retried",
+    "broken and truncated slides":
+        "test_fault_matrix::test_broken_and_truncated_slides_lose_nothing_and_a_fixed_one_runs",
+    "bad YAML": "test_fault_matrix::test_a_bad_config_file_touches_nothing",
+    "malicious checkpoints":
+        "test_fault_matrix::test_a_malicious_or_damaged_checkpoint_is_refused_and_touches_nothing",
+}
+
+
+def test_every_case_of_the_matrix_has_its_test():
+    """The matrix above names real tests (a renamed or deleted one would drop a case silently)."""
+    import importlib
+
+    for case, where in FAULT_MATRIX.items():
+        module, name = where.split("::")
+        assert callable(getattr(importlib.import_module(module), name, None)), f"{case}: {where} is gone"
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -75,6 +135,16 @@ def clean(cohort):
     report = run_here(root / "slides", out, ckpt)
     assert report.ok and not report.locked
     return result_tables(out)
+
+
+@pytest.fixture(scope="module")
+def finished(cohort, clean):
+    """A finished OUT that tests of faults which must write nothing share (each compares what
+    it finds at its start)."""
+    root, ckpt = cohort
+    out = root / "finished"
+    assert run_here(root / "slides", out, ckpt).ok
+    return out
 
 
 def _sleeper() -> subprocess.Popen:
@@ -535,6 +605,176 @@ def test_symlinked_slides_keep_their_own_names_and_two_links_are_one_slide(tmp_p
     entries = discover(cohort)
     assert [e.slide_id for e in entries] == ["patient1", "patient2"]
     assert "patient1_again.svs is the same file as" in caplog.text
+
+
+# -- kill -9 in each stage ---------------------------------------------------------------------
+#: Run as `python HOOK run ...`: `wsi-pipeline` with one stage paused half-written (the first
+#: slide to reach it), so that the test's SIGKILL lands inside that stage, never after it.
+PAUSE_HOOK = '''
+import os
+import time
+from pathlib import Path
+from unittest import mock
+
+STAGE, FLAG = os.environ["FAULT_PAUSE_STAGE"], Path(os.environ["FAULT_PAUSE_FLAG"])
+WHERE = {
+    "infer": "wsi_pipeline.infer._attributes",  # every map chunk is in maps.zarr.partial
+    "postproc": "wsi_pipeline.postproc.slide._OrderedWriter.close",  # the table half-written
+    "export": "wsi_pipeline.export.write_text_atomic",  # overlay.png and qc/ written, not summary.json
+}[STAGE]
+
+
+def pause(*args, **kwargs):
+    FLAG.write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+mock.patch(WHERE, pause).start()
+from wsi_pipeline.cli import main  # noqa: E402
+
+main()
+'''
+
+
+@pytest.mark.parametrize("stage", ["infer", "postproc", "export"])
+def test_kill_9_in_a_stage_then_the_rerun_gives_the_same_tables(cohort, clean, tmp_path, stage):
+    """A `wsi-pipeline run` SIGKILLed inside a stage leaves no marker claiming it, and the next
+    run (taking over the dead run's lock) finishes with an undisturbed run's tables."""
+    from wsi_pipeline.cohort.stages import STAGES
+
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    hook = tmp_path / "paused_run.py"
+    hook.write_text(PAUSE_HOOK)
+    flag = tmp_path / "paused"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT_PAUSE_STAGE": stage, "FAULT_PAUSE_FLAG": str(flag)}
+    run = subprocess.Popen([sys.executable, str(hook), "run", str(root / "slides"), "-o", str(out),
+                            "--checkpoint", str(ckpt), "--workers", "0"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    try:
+        assert wait_for(flag.exists, 120), f"{stage} was never reached: {run.communicate(timeout=5)[0]}"
+    finally:
+        kill_group(run)
+    run.stdout.close()
+    folder = out / "cmu_a"
+    done = {p.stem for p in (folder / "stages").glob("*.json")}
+    assert done == set(STAGES[:STAGES.index(stage)]), done  # the killed stage is not marked done
+    half_written = {"infer": list(folder.glob("maps.zarr.partial/ns")),
+                    "postproc": list(folder.glob(".nuclei.parquet.*.tmp")),
+                    "export": list(folder.glob("overlay.png"))}[stage]
+    assert half_written and not (folder / "summary.json").exists()
+    assert (folder / "slide.lock").exists()  # the dead run's
+
+    report = run_here(root / "slides", out, ckpt)
+    assert report.ok, report.failure_lines()
+    assert report.ran_stages == len(STAGES) - STAGES.index(stage) + len(STAGES)
+    assert_same_tables(clean, result_tables(out))
+    assert not list(out.rglob("*.tmp")) and not list(out.glob("*/maps.zarr.partial"))
+    assert not list(out.glob("*/slide.lock"))
+
+
+# -- broken inputs: slides, config files, checkpoints -------------------------------------------
+def test_broken_and_truncated_slides_lose_nothing_and_a_fixed_one_runs(shared_data, cohort, clean, tmp_path):
+    """Broken files fail alone, each with an error naming it; the good slides equal an
+    undisturbed run's; a rerun redoes nothing; a file replaced by a good copy runs by itself
+    (its fingerprint changed: no --retry-failed needed) and nothing else is touched."""
+    root, ckpt = cohort
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for name in ("cmu_a", "cmu_b"):
+        shutil.copy(root / "slides" / f"{name}.tif", slides / f"{name}.tif")
+    good = (root / "slides" / "cmu_b.tif").read_bytes()
+    (slides / "cmu_c.tif").write_bytes(good[: len(good) // 3])  # a copy that stopped a third in
+    svs = (shared_data / CMU).read_bytes()
+    (slides / "truncated.svs").write_bytes(svs[: len(svs) // 3])
+    (slides / "text.svs").write_text("this is not a slide\n")
+    (slides / "empty.svs").write_bytes(b"")
+    out = tmp_path / "out"
+    report = run_here(slides, out, ckpt)
+    broken = {"cmu_c", "truncated", "text", "empty"}
+    rows = pd.read_parquet(out / "manifest.parquet").set_index("slide_id")
+    assert rows["status"].to_dict() == {**dict.fromkeys(broken, "failed"), "cmu_a": "done", "cmu_b": "done"}
+    for line in report.failure_lines():
+        slide_id = line.split(":")[0]
+        assert line.startswith(f"{slide_id}: infer: ") and slide_id in line.split(": ", 3)[-1], line
+    tables = result_tables(out)
+    for name in ("cmu_a", "cmu_b"):
+        pd.testing.assert_frame_equal(clean[name], tables[name])
+    before = _snapshot(out / "cmu_a")
+
+    again = run_here(slides, out, ckpt)  # failed before, not retried: nothing runs
+    assert again.ran_stages == 0 and _snapshot(out / "cmu_a") == before
+
+    (slides / "cmu_c.tif").write_bytes(good)
+    fixed = run_here(slides, out, ckpt)
+    assert fixed.ran_stages == 3 and sorted(r["slide_id"] for r in fixed.failures) == sorted(broken - {"cmu_c"})
+    tables = result_tables(out)
+    pd.testing.assert_frame_equal(clean["cmu_b"], tables["cmu_c"])  # the same pixels as cmu_b
+    for name in ("cmu_a", "cmu_b"):
+        pd.testing.assert_frame_equal(clean[name], tables[name])
+    assert _snapshot(out / "cmu_a") == before
+
+
+@pytest.mark.parametrize("text, named", [
+    ("postproc:\n  ns_threshold: [0.5\n", "line 2"),  # YAML that does not parse
+    ("postproc:\n  ns_treshold: 0.5\n", "ns_treshold"),  # a misspelt key
+    ("infer:\n  chunk_size: lots\n", "chunk_size"),  # a value of the wrong type
+    ("- just\n- a list\n", "mapping"),  # not a mapping at all
+])
+def test_a_bad_config_file_touches_nothing(cohort, clean, finished, tmp_path, text, named):
+    root, ckpt = cohort
+    out = finished
+    before = _snapshot(out)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    res = CliRunner().invoke(main, ["run", str(root / "slides"), "-o", str(out), "--checkpoint", str(ckpt),
+                                    "--workers", "0", "--config", str(bad)])
+    assert res.exit_code != 0 and str(bad) in res.output and named in res.output, res.output
+    assert "Traceback" not in res.output
+    assert _snapshot(out) == before
+    bad.write_text("postproc:\n  ns_threshold: 0.4\n")  # fixed (the default value)
+    report = run_here(root / "slides", out, ckpt)
+    assert report.ok and report.ran_stages == 0
+    assert_same_tables(clean, result_tables(out))
+
+
+class _Payload:
+    """Unpickling this runs `touch PROOF`: what a malicious checkpoint would do."""
+
+    def __init__(self, proof: Path):
+        self.proof = proof
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.proof}",))
+
+
+@pytest.mark.parametrize("kind", ["code", "truncated", "garbage"])
+def test_a_malicious_or_damaged_checkpoint_is_refused_and_touches_nothing(cohort, clean, finished, tmp_path,
+                                                                          kind):
+    import torch
+
+    root, ckpt = cohort
+    out = finished
+    before = {k: v for k, v in _snapshot(out).items() if not k.startswith("logs/")}
+    evil = tmp_path / "model.pt"
+    proof = tmp_path / "payload_ran"
+    if kind == "code":
+        torch.save({"model": _Payload(proof)}, evil)
+    elif kind == "truncated":
+        evil.write_bytes(ckpt.read_bytes()[:100_000])
+    else:
+        evil.write_bytes(os.urandom(4096))
+    with pytest.raises(RunSetupError) as info:
+        run_here(root / "slides", out, evil)
+    message = str(info.value)
+    assert str(evil) in message and "weights_only" not in message, message
+    assert not proof.exists(), "the checkpoint's code ran"
+    assert {k: v for k, v in _snapshot(out).items() if not k.startswith("logs/")} == before
+    assert not list(out.glob("*/slide.lock"))
+    report = run_here(root / "slides", out, ckpt)
+    assert report.ok and report.ran_stages == 0
+    assert_same_tables(clean, result_tables(out))
 
 
 # -- 11: a full disk ----------------------------------------------------------------------------
