@@ -35,7 +35,8 @@ def main() -> None:
     t = time.perf_counter()
     for s in samples:
         hv_maps(s.inst_map)
-    print(f"{'hv_maps (targets.py, for comparison)':45s} {(time.perf_counter() - t) / len(samples) * 1e3:6.2f} ms/patch")
+    ms = (time.perf_counter() - t) / len(samples) * 1e3
+    print(f"{'hv_maps (targets.py, for comparison)':45s} {ms:6.2f} ms/patch")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for slide in args.slides:
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-c", "from wsi_pipeline.cli import main; main()", "run", str(slide), "-o", tmp,
+            cmd = [sys.executable, "-c", "from wsi_pipeline.cli import main; main()",
+                   "run", str(slide), "-o", tmp,
                    "--checkpoint", str(args.checkpoint), "--workers", "0"]
             if args.mpp:
                 cmd += ["--mpp", str(args.mpp)]

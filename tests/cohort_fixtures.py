@@ -3,6 +3,7 @@ and a tiny random checkpoint (fast on CPU, deterministic)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -123,14 +124,10 @@ def run_cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProce
 
 def kill_group(p: subprocess.Popen) -> None:
     """SIGKILL the process group the test started (the run and its cluster workers)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         p.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:

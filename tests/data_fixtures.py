@@ -12,7 +12,7 @@ def disc_labels(
     rows, cols = np.indices((size, size))
     inst = np.zeros((size, size), np.int32)
     typ = np.zeros((size, size), np.int32)
-    for (r, c), i, t in zip(centres, ids, types):
+    for (r, c), i, t in zip(centres, ids, types, strict=True):
         disc = (rows - r) ** 2 + (cols - c) ** 2 <= radius**2
         inst[disc] = i
         typ[disc] = t

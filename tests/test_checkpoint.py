@@ -24,7 +24,7 @@ def test_round_trip_is_bit_exact(tmp_path):
     assert loaded.sha256 == sha == file_sha256(tmp_path / "m.pt")
     assert loaded.class_names == NAMES and loaded.mpp == 0.25 and loaded.meta == {"epochs": 3}
     assert loaded.config == net.config
-    for (k, a), (_, b) in zip(net.state_dict().items(), loaded.net.state_dict().items()):
+    for (k, a), (_, b) in zip(net.state_dict().items(), loaded.net.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     assert not loaded.net.training
 

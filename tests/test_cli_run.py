@@ -55,7 +55,8 @@ def test_read_only_output_checked_even_as_root(slide, ckpt, tmp_path, monkeypatc
     real_access = os.access
     parent = tmp_path / "mount"
     parent.mkdir()
-    monkeypatch.setattr(runner.os, "access", lambda p, m: False if str(p) == str(parent) else real_access(p, m))
+    monkeypatch.setattr(runner.os, "access",
+                        lambda p, m: False if str(p) == str(parent) else real_access(p, m))
     res = _run(slide, "-o", parent / "out", "--checkpoint", ckpt)
     assert res.exit_code != 0
     assert f"cannot create {parent / 'out'}: parent folder {parent} is not writable" in res.output

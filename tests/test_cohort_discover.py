@@ -16,7 +16,8 @@ def _touch(p: Path) -> Path:
 
 
 def test_folder_recursive_by_extension(tmp_path):
-    for rel in ["a.svs", "sub/b.NDPI", "sub/deeper/c.tiff", "notes.txt", ".hidden/d.svs", "e.mrxs", "e/Data0.dat"]:
+    for rel in ["a.svs", "sub/b.NDPI", "sub/deeper/c.tiff", "notes.txt", ".hidden/d.svs", "e.mrxs",
+                "e/Data0.dat"]:
         _touch(tmp_path / rel)
     ids = [e.slide_id for e in discover(tmp_path)]
     assert ids == ["a", "e", "b", "c"]

@@ -51,7 +51,8 @@ def local_cluster(allowed_failures: int | None = None, preload: list[str] | None
     import dask
     from distributed import LocalCluster
 
-    settings = {} if allowed_failures is None else {"distributed.scheduler.allowed-failures": allowed_failures}
+    settings = ({} if allowed_failures is None
+                else {"distributed.scheduler.allowed-failures": allowed_failures})
     with dask.config.set(settings):  # read once, when the scheduler is created
         cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, resources={"GPU": 1},
                                dashboard_address=None, host="127.0.0.1", preload=preload or [],
@@ -104,7 +105,8 @@ def test_slide_that_kills_its_worker_is_recorded_and_retried(cohort, healthy, st
     m = pd.read_parquet(out / "manifest.parquet").set_index("slide_id")
     assert set(m.index) == set(CMU_CROPS)
     doomed = m.loc[DOOMED]
-    assert (doomed["status"], doomed["failed_stage"], doomed["error_type"]) == ("failed", stage, "KilledWorker")
+    assert (doomed["status"], doomed["failed_stage"], doomed["error_type"]) == (
+        "failed", stage, "KilledWorker")
     assert f"{stage}-{DOOMED}-" in doomed["error"]  # the task Dask gave up on
     log = (out / "logs" / f"{DOOMED}.log").read_text()
     assert log.count(f"{DOOMED}: {stage} started") == allowed_failures + 1

@@ -20,7 +20,7 @@ def test_convert_cpm15_untyped_round_trip(shared_data: Path, tmp_path: Path) -> 
     orig = read_cpm15(shared_data / "cpm15")
     assert [s.name for s in back] == [s.name for s in orig]
     assert all(b.type_map is None and np.array_equal(a.inst_map, b.inst_map) and a.mpp == b.mpp
-               for a, b in zip(orig, back))
+               for a, b in zip(orig, back, strict=True))
     meta = json.loads((dst / "classes.json").read_text())
     assert meta["class_names"] == ["background", "nucleus"] and meta["provenance"]["format"] == "cpm15"
 
@@ -35,7 +35,8 @@ def test_write_read_nucls_and_bad_label_named(shared_data: Path, tmp_path: Path)
 
 
 def test_convert_usage_errors(tmp_path: Path) -> None:
-    r = CliRunner().invoke(convert, ["--format", "cpm15", "--merge-consep", str(tmp_path), str(tmp_path / "o")])
+    r = CliRunner().invoke(
+        convert, ["--format", "cpm15", "--merge-consep", str(tmp_path), str(tmp_path / "o")])
     assert r.exit_code != 0 and "hovernet only" in r.output
     r = CliRunner().invoke(convert, ["--format", "cpm15", str(tmp_path), str(tmp_path / "o")])
     assert r.exit_code != 0 and "no image/mask pairs" in r.output

@@ -18,7 +18,7 @@ def test_item_shapes_and_dtypes() -> None:
     for aug in (None, Augmenter()):
         item = NucleusDataset([_sample()], aug, seed=1)[0]
         assert item["image"].shape == (3, 64, 64) and item["image"].dtype == torch.float32
-        assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
+        assert float(item["image"].min()) >= 0.0 and float(item["image"].max()) <= 1.0
         assert item["ns"].shape == (64, 64) and item["ns"].dtype == torch.int64
         assert set(item["ns"].unique().tolist()) == {0, 1}
         assert item["hv"].shape == (2, 64, 64) and item["hv"].dtype == torch.float32
@@ -38,10 +38,10 @@ def test_augmentation_reproducible_per_epoch() -> None:
     ds = NucleusDataset([_sample()] * 8, Augmenter(), seed=5)
     first = [ds[i]["inst"] for i in range(8)]
     again = [ds[i]["inst"] for i in range(8)]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     ds.set_epoch(1)
     other = [ds[i]["inst"] for i in range(8)]
-    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
 def test_fit_patch_pads_image_by_reflection_and_labels_with_background() -> None:

@@ -43,7 +43,8 @@ def monusac_root(tmp_path: Path) -> Path:
         _annotation(1, "Macrophage", [_region(1, 30, 30, 7)]),
         _annotation(2, "Neutrophil", [_region(1, 60, 30, 5)]),
     ])
-    _write_patient(root, "TCGA-BB-0002", "TCGA-BB-0002_1", [_annotation(1, "Epithelial", [_region(1, 10, 10, 5)])])
+    _write_patient(root, "TCGA-BB-0002", "TCGA-BB-0002_1",
+                   [_annotation(1, "Epithelial", [_region(1, 10, 10, 5)])])
     return root
 
 
@@ -61,7 +62,8 @@ def test_reads_xml_regions(monusac_root: Path) -> None:
 
 
 def test_unknown_class_named(monusac_root: Path) -> None:
-    _write_patient(monusac_root, "TCGA-CC-0003", "TCGA-CC-0003_1", [_annotation(1, "Mitosis", [_region(1, 9, 9, 4)])])
+    _write_patient(monusac_root, "TCGA-CC-0003", "TCGA-CC-0003_1",
+                   [_annotation(1, "Mitosis", [_region(1, 9, 9, 4)])])
     with pytest.raises(SampleError, match=r"TCGA-CC-0003_1\.xml.*Mitosis"):
         read_monusac(monusac_root)
     assert len(read_monusac(monusac_root, on_error="skip")) == 3
@@ -74,7 +76,7 @@ def test_convert_round_trip(monusac_root: Path, tmp_path: Path) -> None:
     assert "wrote 3 samples" in result.output
     back = read_common(dst)
     orig = read_monusac(monusac_root)
-    for a, b in zip(orig, back):
+    for a, b in zip(orig, back, strict=True):
         assert a.name == b.name and a.group == b.group and a.mpp == b.mpp
         assert np.array_equal(a.image, b.image) and np.array_equal(a.inst_map, b.inst_map)
         assert np.array_equal(a.type_map, b.type_map) and b.class_names == MONUSAC_CLASSES

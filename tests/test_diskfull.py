@@ -24,7 +24,7 @@ def test_found_in_causes_contexts_and_groups():
         try:
             raise full
         except OSError:
-            raise RuntimeError("the writer's close() failed too")  # a context, not a cause
+            raise RuntimeError("the writer's close() failed too")  # noqa: B904 (a context, not a cause)
     except RuntimeError as exc:
         assert disk_full_error(exc) is full
     wrapped = ValueError("x")

@@ -166,7 +166,8 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 # -- 1: locks ------------------------------------------------------------------------------------
-def test_a_slide_held_by_a_live_run_is_skipped_untouched_then_taken_over_when_it_dies(cohort, clean, tmp_path):
+def test_a_slide_held_by_a_live_run_is_skipped_untouched_then_taken_over_when_it_dies(
+        cohort, clean, tmp_path):
     root, ckpt = cohort
     out = tmp_path / "out"
     other = _sleeper()
@@ -397,7 +398,8 @@ def test_dot_names_stay_inside_out_and_nothing_outside_is_deleted(cohort, tmp_pa
     assert report.ok, report.failure_lines()
     after = _snapshot(work)
     assert {k: v for k, v in after.items() if not k.startswith("out/")} == before
-    assert (work / "out" / "__" / "nuclei.parquet").is_file() and (work / "out" / "_" / "nuclei.parquet").is_file()
+    assert (work / "out" / "__" / "nuclei.parquet").is_file()
+    assert (work / "out" / "_" / "nuclei.parquet").is_file()
     # given alone, the same file gets the same id
     assert [e.slide_id for e in discover(slides / "...tif")] == ["__"]
 
@@ -581,7 +583,8 @@ def test_ids_do_not_depend_on_how_the_cohort_path_is_written(tmp_path, monkeypat
     (tmp_path / "link").symlink_to(cohort)
     expected = ["a__s", "b__s", "t"]
     monkeypatch.chdir(cohort)
-    assert sorted(e.slide_id for e in discover(Path("."))) == expected  # was: PosixPath('.') has an empty name
+    # was: PosixPath('.') has an empty name
+    assert sorted(e.slide_id for e in discover(Path("."))) == expected
     assert all(e.path.is_absolute() for e in discover(Path(".")))
     monkeypatch.chdir(tmp_path)
     for spelled in (Path("cohort"), cohort, tmp_path / "link", Path("link"), Path("cohort/../cohort")):
@@ -708,7 +711,8 @@ def test_broken_and_truncated_slides_lose_nothing_and_a_fixed_one_runs(shared_da
 
     (slides / "cmu_c.tif").write_bytes(good)
     fixed = run_here(slides, out, ckpt)
-    assert fixed.ran_stages == 3 and sorted(r["slide_id"] for r in fixed.failures) == sorted(broken - {"cmu_c"})
+    assert fixed.ran_stages == 3
+    assert sorted(r["slide_id"] for r in fixed.failures) == sorted(broken - {"cmu_c"})
     tables = result_tables(out)
     pd.testing.assert_frame_equal(clean["cmu_b"], tables["cmu_c"])  # the same pixels as cmu_b
     for name in ("cmu_a", "cmu_b"):

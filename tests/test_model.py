@@ -105,5 +105,5 @@ def test_criss_cross_matches_explicit_row_column_softmax():
     cells = [(h, j) for j in range(4)] + [(i, w) for i in range(3) if i != h]
     energies = torch.stack([(q[0, :, h, w] * k[0, :, i, j]).sum() for i, j in cells])
     weights = torch.softmax(energies, 0)
-    expected = sum(wt * v[0, :, i, j] for wt, (i, j) in zip(weights, cells))
+    expected = sum(wt * v[0, :, i, j] for wt, (i, j) in zip(weights, cells, strict=True))
     assert torch.allclose(out[0, :, h, w], expected, atol=1e-6)

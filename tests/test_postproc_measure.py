@@ -32,7 +32,7 @@ def test_measurements_offset_scale_and_units():
     assert df.loc[0, "area_px"] == 42 and df.loc[0, "area_um2"] == pytest.approx(42 * 0.25)
     assert (df.loc[0, "bbox_x0"], df.loc[0, "bbox_y1"]) == (106, 216)
     assert df["type_name"].tolist() == ["a", "b"] and df.loc[1, "prob_b"] == pytest.approx(0.8)
-    for poly, area in zip(df["polygon"], df["area_px"]):
+    for poly, area in zip(df["polygon"], df["area_px"], strict=True):
         assert poly.is_valid
         assert poly.area == pytest.approx(area * 4, rel=0.25)  # contour at half-pixel, scale² = 4
     assert df.loc[1, "major_axis_um"] > df.loc[1, "minor_axis_um"]

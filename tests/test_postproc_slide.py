@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import shapely
 import zarr
-from scipy.spatial import cKDTree
 from maps_synth import CLASSES, consep_mosaic, oracle_maps, write_maps_zarr
+from scipy.spatial import cKDTree
 
 from wsi_pipeline.postproc import PostprocConfig
 from wsi_pipeline.postproc.chunks import ChunkingConfig

@@ -1,4 +1,5 @@
-"""CPU bf16 autocast only where the CPU has native bf16: emulated bf16 (Skylake AVX-512) is slower than fp32."""
+"""CPU bf16 autocast only where the CPU has native bf16: emulated bf16 (Skylake AVX-512) is slower
+than fp32."""
 
 from __future__ import annotations
 

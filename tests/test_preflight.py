@@ -162,7 +162,8 @@ def test_missing_mpp_message_quotes_the_objective_power(tmp_path):
                                          ("--mpp-override", "1e-6")])
 def test_implausible_mpp_refused(synth, tmp_path, flag, value):
     out = tmp_path / "out"
-    res = _run(synth / "meta.tif", "-o", out, "--checkpoint", synth / "tiny.pt", "--workers", "0", flag, value)
+    res = _run(synth / "meta.tif", "-o", out, "--checkpoint", synth / "tiny.pt", "--workers", "0",
+               flag, value)
     assert res.exit_code != 0
     assert "outside the plausible 0.1-2 µm/px" in res.output and "--allow-unusual-mpp" in res.output
     assert not (out / "meta").exists()

@@ -37,7 +37,7 @@ def test_sheet_files_crops_and_record(tmp_path):
         with Image.open(d / name) as im:
             assert im.format == "PNG" and im.width > 100
     assert [c["kind"] for c in record["crops"]] == ["densest", "least_confident"] + ["spread"] * 4
-    assert record["crop_mpp"] == 0.25 and record["class_colors"] == dict(zip(CLASSES, COLORS))
+    assert record["crop_mpp"] == 0.25 and record["class_colors"] == dict(zip(CLASSES, COLORS, strict=True))
     for crop in record["crops"]:
         assert crop["size"] == 32 and 0 <= crop["x0"] <= 256 - 32 and 0 <= crop["y0"] <= 256 - 32
         for key in ("raw", "outlines"):

@@ -202,7 +202,8 @@ def _validate(net, loader, device, amp, cw, cfg, samples: list[Sample]) -> dict[
     net.eval()
     sums: dict[str, float] = {}
     n = 0
-    with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32,
+                                                enabled=amp is not None):
         for batch in loader:
             batch = _to_device(batch, device, cfg.channels_last)
             total, terms = multitask_loss(net(batch["image"]), batch, cw, cfg.loss)
@@ -391,7 +392,8 @@ def train(
             best = (score, epoch + 1)
             save_checkpoint(run_dir / "best.pt", net, class_names=class_names, mpp=cfg.mpp, meta=meta)
         train_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                       "rng": {"torch": torch.get_rng_state()}, "epoch": epoch + 1, "history": history, "best": list(best)}
+                       "rng": {"torch": torch.get_rng_state()}, "epoch": epoch + 1,
+                       "history": history, "best": list(best)}
         save_checkpoint(last_path, net, class_names=class_names, mpp=cfg.mpp, meta=meta,
                         train_state=train_state)
         _write_history(run_dir, history)

@@ -61,4 +61,5 @@ def command(fmt: str, merge_consep: bool, mpp: float | None, target_mpp: float |
         kwargs["target_mpp"] = target_mpp
     write_common(samples, dst, source={"format": fmt, "src": str(src), "options": kwargs})
     n_inst = sum(int(s.inst_map.max()) for s in samples)
-    click.echo(f"wrote {len(samples)} samples ({n_inst} nuclei, classes {list(samples[0].class_names)}) to {dst}")
+    classes = list(samples[0].class_names)
+    click.echo(f"wrote {len(samples)} samples ({n_inst} nuclei, classes {classes}) to {dst}")

@@ -141,7 +141,8 @@ def command(
     )
     if "mpq" in summary:
         click.echo(
-            f"F_d {_fmt(summary['f_d'])}   type accuracy {_fmt(summary['type_acc'])}   mPQ {_fmt(summary['mpq'])}"
+            f"F_d {_fmt(summary['f_d'])}   type accuracy {_fmt(summary['type_acc'])}   "
+            f"mPQ {_fmt(summary['mpq'])}"
         )
         click.echo(f"{'type':>16s}  {'PQ':>8s}  {'F_c':>8s}")
         for key in sorted(k for k in summary if k.startswith("pq_")):

@@ -221,6 +221,7 @@ def _storage_probe(out_dir: str, probe_name: str, paths: list[str]) -> dict[str,
             problems.append(f"cannot write to {out}: {exc.strerror}")
     unreadable = [p for p in paths if not os.access(p, os.R_OK)]
     if unreadable:
-        shown = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
+        more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+        shown = ", ".join(unreadable[:5]) + more
         problems.append(f"cannot read {len(unreadable)} input slide(s): {shown}")
     return {"host": socket.gethostname(), "problems": problems}

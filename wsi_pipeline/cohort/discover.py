@@ -181,7 +181,7 @@ def _common_root(paths: list[Path]) -> Path:
         return Path("/")
     parts = [p.parent.parts for p in paths]
     common = []
-    for level in zip(*parts):
+    for level in zip(*parts, strict=False):  # the common prefix: stop at the shortest
         if len(set(level)) != 1:
             break
         common.append(level[0])

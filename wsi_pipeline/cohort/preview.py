@@ -74,7 +74,8 @@ def preview(runner: CohortRunner) -> list[SlidePreview]:
     return out
 
 
-_PROBLEM_LABEL = {"unreadable": "unreadable", "missing_mpp": "missing mpp", "implausible_mpp": "implausible mpp"}
+_PROBLEM_LABEL = {"unreadable": "unreadable", "missing_mpp": "missing mpp",
+                  "implausible_mpp": "implausible mpp"}
 
 
 def _inspect(item: SlidePreview, runner: CohortRunner, check: Any) -> None:

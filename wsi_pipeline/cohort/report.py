@@ -179,6 +179,8 @@ def write_report(out_dir: Path, table: pd.DataFrame | None = None,
             figures.append(f'<figure><img class="plot" alt="{html.escape(Path(plot).name)}" '
                            f'src="{uri}"><figcaption class="small">{html.escape(Path(plot).name)}'
                            "</figcaption></figure>")
+    no_figures = ('<p class="small">none (run <code>wsi-pipeline summarize</code> '
+                  'without --no-plot)</p>')
     rules = sorted({((s.get("tissue") or {}).get("holes") or {}).get("rule") for s in summaries.values()}
                    - {None})
     page = f"""<!DOCTYPE html>
@@ -197,7 +199,7 @@ with nucleus outlines coloured by type.</p>
 {chr(10).join(rows)}
 </tbody></table>
 <h2>Cohort plots</h2>
-{chr(10).join(figures) or '<p class="small">none (run <code>wsi-pipeline summarize</code> without --no-plot)</p>'}
+{chr(10).join(figures) or no_figures}
 <h2>Tissue area rule</h2>
 <ul class="small">{"".join(f"<li>{html.escape(rule)}</li>" for rule in rules) or "<li>not recorded</li>"}</ul>
 </body></html>

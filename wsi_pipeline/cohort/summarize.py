@@ -52,10 +52,12 @@ def summarize_cohort(out_dir: Path, plot: bool = True, report: bool = True) -> C
     out_dir = Path(out_dir)
     manifest_path = out_dir / MANIFEST
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: no manifest: is {out_dir} the output of `wsi-pipeline run`?")
+        raise FileNotFoundError(
+            f"{manifest_path}: no manifest: is {out_dir} the output of `wsi-pipeline run`?")
     manifest = read_manifest(out_dir)
     finished = manifest[manifest["status"].isin(["done", "no_tissue"])]
-    missing = [sid for sid in finished["slide_id"] if not (_folder(out_dir, sid) / "nuclei.parquet").is_file()]
+    missing = [sid for sid in finished["slide_id"]
+               if not (_folder(out_dir, sid) / "nuclei.parquet").is_file()]
     for sid in missing:
         log.warning("%s: left out of the cohort summary: %s is missing although the manifest "
                     "says the slide is finished (rerun `wsi-pipeline run` with this output folder "
@@ -146,7 +148,7 @@ def _colors(out_dir: Path, finished: pd.DataFrame) -> dict[str, str]:
     for slide_id in finished["slide_id"]:
         attrs = _slide_attrs(_folder(out_dir, slide_id))
         if attrs.get("class_names") and attrs.get("class_colors"):
-            return dict(zip(attrs["class_names"], attrs["class_colors"]))
+            return dict(zip(attrs["class_names"], attrs["class_colors"], strict=False))
     return {}
 
 

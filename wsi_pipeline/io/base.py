@@ -124,7 +124,7 @@ class Slide(ABC):
     def _read_level(self, level: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         """uint8 (h, w, 3) of `level` starting at level-0 pixel (x0, y0); white outside."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a no-op default: readers without handles keep it)
         """Release file handles."""
 
     # -- shared behaviour --------------------------------------------------------------------

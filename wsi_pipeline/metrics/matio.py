@@ -67,7 +67,8 @@ def read_instance_mat(path: str | os.PathLike) -> Instances:
         raise MatFileError(f"{path}: no 'inst_map' in .mat file")
     inst_map = np.asarray(mat["inst_map"])
     if inst_map.ndim != 2 or not np.issubdtype(inst_map.dtype, np.number):
-        raise MatFileError(f"{path}: inst_map must be a 2-D numeric array, got {inst_map.shape} {inst_map.dtype}")
+        raise MatFileError(
+            f"{path}: inst_map must be a 2-D numeric array, got {inst_map.shape} {inst_map.dtype}")
     inst_map = inst_map.astype(np.int32)
     n = int(np.count_nonzero(np.unique(inst_map)))
     return Instances(inst_map=inst_map, types=_types(mat, n, path), centroids=_centroids(mat, n, path))

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-
 IGNORE = -100  # NC target of pixels without a type label (torch's default ignore_index)
 
 

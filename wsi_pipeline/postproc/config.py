@@ -55,7 +55,8 @@ class PostprocConfig(BaseModel):
     merge_min_contact: float = Field(
         0.3,
         ge=0,
-        description="Shared border must be at least this fraction of the smaller piece's equivalent diameter.",
+        description="Shared border must be at least this fraction of the smaller piece's "
+        "equivalent diameter.",
     )
     merge_min_border_ns: float = Field(
         0.5,

@@ -37,7 +37,7 @@ def _polygons(
 ) -> list[shapely.Polygon]:
     """Outer contour of each instance crop, in map pixel (x, y); one loop step per nucleus."""
     polys = []
-    for img, r, c in zip(images, r0, c0):
+    for img, r, c in zip(images, r0, c0, strict=True):
         padded = np.pad(img, 1).astype(np.uint8)
         contours = measure.find_contours(padded, 0.5, fully_connected="high")
         ring = max(contours, key=len)
