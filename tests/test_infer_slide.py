@@ -10,6 +10,7 @@ import torch
 import zarr
 from PIL import Image
 
+from wsi_pipeline import contract
 from wsi_pipeline.data.stain import ReinhardNormalizer
 from wsi_pipeline.infer import STAIN_TILES, infer_slide
 from wsi_pipeline.infer_config import InferConfig
@@ -75,6 +76,11 @@ def test_maps_layout_and_agreement_with_tiled(model, tissue_canvas, tmp_path):
     for key in ("mpp", "slide_mpp", "scale", "level0_size", "map_size", "class_names", "class_colors",
                 "model_sha256", "config", "wsi_pipeline_version", "slide", "tissue_mm2"):
         assert key in attrs, key
+    # the stage contract lists exactly what inference writes
+    assert sorted(attrs) == sorted(contract.MAPS_ATTRIBUTES)
+    assert sorted(g.array_keys()) == sorted([contract.ARRAY_NS, contract.ARRAY_HV, contract.ARRAY_NC,
+                                             contract.ARRAY_INFERRED, contract.ARRAY_TISSUE])
+    assert contract.TISSUE_MPP_ATTR in g[contract.ARRAY_TISSUE].attrs
     assert attrs["scale"] == 1.0 and attrs["map_size"] == [576, 448]
     assert attrs["model_sha256"] == model.sha256 and attrs["class_names"] == list(CLASSES)
     assert attrs["stain"] is None and "stain" not in result.timings  # trained without it

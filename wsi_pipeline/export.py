@@ -21,25 +21,31 @@ import pyarrow.parquet as pq
 
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import write_text_atomic
+from wsi_pipeline.contract import (
+    GEOJSON,
+    NUCLEI,
+    OVERLAY,
+    QC_DIR,
+    STAGES_DIR,
+    SUMMARY,
+    TISSUE_JSON,
+    TISSUE_PNG,
+)
 from wsi_pipeline.export_config import ExportConfig
 from wsi_pipeline.geojson import write_geojson
 from wsi_pipeline.overlay import render_overlay
 from wsi_pipeline.qc import QCStats, describe, qc_report
-from wsi_pipeline.qc_sheet import QC_DIR, SlideGeometry, render_qc_sheet
+from wsi_pipeline.qc_sheet import SlideGeometry, render_qc_sheet
 from wsi_pipeline.table_meta import slide_attributes, table_provenance
 
 log = logging.getLogger(__name__)
 
-NUCLEI_PARQUET = "nuclei.parquet"
-GEOJSON = "nuclei.geojson.gz"
-SUMMARY = "summary.json"
-OVERLAY = "overlay.png"
 
 
 def _stage_timings(slide_dir: Path) -> dict[str, float]:
     """Seconds per finished stage, from the done-markers in stages/ (absent: not recorded)."""
     out: dict[str, float] = {}
-    for marker in sorted((slide_dir / "stages").glob("*.json")):
+    for marker in sorted((slide_dir / STAGES_DIR).glob("*.json")):
         try:
             data = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
@@ -52,7 +58,7 @@ def _stage_timings(slide_dir: Path) -> dict[str, float]:
 def _tissue_mm2(slide_dir: Path, attrs: dict) -> float:
     if attrs.get("tissue_mm2") is not None:
         return float(attrs["tissue_mm2"])
-    tissue_json = slide_dir / "tissue.json"
+    tissue_json = slide_dir / TISSUE_JSON
     if tissue_json.is_file():
         return float(json.loads(tissue_json.read_text(encoding="utf-8")).get("mm2", 0.0))
     return 0.0
@@ -61,7 +67,7 @@ def _tissue_mm2(slide_dir: Path, attrs: dict) -> float:
 def _tissue_json(slide_dir: Path) -> dict:
     """tissue.json's content ({} when absent or unreadable): its hole rule goes into summary.json."""
     try:
-        return json.loads((slide_dir / "tissue.json").read_text(encoding="utf-8"))
+        return json.loads((slide_dir / TISSUE_JSON).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
 
@@ -92,7 +98,7 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
     """Write summary.json, overlay.png and, if configured, nuclei.geojson.gz; return the summary."""
     t0 = time.perf_counter()
     slide_dir = Path(slide_dir)
-    parquet_path = slide_dir / NUCLEI_PARQUET
+    parquet_path = slide_dir / NUCLEI
     table_prov = table_provenance(parquet_path)
     attrs = slide_attributes(slide_dir, table_prov)  # maps.zarr's attributes, from the table
     class_names = list(attrs["class_names"])
@@ -115,7 +121,7 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
     }
 
     timings = _stage_timings(slide_dir)
-    outputs = [NUCLEI_PARQUET, OVERLAY, SUMMARY]
+    outputs = [NUCLEI, OVERLAY, SUMMARY]
     t_overlay = time.perf_counter()
     overlay_mpp = render_overlay(
         parquet_path,
@@ -123,7 +129,7 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
         level0_wh=tuple(attrs["level0_size"]),
         slide_mpp=float(attrs["slide_mpp"]),
         slide_path=(attrs.get("slide") or {}).get("path"),
-        tissue_png=slide_dir / "tissue.png",
+        tissue_png=slide_dir / TISSUE_PNG,
         class_colors=class_colors,
         max_px=cfg.overlay_max_px,
         contour_min_px=cfg.overlay_contour_min_px,
@@ -141,7 +147,7 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
                               slide_path=(attrs.get("slide") or {}).get("path")),
             class_names=class_names,
             class_colors=class_colors,
-            tissue_png=slide_dir / "tissue.png",
+            tissue_png=slide_dir / TISSUE_PNG,
             tissue_mpp=_tissue_json(slide_dir).get("thumb_mpp"),
             cfg=cfg.qc_sheet,
             title=f"{slide_dir.name}, {tissue_mm2:.2f} mm² tissue",

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import shapely
 
 from wsi_pipeline.atomic import atomic_path
+from wsi_pipeline.contract import PROB_PREFIX
 
 MEASUREMENT_COLUMNS = ("area_um2", "perimeter_um", "eccentricity", "solidity", "type_prob")
 #: uuid5(NAMESPACE_URL, "wsi-pipeline:nucleus"): the namespace of every nucleus UUID.
@@ -83,7 +84,7 @@ def _features(batch: pa.RecordBatch, classifications: dict[int, str], decimals: 
     and whichever measurement and prob_* columns it has)."""
     geoms = rounded_outlines(batch.column("geometry").to_numpy(False), decimals)
     geo_json = shapely.to_geojson(geoms)
-    prob_cols = [c for c in batch.schema.names if c.startswith("prob_")]
+    prob_cols = [c for c in batch.schema.names if c.startswith(PROB_PREFIX)]
     meas_cols = [c for c in (*MEASUREMENT_COLUMNS, *prob_cols) if c in batch.schema.names]
     values = {c: np.round(batch.column(c).to_numpy(False).astype(np.float64), 4) for c in meas_cols}
     ids = batch.column("nucleus_id").to_numpy(False)
@@ -150,7 +151,7 @@ def write_geojson(
         slide_id = Path(parquet_path).absolute().parent.name
     pf = pq.ParquetFile(parquet_path)
     wanted = {"geometry", "nucleus_id", "type_id", *MEASUREMENT_COLUMNS}
-    columns = [c for c in pf.schema_arrow.names if c in wanted or c.startswith("prob_")]
+    columns = [c for c in pf.schema_arrow.names if c in wanted or c.startswith(PROB_PREFIX)]
     batches = pf.iter_batches(batch_size=batch_rows, columns=columns)
     return write_feature_collection(out_path, batches, class_names, class_colors,
                                     slide_id=slide_id, decimals=decimals)

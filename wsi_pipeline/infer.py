@@ -31,6 +31,16 @@ from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec
 
 from wsi_pipeline import __version__
+from wsi_pipeline.contract import (
+    ARRAY_HV,
+    ARRAY_INFERRED,
+    ARRAY_NC,
+    ARRAY_NS,
+    ARRAY_TISSUE,
+    MAPS,
+    MAPS_PARTIAL,
+    TISSUE_MPP_ATTR,
+)
 from wsi_pipeline.data.stain import Normalizer, normalizer_from_meta
 from wsi_pipeline.infer_config import InferConfig
 from wsi_pipeline.io import Slide
@@ -48,7 +58,6 @@ from wsi_pipeline.tissue import TissueResult, detect_tissue, save_tissue
 
 log = logging.getLogger(__name__)
 
-MAPS_NAME = "maps.zarr"
 STAIN_TILES = 16  # tissue tiles pooled for a slide's stain estimate: stable, yet a second to read
 STAIN_MAX_PIXELS = 1 << 20  # pooled pixels beyond this are subsampled (large tiles)
 
@@ -114,7 +123,7 @@ def infer_slide(slide: Slide, out_dir: Path, cfg: InferConfig, model: LoadedMode
         stain, stain_record = _slide_stain(slide, geo, tissue, normalizer)
         timings["stain"] = time.perf_counter() - t0
 
-    partial = out_dir / (MAPS_NAME + ".partial")
+    partial = out_dir / MAPS_PARTIAL
     if partial.exists():
         shutil.rmtree(partial)
     group = _create_maps(partial, geo, cfg, model)
@@ -123,7 +132,7 @@ def infer_slide(slide: Slide, out_dir: Path, cfg: InferConfig, model: LoadedMode
         timings.update(_run_pipeline(slide, group, geo, cfg, model, progress, stain))
     group.attrs.update(_attributes(slide, geo, cfg, model, tissue.mm2, stain_record))
 
-    final = out_dir / MAPS_NAME
+    final = out_dir / MAPS
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
@@ -144,10 +153,10 @@ def _create_maps(path: Path, geo: _Geometry, cfg: InferConfig, model: LoadedMode
         group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
                            compressors=[codec])
 
-    create("ns", (h, w), (c, c), "float16", "shuffle", 0.0)
-    create("hv", (2, h, w), (2, c, c), "float16", "shuffle", 0.0)
-    create("nc", (n_types, h, w), (n_types, c, c), "uint8", "noshuffle", 0)
-    create("inferred", (h, w), (c, c), "bool", "noshuffle", False)
+    create(ARRAY_NS, (h, w), (c, c), "float16", "shuffle", 0.0)
+    create(ARRAY_HV, (2, h, w), (2, c, c), "float16", "shuffle", 0.0)
+    create(ARRAY_NC, (n_types, h, w), (n_types, c, c), "uint8", "noshuffle", 0)
+    create(ARRAY_INFERRED, (h, w), (c, c), "bool", "noshuffle", False)
     return group
 
 
@@ -156,9 +165,9 @@ def _write_tissue(group: zarr.Group, mask: np.ndarray, mpp: float, cfg: InferCon
     later stages and viewers need not re-detect it or trust tissue.png to still match."""
     codec = BloscCodec(cname="zstd", clevel=cfg.compression_level, shuffle="noshuffle")
     side = max(1, min(cfg.chunk_size, max(mask.shape)))
-    array = group.create_array("tissue", data=np.ascontiguousarray(mask, dtype=bool),
+    array = group.create_array(ARRAY_TISSUE, data=np.ascontiguousarray(mask, dtype=bool),
                                chunks=(side, side), compressors=[codec])
-    array.attrs["tissue_mpp"] = float(mpp)
+    array.attrs[TISSUE_MPP_ATTR] = float(mpp)
 
 
 def _attributes(slide: Slide, geo: _Geometry, cfg: InferConfig, model: LoadedModel,
@@ -235,7 +244,8 @@ class _ChunkWriter:
     """Scatters tile crops into chunk buffers; writes each chunk whole when complete."""
 
     def __init__(self, group: zarr.Group, geo: _Geometry, n_types: int) -> None:
-        self.arrays = {name: group[name] for name in ("ns", "hv", "nc", "inferred")}
+        # buffer keys = array names (ARRAY_NS, ARRAY_HV, ARRAY_NC, ARRAY_INFERRED)
+        self.arrays = {name: group[name] for name in (ARRAY_NS, ARRAY_HV, ARRAY_NC, ARRAY_INFERRED)}
         self.geo = geo
         self.n_types = n_types
         self.remaining = geo.plan.expected.copy()

@@ -29,6 +29,7 @@ import shapely
 from PIL import Image, ImageDraw, ImageFont
 
 from wsi_pipeline.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from wsi_pipeline.contract import QC_DIR
 from wsi_pipeline.export_config import QCSheetConfig
 from wsi_pipeline.geojson import hex_to_rgb
 from wsi_pipeline.io import SlideReadError, open_slide
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["QC_DIR", "QCSheetConfig", "SlideGeometry", "render_qc_sheet"]
 
-QC_DIR = "qc"
 SHEET = "sheet.png"
 DENSITY = "density.png"
 RECORD = "qc_sheet.json"

@@ -16,6 +16,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from wsi_pipeline.contract import MAPS, NUCLEI
+
 #: Attribute names (as in maps.zarr) export needs, with their key in the table's metadata.
 REQUIRED: dict[str, str] = {
     "class_names": "class_names",
@@ -50,7 +52,7 @@ def slide_attributes(slide_dir: Path, prov: dict[str, Any] | None = None) -> dic
     """The slide's attributes under maps.zarr's names, from nuclei.parquet's metadata `prov`
     (read when not given); keys the table lacks come from maps.zarr when it exists."""
     slide_dir = Path(slide_dir)
-    table = slide_dir / "nuclei.parquet"
+    table = slide_dir / NUCLEI
     prov = table_provenance(table) if prov is None else prov
     keys = {**REQUIRED, **OPTIONAL}
     attrs = {name: prov.get(key) for name, key in keys.items()}
@@ -64,14 +66,14 @@ def slide_attributes(slide_dir: Path, prov: dict[str, Any] | None = None) -> dic
     if missing:
         raise TableMetaError(
             f"{table}: its metadata lacks {', '.join(missing)} (a table written by an older "
-            f"wsi-pipeline) and {slide_dir / 'maps.zarr'} is gone: delete {table.name} and rerun "
+            f"wsi-pipeline) and {slide_dir / MAPS} is gone: delete {table.name} and rerun "
             "to rebuild it (inference is redone)")
     return attrs
 
 
 def _maps_attributes(slide_dir: Path) -> dict[str, Any]:
     """maps.zarr's attributes; {} when there are no readable maps."""
-    maps = slide_dir / "maps.zarr"
+    maps = slide_dir / MAPS
     if not maps.is_dir():
         return {}
     import zarr

@@ -29,6 +29,7 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import disk, remove_small_objects
 
 from wsi_pipeline.atomic import atomic_path, write_text_atomic
+from wsi_pipeline.contract import TISSUE_JSON, TISSUE_PNG
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,8 @@ def save_tissue(result: TissueResult, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     png = result.mask.astype(np.uint8) * PNG_MARGIN
     png[result.mask if result.measured is None else result.measured] = PNG_TISSUE
-    with atomic_path(out_dir / "tissue.png") as tmp:
+    with atomic_path(out_dir / TISSUE_PNG) as tmp:
         Image.fromarray(png).save(tmp, format="PNG")
-    write_text_atomic(out_dir / "tissue.json", json.dumps({"mm2": result.mm2, "thumb_mpp": result.mpp,
+    write_text_atomic(out_dir / TISSUE_JSON, json.dumps({"mm2": result.mm2, "thumb_mpp": result.mpp,
                                                            "shape": list(result.mask.shape),
                                                            "holes": result.holes}))

@@ -29,8 +29,7 @@ import pyarrow.parquet as pq
 
 from wsi_pipeline.cohort.layout import slide_dir
 from wsi_pipeline.cohort.manifest import MANIFEST
-
-NUCLEI = "nuclei.parquet"
+from wsi_pipeline.contract import NUCLEI
 
 
 def nuclei_dataset(out_dir: str | Path, statuses: Iterable[str] = ("done",)) -> ds.Dataset:

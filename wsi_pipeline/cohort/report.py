@@ -29,6 +29,7 @@ from wsi_pipeline import __version__
 from wsi_pipeline.atomic import write_text_atomic
 from wsi_pipeline.cohort.layout import slide_dir
 from wsi_pipeline.cohort.manifest import read_manifest
+from wsi_pipeline.contract import OVERLAY, QC_DIR, SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ __all__ = ["REPORT", "write_report"]
 
 REPORT = "report.html"
 THUMB_PX = 220  # longest side of an embedded thumbnail
-_SHEET = "qc/sheet.png"
-_THUMBS = ("qc/density.png", "overlay.png")  # the first that exists is the row's thumbnail
+_SHEET = f"{QC_DIR}/sheet.png"
+_THUMBS = (f"{QC_DIR}/density.png", OVERLAY)  # the first that exists is the row's thumbnail
 
 _CSS = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -86,7 +87,7 @@ def _num(value, fmt: str) -> str:
 
 def _summary(folder: Path) -> dict:
     try:
-        return json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        return json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
 
@@ -125,7 +126,7 @@ def _row(out_dir: Path, r: pd.Series, summary: dict, types: list[str],
     cells.append(f'<td><img class="thumb" alt="{html.escape(sid)}" src="{uri}"></td>' if uri
                  else "<td>—</td>")
     links = []
-    for label, name in (("QC sheet", _SHEET), ("overlay", "overlay.png")):
+    for label, name in (("QC sheet", _SHEET), ("overlay", OVERLAY)):
         if (folder / name).is_file():
             links.append(f'<a href="{_href(out_dir, folder / name)}">{label}</a>')
     cells.append(f'<td>{"<br>".join(links) or "—"}</td>')

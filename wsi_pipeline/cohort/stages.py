@@ -22,15 +22,27 @@ from pathlib import Path
 from typing import Any
 
 from wsi_pipeline.atomic import write_text_atomic
+from wsi_pipeline.contract import (
+    GEOJSON,
+    MAPS,
+    MAPS_PARTIAL,
+    NUCLEI,
+    OVERLAY,
+    QC_DIR,
+    STAGES_DIR,
+    SUMMARY,
+    TISSUE_JSON,
+    TISSUE_PNG,
+)
 from wsi_pipeline.model.checkpoint import file_sha256  # noqa: F401  (the runner imports it from here)
 
 STAGES: tuple[str, ...] = ("infer", "postproc", "export")
 
 #: Files and folders each stage writes in OUT/<slide>/ (removed before the stage is redone).
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "infer": ("maps.zarr", "maps.zarr.partial", "tissue.png", "tissue.json"),
-    "postproc": ("nuclei.parquet",),
-    "export": ("nuclei.geojson.gz", "summary.json", "overlay.png", "qc"),  # qc/: the QC sheet
+    "infer": (MAPS, MAPS_PARTIAL, TISSUE_PNG, TISSUE_JSON),
+    "postproc": (NUCLEI,),
+    "export": (GEOJSON, SUMMARY, OVERLAY, QC_DIR),  # qc/: the QC sheet
 }
 #: What each stage reads from the folder (written by an earlier stage). export takes class
 #: names and colours, slide size, pixel sizes and provenance from nuclei.parquet's metadata
@@ -38,16 +50,16 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
 #: space exports again (--geojson, a QC bound) without redoing inference.
 STAGE_READS: dict[str, tuple[str, ...]] = {
     "infer": (),
-    "postproc": ("maps.zarr",),
-    "export": ("nuclei.parquet", "tissue.png", "tissue.json"),
+    "postproc": (MAPS,),
+    "export": (NUCLEI, TISSUE_PNG, TISSUE_JSON),
 }
 #: Outputs that only later stages need: their absence alone does not undo a finished slide.
-INTERMEDIATE: frozenset[str] = frozenset({"maps.zarr"})
+INTERMEDIATE: frozenset[str] = frozenset({MAPS})
 #: What a marker without a list of outputs (written by wsi-pipeline 0.1.0) promises.
 DEFAULT_PROMISES: dict[str, tuple[str, ...]] = {
-    "infer": ("maps.zarr", "tissue.png", "tissue.json"),
-    "postproc": ("nuclei.parquet",),
-    "export": ("summary.json", "overlay.png"),
+    "infer": (MAPS, TISSUE_PNG, TISSUE_JSON),
+    "postproc": (NUCLEI,),
+    "export": (SUMMARY, OVERLAY),
 }
 FAILURE_FILE = "failed.json"
 #: The Dask key of the stage task running now; left behind only when its worker died.
@@ -105,7 +117,7 @@ class SlideStages:
 
     def __init__(self, slide_dir: Path):
         self.slide_dir = Path(slide_dir)
-        self.stages_dir = self.slide_dir / "stages"
+        self.stages_dir = self.slide_dir / STAGES_DIR
 
     def marker_path(self, stage: str) -> Path:
         return self.stages_dir / f"{stage}.json"

@@ -24,6 +24,7 @@ import zarr
 from wsi_pipeline.atomic import write_bytes_atomic
 from wsi_pipeline.cohort.layout import slide_dir
 from wsi_pipeline.cohort.manifest import MANIFEST, read_manifest
+from wsi_pipeline.contract import MAPS, NUCLEI
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,11 @@ def summarize_cohort(out_dir: Path, plot: bool = True, report: bool = True) -> C
     manifest = read_manifest(out_dir)
     finished = manifest[manifest["status"].isin(["done", "no_tissue"])]
     missing = [sid for sid in finished["slide_id"]
-               if not (_folder(out_dir, sid) / "nuclei.parquet").is_file()]
+               if not (_folder(out_dir, sid) / NUCLEI).is_file()]
     for sid in missing:
         log.warning("%s: left out of the cohort summary: %s is missing although the manifest "
                     "says the slide is finished (rerun `wsi-pipeline run` with this output folder "
-                    "to rebuild it)", sid, _folder(out_dir, sid) / "nuclei.parquet")
+                    "to rebuild it)", sid, _folder(out_dir, sid) / NUCLEI)
     finished = finished[~finished["slide_id"].isin(missing)]
     qc = _qc_flags(finished)
     parts = [_slide_table(_folder(out_dir, r.slide_id), r.slide_id, r.tissue_mm2, r.status)
@@ -98,7 +99,7 @@ def _folder(out_dir: Path, slide_id: str) -> Path:
 
 def _slide_table(slide_dir: Path, slide_id: str, tissue_mm2: float | None, status: str) -> pd.DataFrame:
     names = _class_names(slide_dir)
-    parquet = slide_dir / "nuclei.parquet"
+    parquet = slide_dir / NUCLEI
     nuclei = pq.read_table(parquet, columns=["type_id", "type_name", "area_um2", "type_prob"]).to_pandas()
     if names is None:
         names = ["background", *sorted(set(nuclei["type_name"]))]
@@ -122,7 +123,7 @@ def _slide_attrs(slide_dir: Path) -> dict:
     post-processing copies from maps.zarr, so that a slide whose maps were deleted to save space
     summarises the same; maps.zarr's attributes for older tables; {} when neither is readable."""
     try:
-        meta = pq.read_schema(slide_dir / "nuclei.parquet").metadata or {}
+        meta = pq.read_schema(slide_dir / NUCLEI).metadata or {}
         prov = json.loads(meta.get(b"wsi_pipeline", b"{}"))
         if prov.get("class_names"):
             return prov
@@ -134,7 +135,7 @@ def _slide_attrs(slide_dir: Path) -> dict:
 def _zarr_attrs(slide_dir: Path) -> dict:
     """maps.zarr's attributes; {} when the slide has no readable maps (it then gets no class list)."""
     try:
-        return dict(zarr.open_group(str(slide_dir / "maps.zarr"), mode="r").attrs)
+        return dict(zarr.open_group(str(slide_dir / MAPS), mode="r").attrs)
     except (OSError, ValueError):  # zarr's not-found and bad-metadata errors are both of these
         return {}
 

@@ -35,6 +35,7 @@ from wsi_pipeline.cohort import locks
 from wsi_pipeline.cohort.config import RunConfig
 from wsi_pipeline.cohort.layout import slide_dir, slide_lock, slide_log
 from wsi_pipeline.cohort.stages import SlideStages, StageMarker
+from wsi_pipeline.contract import MAPS, MAPS_PARTIAL, NUCLEI
 from wsi_pipeline.diskfull import DISK_FULL, describe, disk_full_error
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def _lock_lost(job: SlideJob, stage: str) -> Outcome:
 
 #: What a stage writes outside wsi_pipeline.atomic (which names its file itself), for a full
 #: disk whose error names no file (a failed write() names none).
-_WRITES = {"infer": "maps.zarr.partial", "postproc": "nuclei.parquet"}
+_WRITES = {"infer": MAPS_PARTIAL, "postproc": NUCLEI}
 
 
 def _disk_full(job: SlideJob, stage: str, exc: BaseException) -> Outcome:
@@ -234,7 +235,7 @@ def _slide_mpp(job: SlideJob, slide: Any) -> None:
 def _postproc(job: SlideJob) -> dict[str, Any]:
     from wsi_pipeline.postproc.slide import postprocess_slide
 
-    maps, out = job.slide_dir / "maps.zarr", job.slide_dir / "nuclei.parquet"
+    maps, out = job.slide_dir / MAPS, job.slide_dir / NUCLEI
     with _cluster_client() as client:
         res = postprocess_slide(maps, out, job.cfg.postproc, client=client, progress=job.progress,
                                 chunking=job.cfg.chunking)

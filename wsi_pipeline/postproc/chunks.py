@@ -11,7 +11,6 @@ leave a task.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,15 @@ import shapely
 import zarr
 from pydantic import BaseModel, ConfigDict, Field
 
+from wsi_pipeline.contract import (
+    ARRAY_HV,
+    ARRAY_INFERRED,
+    ARRAY_NC,
+    ARRAY_NS,
+    BBOX_TYPE,
+    nuclei_schema,
+    prob_column,
+)
 from wsi_pipeline.postproc import PostprocConfig, segment_instances
 from wsi_pipeline.postproc.measure import measure_instances
 from wsi_pipeline.postproc.seams import nucleus_ids, owned_nuclei
@@ -109,39 +117,6 @@ class MapsContext:
     postproc: PostprocConfig
 
 
-def prob_column(class_name: str) -> str:
-    """`prob_<class>` column name: lower case, non-alphanumerics folded to `_`."""
-    return "prob_" + re.sub(r"[^0-9a-z]+", "_", class_name.lower()).strip("_")
-
-
-def nuclei_schema(class_names: tuple[str, ...]) -> pa.Schema:
-    """Column layout of nuclei.parquet (names fixed by issue 5; other tools read them)."""
-    fields = [
-        ("nucleus_id", pa.int64()),
-        ("x", pa.float64()),
-        ("y", pa.float64()),
-        ("x_um", pa.float64()),
-        ("y_um", pa.float64()),
-        ("area_um2", pa.float32()),
-        ("perimeter_um", pa.float32()),
-        ("eccentricity", pa.float32()),
-        ("solidity", pa.float32()),
-        ("type_id", pa.int16()),
-        ("type_name", pa.string()),
-        ("type_prob", pa.float32()),
-    ]
-    fields += [(prob_column(name), pa.float32()) for name in class_names]
-    fields.append(("geometry", pa.binary()))
-    fields.append(("bbox", BBOX_TYPE))
-    return pa.schema(fields)
-
-
-#: GeoParquet 1.1 bbox covering column: each polygon's bounds (level-0 px), float32 rounded
-#: outwards so that the box always contains the polygon. Its per-row-group statistics let
-#: DuckDB, GDAL or pyarrow skip row groups outside a query window without reading geometry.
-BBOX_TYPE = pa.struct([(k, pa.float32()) for k in ("xmin", "ymin", "xmax", "ymax")])
-
-
 def bbox_array(polygons: np.ndarray) -> pa.StructArray:
     """The `bbox` column of `polygons` (float32, xmin/ymin rounded down, xmax/ymax up)."""
     bounds = shapely.bounds(polygons).reshape(-1, 4)
@@ -156,11 +131,11 @@ def bbox_array(polygons: np.ndarray) -> pa.StructArray:
 def _read_window(ctx: MapsContext, win: ChunkWindow):
     group = zarr.open_group(ctx.maps_path, mode="r")
     rs, cs = win.window
-    if not np.any(group["inferred"][rs, cs]):
+    if not np.any(group[ARRAY_INFERRED][rs, cs]):
         return None
-    ns = np.asarray(group["ns"][rs, cs], dtype=np.float32)
-    hv = np.asarray(group["hv"][:, rs, cs], dtype=np.float32)
-    nc = np.asarray(group["nc"][:, rs, cs], dtype=np.float32) / np.float32(255.0)
+    ns = np.asarray(group[ARRAY_NS][rs, cs], dtype=np.float32)
+    hv = np.asarray(group[ARRAY_HV][:, rs, cs], dtype=np.float32)
+    nc = np.asarray(group[ARRAY_NC][:, rs, cs], dtype=np.float32) / np.float32(255.0)
     return ns, hv, nc
 
 

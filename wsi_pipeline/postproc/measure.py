@@ -16,6 +16,8 @@ import pandas as pd
 import shapely
 from skimage import measure
 
+from wsi_pipeline.contract import PROB_PREFIX
+
 _PROPS = (
     "label",
     "centroid",
@@ -116,5 +118,5 @@ def measure_instances(
             else [str(i) for i in range(probs.shape[1])]
         )
         for k, name in enumerate(cols[: probs.shape[1]]):
-            df[f"prob_{name}"] = probs[:, k]
+            df[f"{PROB_PREFIX}{name}"] = probs[:, k]  # the raw name (tile mode), not prob_column
     return df

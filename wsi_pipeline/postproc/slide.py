@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import atomic_path
+from wsi_pipeline.contract import ARRAY_NS, nuclei_schema
 from wsi_pipeline.postproc import PostprocConfig
 from wsi_pipeline.postproc.chunks import (
     ChunkingConfig,
@@ -35,7 +36,6 @@ from wsi_pipeline.postproc.chunks import (
     ChunkWindow,
     MapsContext,
     chunk_windows,
-    nuclei_schema,
     process_chunk,
 )
 
@@ -76,7 +76,7 @@ def _maps_context(
 ) -> tuple[MapsContext, dict, tuple]:
     group = zarr.open_group(str(maps_zarr), mode="r")
     attrs = dict(group.attrs)
-    ns = group["ns"]
+    ns = group[ARRAY_NS]
     map_hw = tuple(int(v) for v in ns.shape)
     ctx = MapsContext(
         maps_path=str(maps_zarr),
