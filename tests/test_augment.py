@@ -15,7 +15,7 @@ from wsi_pipeline.data.augment import (
 )
 from wsi_pipeline.data.dataset import NucleusDataset
 from wsi_pipeline.data.sample import Sample
-from wsi_pipeline.data.validate import relabel_contiguous
+from wsi_pipeline.labels import relabel
 
 GEOMETRY_ONLY = {"p_hed": 0.0, "p_color": 0.0, "p_blur": 0.0, "p_scan": 0.0}
 
@@ -76,7 +76,7 @@ def test_mirrored_copies_get_their_own_ids() -> None:
 
 def test_hv_targets_after_augmentation_in_range_and_zero_on_background() -> None:
     image, inst, typ = disc_labels(96, ((10, 10), (48, 50), (80, 20)), radius=9)
-    sample = Sample("s_000", image, relabel_contiguous(inst), typ, ("bg", "a", "b", "c"), 0.25)
+    sample = Sample("s_000", image, relabel(inst), typ, ("bg", "a", "b", "c"), 0.25)
     ds = NucleusDataset([sample] * 6, Augmenter(AugmentConfig(p_affine=1.0, p_blur=1.0)), seed=0)
     for i in range(len(ds)):
         item = ds[i]

@@ -5,12 +5,12 @@ from data_fixtures import disc_labels
 from wsi_pipeline.data.augment import Augmenter
 from wsi_pipeline.data.dataset import NucleusDataset, fit_patch
 from wsi_pipeline.data.sample import Sample
-from wsi_pipeline.data.validate import relabel_contiguous
+from wsi_pipeline.labels import relabel
 
 
 def _sample(typed: bool = True) -> Sample:
     image, inst, typ = disc_labels()
-    return Sample("x_000", image, relabel_contiguous(inst), typ if typed else None,
+    return Sample("x_000", image, relabel(inst), typ if typed else None,
                   ("background", "a", "b", "c"), 0.25, group="x")
 
 
@@ -69,7 +69,7 @@ def test_fit_patch_centre_and_random_crops() -> None:
 
 def test_patch_size_items_of_any_image_size() -> None:
     image, inst, typ = disc_labels(size=96)
-    big = Sample("big", image[:, :80], relabel_contiguous(inst[:, :80]), typ[:, :80],
+    big = Sample("big", image[:, :80], relabel(inst[:, :80]), typ[:, :80],
                  ("background", "a", "b", "c"), 0.25)
     for aug, crop in ((Augmenter(), "random"), (None, "center")):
         ds = NucleusDataset([big, _sample()], aug, seed=3, patch_size=64, crop=crop)

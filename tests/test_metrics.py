@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
+from wsi_pipeline.labels import relabel
 from wsi_pipeline.metrics import (
     DatasetEvaluator,
     Instances,
@@ -20,7 +21,6 @@ from wsi_pipeline.metrics import (
     pair_centroids,
     panoptic_quality,
     radius_px,
-    remap_labels,
 )
 
 
@@ -122,7 +122,7 @@ def test_aji_overpenalises_where_aji_plus_does_not():
 def test_perfect_prediction_scores_one():
     rng = np.random.default_rng(3)
     true = _random_instances(rng)
-    pred = remap_labels(true) * 2  # same partition, different ids
+    pred = relabel(true) * 2  # same partition, different ids
     assert all(v == pytest.approx(1.0) for v in instance_scores(true, pred).values())
 
 

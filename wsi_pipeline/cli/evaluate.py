@@ -16,11 +16,10 @@ from wsi_pipeline.atomic import write_text_atomic
 
 def _truth_files(true_dir: Path) -> dict[str, tuple[Path, Path | None]]:
     """stem → (instance file, type file or None) for the CoNSeP patch layout or HoVer-Net .mat."""
-    if (true_dir / "inst").is_dir():
-        return {
-            p.stem: (p, true_dir / "type_mat" / f"{p.stem}.mat")
-            for p in sorted((true_dir / "inst").glob("*.npy"))
-        }
+    from wsi_pipeline.metrics.matio import consep_patch_files, is_consep_layout
+
+    if is_consep_layout(true_dir):
+        return consep_patch_files(true_dir)
     return {p.stem: (p, None) for p in sorted(true_dir.glob("*.mat"))}
 
 

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import click
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
 
 @click.command(name="predict-tiles")
 @click.argument("input_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -42,19 +40,19 @@ def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: flo
     from tqdm import tqdm
 
     from wsi_pipeline.io import SlideReadError
-    from wsi_pipeline.io.plain_image import read_rgb
+    from wsi_pipeline.io.plain_image import IMAGE_SUFFIXES, read_rgb
     from wsi_pipeline.model import CheckpointError, default_checkpoint_path, load_checkpoint
     from wsi_pipeline.model.predict import prepare_model, resolve_device
     from wsi_pipeline.tile_mode import segment_image, write_geojson, write_mat, write_overlay
     from wsi_pipeline.tile_outputs import OutputClash, plan_outputs
 
-    all_images = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    all_images = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     images = all_images
     if patterns:
         images = [p for p in images if any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
     if not images:
         raise click.ClickException(
-            f"no images ({', '.join(SUFFIXES)}) in {input_dir}"
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) in {input_dir}"
             + (f" matching {' or '.join(patterns)}" if patterns else "")
         )
     try:

@@ -13,7 +13,7 @@ from wsi_pipeline.data.readers import READERS
 from wsi_pipeline.data.sample import Sample
 from wsi_pipeline.data.split import split_by_group
 from wsi_pipeline.data.stain import StainNormConfig, build_normalizer, normalize_samples
-from wsi_pipeline.data.validate import SampleError, check_sample, relabel_contiguous
+from wsi_pipeline.data.validate import SampleError, check_sample
 
 __all__ = [
     "CONSEP_CLASSES",
@@ -34,7 +34,6 @@ __all__ = [
     "read_monusac",
     "read_nucls",
     "read_pannuke",
-    "relabel_contiguous",
     "split_by_group",
     "write_common",
 ]

@@ -15,6 +15,12 @@ from PIL import Image
 from wsi_pipeline.data.sample import Sample
 from wsi_pipeline.data.validate import OnError, instance_types, load_all
 from wsi_pipeline.labels import relabel
+from wsi_pipeline.metrics.matio import (
+    CONSEP_IMAGE_DIR,
+    CONSEP_INST_DIR,
+    CONSEP_SEG_DIR,
+    CONSEP_TYPE_DIR,
+)
 
 CONSEP_CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
 CONSEP_MPP = 0.25
@@ -29,9 +35,9 @@ def group_of(name: str) -> str:
 def _load_patch(root: Path, image_path: Path) -> Sample:
     name = image_path.stem
     image = np.asarray(Image.open(image_path).convert("RGB"))
-    inst = relabel(np.load(root / "inst" / f"{name}.npy"))
-    type_map = np.asarray(Image.open(root / "seg_mask" / f"{name}.png")).astype(np.int32)
-    mat_path = root / "type_mat" / f"{name}.mat"
+    inst = relabel(np.load(root / CONSEP_INST_DIR / f"{name}.npy"))
+    type_map = np.asarray(Image.open(root / CONSEP_SEG_DIR / f"{name}.png")).astype(np.int32)
+    mat_path = root / CONSEP_TYPE_DIR / f"{name}.mat"
     if mat_path.exists() and type_map.shape == inst.shape:
         listed = np.asarray(sio.loadmat(mat_path)["inst_type"]).ravel()
         n = int(inst.max())
@@ -57,7 +63,8 @@ def _load_patch(root: Path, image_path: Path) -> Sample:
 def read_consep_patches(root: Path, *, on_error: OnError = "fail") -> list[Sample]:
     """All patches under `root` (e.g. consep_patches/train), sorted by name."""
     root = Path(root)
-    images = sorted((root / "images").glob("*.jpg")) + sorted((root / "images").glob("*.png"))
+    image_dir = root / CONSEP_IMAGE_DIR
+    images = sorted(image_dir.glob("*.jpg")) + sorted(image_dir.glob("*.png"))
     if not images:
-        raise FileNotFoundError(f"no images under {root / 'images'}")
+        raise FileNotFoundError(f"no images under {image_dir}")
     return load_all(sorted(images, key=lambda p: p.stem), lambda p: _load_patch(root, p), on_error)

@@ -11,7 +11,6 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from wsi_pipeline.data.sample import Sample
-from wsi_pipeline.labels import relabel as relabel_contiguous  # noqa: F401  (public name, kept)
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,10 @@ from PIL import Image, UnidentifiedImageError
 
 from wsi_pipeline.io.base import Slide, SlideReadError
 
-PLAIN_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+#: The image files read as plain images (open_slide's "auto" for these, predict-tiles' inputs);
+#: in the order messages list them.
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+PLAIN_IMAGE_SUFFIXES = frozenset(IMAGE_SUFFIXES)
 
 Image.MAX_IMAGE_PIXELS = None  # our inputs are trusted microscopy images, often > 89 Mpx
 

@@ -9,7 +9,6 @@ from wsi_pipeline.metrics.instance import (
     dice,
     overlap,
     panoptic_quality,
-    remap_labels,
 )
 
 __all__ = [
@@ -25,5 +24,4 @@ __all__ = [
     "pair_centroids",
     "panoptic_quality",
     "radius_px",
-    "remap_labels",
 ]

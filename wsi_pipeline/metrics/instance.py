@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from wsi_pipeline.labels import relabel as remap_labels  # public name of this module, kept
+from wsi_pipeline.labels import relabel
 
 # The reference adds this to the union before dividing in AJI/AJI+; keeping it makes the
 # argmax / Hungarian tie-breaking identical.
@@ -40,8 +40,8 @@ class Overlap:
 
 def overlap(true: np.ndarray, pred: np.ndarray) -> Overlap:
     """Joint histogram of contiguous label maps; ids need not be contiguous (they are remapped)."""
-    true = remap_labels(true)
-    pred = remap_labels(pred)
+    true = relabel(true)
+    pred = relabel(pred)
     if true.shape != pred.shape:
         raise ValueError(f"shape mismatch: true {true.shape} vs pred {pred.shape}")
     n_true, n_pred = int(true.max(initial=0)), int(pred.max(initial=0))

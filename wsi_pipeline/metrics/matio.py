@@ -17,6 +17,28 @@ import scipy.io as sio
 from wsi_pipeline.atomic import atomic_path
 from wsi_pipeline.metrics.dataset import Instances, centroids_xy
 
+#: The CoNSeP patch layout (consep_patches/<split>/): one place for the folder names, used by the
+#: evaluation CLI, the post-processing oracle and the training reader (data/consep_patches.py).
+CONSEP_IMAGE_DIR = "images"  # <stem>.jpg or .png
+CONSEP_INST_DIR = "inst"  # <stem>.npy, int32 ids (not contiguous)
+CONSEP_SEG_DIR = "seg_mask"  # <stem>.png, type map
+CONSEP_TYPE_DIR = "type_mat"  # <stem>.mat with `inst_type` in ascending id order
+
+
+def is_consep_layout(root: str | os.PathLike) -> bool:
+    """Whether `root` is a CoNSeP patch folder (it has `inst/`)."""
+    return (Path(root) / CONSEP_INST_DIR).is_dir()
+
+
+def consep_patch_files(root: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
+    """stem → (``inst/<stem>.npy``, ``type_mat/<stem>.mat``) of a CoNSeP patch folder, in the
+    order of the sorted instance files; the ``.mat`` may not exist (read_consep_patch allows it)."""
+    root = Path(root)
+    return {
+        p.stem: (p, root / CONSEP_TYPE_DIR / f"{p.stem}.mat")
+        for p in sorted((root / CONSEP_INST_DIR).glob("*.npy"))
+    }
+
 
 class MatFileError(ValueError):
     """An instance file that cannot be read or does not describe its own map; names the file."""

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from wsi_pipeline.metrics import DatasetEvaluator, Instances
-from wsi_pipeline.metrics.matio import read_consep_patch
+from wsi_pipeline.metrics.matio import consep_patch_files, read_consep_patch
 from wsi_pipeline.postproc.config import PostprocConfig
 from wsi_pipeline.postproc.watershed import segment_instances
 from wsi_pipeline.targets import hv_maps
@@ -59,13 +59,11 @@ def degrade(
 def load_consep_truth(
     data: Path, limit: int | None = None, step: int = 1
 ) -> list[tuple[str, Instances]]:
-    stems = sorted(p.stem for p in (data / "inst").glob("*.npy"))[::step]
+    files = consep_patch_files(data)
+    stems = sorted(files)[::step]
     if limit:
         stems = stems[:limit]
-    return [
-        (s, read_consep_patch(data / "inst" / f"{s}.npy", data / "type_mat" / f"{s}.mat"))
-        for s in stems
-    ]
+    return [(s, read_consep_patch(*files[s])) for s in stems]
 
 
 def score_oracle(

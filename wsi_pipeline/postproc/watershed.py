@@ -44,12 +44,6 @@ class SegmentationResult:
         return int(self.types.shape[0])
 
 
-def relabel_sequential(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Ids → 1..N keeping their order; returns (map, N)."""
-    labels = relabel(labels)
-    return labels, int(labels.max(initial=0))
-
-
 def drop_small(labels: np.ndarray, min_px: int) -> np.ndarray:
     """Zero every label with fewer than ``min_px`` pixels."""
     if min_px <= 1 or labels.max(initial=0) == 0:
@@ -138,11 +132,14 @@ def segment_instances(
         type_prob = np.asarray(type_prob, dtype=np.float32)
         if type_prob.ndim != 3 or type_prob.shape[1:] != ns_prob.shape:
             raise ValueError(f"type_prob must be (C, H, W) matching ns; got {type_prob.shape}")
-    labels, n = relabel_sequential(step1(ns_prob, hv, cfg, mpp))
+    # relabel: ids -> 1..N in their order, so N is the largest id
+    labels = relabel(step1(ns_prob, hv, cfg, mpp))
+    n = int(labels.max(initial=0))
     types, probs = vote_types(labels, n, type_prob)
     if two_step and n > 1:
-        labels, n = relabel_sequential(step2(labels, n, ns_prob, hv, types, cfg, mpp))
+        labels = relabel(step2(labels, n, ns_prob, hv, types, cfg, mpp))
         min_area = cfg.px2(cfg.min_object_area_um2, mpp)
-        labels, n = relabel_sequential(drop_small(labels, min_area))
+        labels = relabel(drop_small(labels, min_area))
+        n = int(labels.max(initial=0))
         types, probs = vote_types(labels, n, type_prob)
     return SegmentationResult(inst_map=labels, types=types, type_probs=probs)
