@@ -7,7 +7,7 @@ from skimage.color import rgb2lab
 
 from wsi_pipeline.data.augment import hed_jitter, to_uint8
 from wsi_pipeline.data.sample import Sample
-from wsi_pipeline.data.stain import (
+from wsi_pipeline.stain import (
     MacenkoNormalizer,
     ReinhardNormalizer,
     StainNormConfig,

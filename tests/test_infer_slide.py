@@ -11,12 +11,12 @@ import zarr
 from PIL import Image
 
 from wsi_pipeline import contract
-from wsi_pipeline.data.stain import ReinhardNormalizer
 from wsi_pipeline.infer import STAIN_TILES, infer_slide
 from wsi_pipeline.infer_config import InferConfig
 from wsi_pipeline.io import MissingMppError, open_slide
 from wsi_pipeline.io.plain_image import PlainImageSlide
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
+from wsi_pipeline.stain import ReinhardNormalizer
 from wsi_pipeline.tiled import predict_tiled
 from wsi_pipeline.tissue import TissueConfig
 

@@ -14,10 +14,10 @@ from PIL import Image
 
 from wsi_pipeline import tile_mode
 from wsi_pipeline.cli import main
-from wsi_pipeline.data.stain import ReinhardNormalizer
 from wsi_pipeline.geojson import qupath_problems
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
 from wsi_pipeline.postproc import SegmentationResult, segment_instances
+from wsi_pipeline.stain import ReinhardNormalizer
 from wsi_pipeline.tile_mode import segment_image, write_geojson, write_mat, write_overlay
 from wsi_pipeline.tiled import predict_tiled
 

@@ -12,8 +12,8 @@ import wsi_pipeline.train as train_module
 from wsi_pipeline.config import ConfigError, load_config
 from wsi_pipeline.data import Sample, SampleError, build_normalizer, write_common
 from wsi_pipeline.data.mix import DATASET_KEY
-from wsi_pipeline.data.stain import normalizer_from_meta
 from wsi_pipeline.model import load_checkpoint
+from wsi_pipeline.stain import normalizer_from_meta
 from wsi_pipeline.train import class_counts, cost_matrix, load_samples, normalize_stain, train
 from wsi_pipeline.train_config import TrainConfig
 

@@ -41,11 +41,11 @@ from wsi_pipeline.contract import (
     MAPS_PARTIAL,
     TISSUE_MPP_ATTR,
 )
-from wsi_pipeline.data.stain import Normalizer, normalizer_from_meta
 from wsi_pipeline.infer_config import InferConfig
 from wsi_pipeline.io import Slide
 from wsi_pipeline.model import LoadedModel
 from wsi_pipeline.model.predict import predict_batch_compact, prepare_model, resolve_device
+from wsi_pipeline.stain import Normalizer, normalizer_from_meta
 from wsi_pipeline.tiling import (
     Schedule,
     TileGrid,

@@ -22,13 +22,13 @@ from skimage.segmentation import find_boundaries
 
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import atomic_path
-from wsi_pipeline.data.stain import normalizer_from_meta
 from wsi_pipeline.geojson import MEASUREMENT_COLUMNS, hex_to_rgb, write_feature_collection
 from wsi_pipeline.metrics.matio import write_instance_mat
 from wsi_pipeline.model import LoadedModel
 from wsi_pipeline.postproc import SegmentationResult, segment_instances
 from wsi_pipeline.postproc.measure import measure_instances
 from wsi_pipeline.resample import resize_rgb, scaled_size
+from wsi_pipeline.stain import normalizer_from_meta
 from wsi_pipeline.tiled import predict_tiled
 
 log = logging.getLogger(__name__)

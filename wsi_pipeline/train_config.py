@@ -9,9 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wsi_pipeline.data.augment import AugmentConfig
 from wsi_pipeline.data.mix import DatasetSpec
-from wsi_pipeline.data.stain import StainNormConfig
 from wsi_pipeline.model.config import ModelConfig
 from wsi_pipeline.model.losses import LossConfig
+from wsi_pipeline.stain import StainNormConfig
 
 
 class DataConfig(BaseModel):

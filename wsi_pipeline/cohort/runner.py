@@ -48,7 +48,6 @@ from wsi_pipeline.cohort.stages import (
     STAGES,
     SlideStages,
     canonical_hash,
-    file_sha256,
     slide_fingerprint,
     stage_hashes,
 )
@@ -61,6 +60,7 @@ from wsi_pipeline.cohort.tasks import (
     run_stage,
 )
 from wsi_pipeline.diskfull import DISK_FULL, describe, disk_full_error
+from wsi_pipeline.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 

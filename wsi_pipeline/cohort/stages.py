@@ -34,7 +34,6 @@ from wsi_pipeline.contract import (
     TISSUE_JSON,
     TISSUE_PNG,
 )
-from wsi_pipeline.model.checkpoint import file_sha256  # noqa: F401  (the runner imports it from here)
 
 STAGES: tuple[str, ...] = ("infer", "postproc", "export")
 

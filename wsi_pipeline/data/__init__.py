@@ -1,26 +1,44 @@
-"""Dataset readers (training and evaluation only): every format becomes a list of `Sample`."""
+"""Dataset readers (training and evaluation only): every format becomes a list of `Sample`.
 
-from wsi_pipeline.data.augment import AugmentConfig, Augmenter
-from wsi_pipeline.data.common import read_common, write_common
-from wsi_pipeline.data.consep_patches import CONSEP_CLASSES, read_consep_patches
-from wsi_pipeline.data.cpm15 import read_cpm15
-from wsi_pipeline.data.dataset import NucleusDataset
-from wsi_pipeline.data.hovernet_layout import read_hovernet
-from wsi_pipeline.data.monusac import read_monusac
-from wsi_pipeline.data.nucls import read_nucls
-from wsi_pipeline.data.pannuke import read_pannuke
-from wsi_pipeline.data.readers import READERS
-from wsi_pipeline.data.sample import Sample
-from wsi_pipeline.data.split import split_by_group
-from wsi_pipeline.data.stain import StainNormConfig, build_normalizer, normalize_samples
-from wsi_pipeline.data.validate import SampleError, check_sample
+The names below load on first use (PEP 562), so importing one reader or `wsi_pipeline.data.sample`
+does not import torch (`NucleusDataset`) and every other reader with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the module that defines it
+_LAZY = {
+    "AugmentConfig": "wsi_pipeline.data.augment",
+    "Augmenter": "wsi_pipeline.data.augment",
+    "read_common": "wsi_pipeline.data.common",
+    "write_common": "wsi_pipeline.data.common",
+    "CONSEP_CLASSES": "wsi_pipeline.data.consep_patches",
+    "read_consep_patches": "wsi_pipeline.data.consep_patches",
+    "read_cpm15": "wsi_pipeline.data.cpm15",
+    "NucleusDataset": "wsi_pipeline.data.dataset",
+    "read_hovernet": "wsi_pipeline.data.hovernet_layout",
+    "read_monusac": "wsi_pipeline.data.monusac",
+    "read_nucls": "wsi_pipeline.data.nucls",
+    "read_pannuke": "wsi_pipeline.data.pannuke",
+    "READERS": "wsi_pipeline.data.readers",
+    "Sample": "wsi_pipeline.data.sample",
+    "split_by_group": "wsi_pipeline.data.split",
+    "StainNormConfig": "wsi_pipeline.stain",
+    "build_normalizer": "wsi_pipeline.stain",
+    "normalize_samples": "wsi_pipeline.stain",
+    "SampleError": "wsi_pipeline.data.validate",
+    "check_sample": "wsi_pipeline.data.validate",
+}
 
 __all__ = [
-    "CONSEP_CLASSES",
-    "READERS",
     "AugmentConfig",
     "Augmenter",
+    "CONSEP_CLASSES",
     "NucleusDataset",
+    "READERS",
     "Sample",
     "SampleError",
     "StainNormConfig",
@@ -37,3 +55,33 @@ __all__ = [
     "split_by_group",
     "write_common",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:
+    from wsi_pipeline.data.augment import AugmentConfig, Augmenter
+    from wsi_pipeline.data.common import read_common, write_common
+    from wsi_pipeline.data.consep_patches import CONSEP_CLASSES, read_consep_patches
+    from wsi_pipeline.data.cpm15 import read_cpm15
+    from wsi_pipeline.data.dataset import NucleusDataset
+    from wsi_pipeline.data.hovernet_layout import read_hovernet
+    from wsi_pipeline.data.monusac import read_monusac
+    from wsi_pipeline.data.nucls import read_nucls
+    from wsi_pipeline.data.pannuke import read_pannuke
+    from wsi_pipeline.data.readers import READERS
+    from wsi_pipeline.data.sample import Sample
+    from wsi_pipeline.data.split import split_by_group
+    from wsi_pipeline.data.validate import SampleError, check_sample
+    from wsi_pipeline.stain import StainNormConfig, build_normalizer, normalize_samples

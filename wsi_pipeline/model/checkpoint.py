@@ -7,7 +7,6 @@ package version; the file's sha256 identifies the model in every output.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import pickle
 import warnings
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import atomic_path
+from wsi_pipeline.hashing import file_sha256
 from wsi_pipeline.model.config import ModelConfig
 from wsi_pipeline.model.network import MultiTaskNet
 
@@ -41,14 +41,6 @@ class LoadedModel:
     sha256: str
     path: Path
     meta: dict = field(default_factory=dict)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_checkpoint(

@@ -2,7 +2,7 @@
 
 Normalisation maps every image onto one reference colour appearance; it is deterministic, so
 it belongs at load time (`normalize_samples`) and the same normaliser must then be applied at
-inference. Random stain *variation* for training is `augment.hed_jitter`.
+inference. Random stain *variation* for training is `data.augment.hed_jitter`.
 
 Measured limitation: on single 256² CoNSeP patches Macenko's per-image stain estimate is unstable
 (the E vector often lands near H, since these nucleus-dense 40× patches show little pure eosin),
@@ -24,14 +24,15 @@ import logging
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from skimage.color import lab2rgb, rgb2lab
 
-from wsi_pipeline.data.sample import Sample
+if TYPE_CHECKING:  # runtime (inference) code imports this module without the training data
+    from wsi_pipeline.data.sample import Sample
 
 log = logging.getLogger(__name__)
 
