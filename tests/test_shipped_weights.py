@@ -36,6 +36,24 @@ def test_shipped_model_segments_validation_patches(shared_data):
         truth = Instances(s.inst_map, s.type_map.ravel()[first[ids > 0]])
         ev.add(s.name, truth, Instances(result.inst_map, result.types))
     summary = ev.summary()
-    # Measured on this subset when shipped (sha256 2de29441…): PQ 0.381, F_d 0.718; the floors
-    # leave room for BLAS differences between machines.
-    assert summary["pq"] >= 0.35 and summary["f_d"] >= 0.68, summary
+    # Measured on this subset when shipped (sha256 1853a8ad…, no TTA): PQ 0.366, F_d 0.702; the
+    # floors leave room for BLAS differences between machines.
+    assert summary["pq"] >= 0.33 and summary["f_d"] >= 0.66, summary
+
+
+def test_shipped_model_segments_a_held_out_monuseg_tile(shared_data):
+    """Generalisation floor beyond CoNSeP: a MoNuSeg breast tile held out of training
+    (configs/train_mix.yaml val_groups), at its own pixel size (0.2456 µm/px)."""
+    from wsi_pipeline.data.aperio_xml import read_monuseg
+
+    (tile,) = [s for s in read_monuseg(shared_data / "monuseg_train")
+               if s.name == "TCGA-A7-A13E-01Z-00-DX1"]
+    model = load_checkpoint(default_checkpoint_path())
+    result = segment_image(model, tile.image, image_mpp=tile.mpp)
+    ev = DatasetEvaluator(type_ids=[], mpp=0.25)
+    ev.add(tile.name, Instances(tile.inst_map, np.ones(int(tile.inst_map.max()), np.int64)),
+           Instances(result.inst_map, np.ones(len(result.types), np.int64)))
+    summary = ev.summary()
+    # Measured when shipped (sha256 1853a8ad…, no TTA): PQ 0.510, F_d 0.727 (the previous,
+    # CoNSeP-only weights: about 0.3 on the MoNuSeg validation tiles).
+    assert summary["pq"] >= 0.46 and summary["f_d"] >= 0.68, summary
