@@ -92,8 +92,12 @@ class _Geometry:
 
 
 def infer_slide(slide: Slide, out_dir: Path, cfg: InferConfig, model: LoadedModel,
-                progress: bool = True) -> InferResult:
-    """Write OUT/maps.zarr (via maps.zarr.partial) and tissue.png/json for one slide."""
+                progress: bool = True,
+                on_tiles: Callable[[int, int], None] | None = None) -> InferResult:
+    """Write OUT/maps.zarr (via maps.zarr.partial) and tissue.png/json for one slide.
+
+    `on_tiles(done, total)` is called as tiles are written (a cohort run on Dask reports them
+    to the driver's console this way)."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +133,7 @@ def infer_slide(slide: Slide, out_dir: Path, cfg: InferConfig, model: LoadedMode
     group = _create_maps(partial, geo, cfg, model)
     _write_tissue(group, tissue.mask, tissue.mpp, cfg)
     if len(plan):
-        timings.update(_run_pipeline(slide, group, geo, cfg, model, progress, stain))
+        timings.update(_run_pipeline(slide, group, geo, cfg, model, progress, stain, on_tiles))
     group.attrs.update(_attributes(slide, geo, cfg, model, tissue.mm2, stain_record))
 
     final = out_dir / MAPS
@@ -299,7 +303,8 @@ class _ChunkWriter:
 
 def _run_pipeline(slide: Slide, group: zarr.Group, geo: _Geometry, cfg: InferConfig,
                   model: LoadedModel, progress: bool,
-                  stain: Callable[[np.ndarray], np.ndarray] | None) -> dict[str, float]:
+                  stain: Callable[[np.ndarray], np.ndarray] | None,
+                  on_tiles: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Read (and stain-normalise, counted as reading) -> model -> write, overlapped."""
     device = resolve_device(cfg.device)
     net = prepare_model(model.net, device, cfg.precision)
@@ -324,6 +329,7 @@ def _run_pipeline(slide: Slide, group: zarr.Group, geo: _Geometry, cfg: InferCon
     tile_of_run = np.unique(plan.rows.astype(np.int64) * (int(plan.cols.max(initial=0)) + 1)
                             + plan.cols, return_inverse=True)[1]
     runs_left = np.bincount(tile_of_run)
+    tiles_done = [0]
     bar = tqdm(total=runs_left.size, unit="tile", desc=slide.path.name, disable=not progress,
                leave=False)
 
@@ -335,7 +341,11 @@ def _run_pipeline(slide: Slide, group: zarr.Group, geo: _Geometry, cfg: InferCon
                 writer.add(*item)
                 tiles = tile_of_run[item[0]]
                 np.subtract.at(runs_left, tiles, 1)
-                bar.update(int(np.count_nonzero(runs_left[np.unique(tiles)] == 0)))
+                finished = int(np.count_nonzero(runs_left[np.unique(tiles)] == 0))
+                bar.update(finished)
+                tiles_done[0] += finished  # a disabled bar counts nothing
+                if on_tiles is not None:
+                    on_tiles(tiles_done[0], int(runs_left.size))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
                 errors.append(exc)
 

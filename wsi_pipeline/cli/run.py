@@ -136,7 +136,10 @@ def _plural(n: int, word: str) -> str:
 
 
 class _Progress:
-    """Overall bar over slides; the stage bars (tiles, chunks) come from the stages themselves.
+    """Overall bar over slides, with counters of done and failed slides; in cohort (Dask) mode
+    also a bar per running slide stage (tiles of infer, chunks of postproc, with rate and ETA),
+    fed by the stage tasks' progress events. In-process runs get the stage bars from the stages
+    themselves.
 
     Lines printed while a bar is on screen go through tqdm.write, which clears the bars, prints
     the line and redraws them (click.echo would glue the line onto the bar).
@@ -144,6 +147,11 @@ class _Progress:
 
     def __init__(self) -> None:
         self.bar = None
+        self.stage_bars: dict[str, Any] = {}  # slide id -> its running stage's bar
+        self.running: dict[str, str] = {}  # slide id -> its running stage
+        self.finished: set[str] = set()  # late progress events of these slides are dropped
+        self.done = 0
+        self.failed = 0
 
     def echo(self, text: str) -> None:
         if self.bar is not None and not self.bar.disable:
@@ -154,9 +162,27 @@ class _Progress:
             click.echo(text, err=True)
 
     def close(self) -> None:
+        for slide_id in list(self.stage_bars):
+            self._close_stage(slide_id)
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def _close_stage(self, slide_id: str) -> None:
+        bar = self.stage_bars.pop(slide_id, None)
+        if bar is not None:
+            bar.close()
+
+    def _counters(self, last: str | None = None) -> None:
+        if self.bar is None:
+            return
+        text = f"{self.done} done, {self.failed} failed"
+        running = [f"{k}: {stage}" for k, stage in self.running.items()]
+        if last:
+            text += f"; {last}"
+        elif running:
+            text += f"; {', '.join(running[:3])}" + (" ..." if len(running) > 3 else "")
+        self.bar.set_postfix_str(text)
 
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
         from tqdm.auto import tqdm
@@ -172,16 +198,45 @@ class _Progress:
                       + (f", {unreadable} that do not open (recorded as failed)" if unreadable else ""))
             if info["todo"]:
                 self.bar = tqdm(total=info["total"] - locked, initial=done, desc="slides", unit="slide")
+                self._counters()
         elif kind == "cluster":
             where = "external Dask cluster" if info["external"] else "embedded Dask cluster"
-            link = info["dashboard"] or "not available"
+            link = info["dashboard"] or info.get("dashboard_note") or "not available"
             self.echo(f"{where}: {info['infer_slots']} inference slot(s); dashboard: {link}")
+        elif kind.startswith("stage_") and info["slide_id"] in self.finished:
+            return
         elif kind == "stage_started" and self.bar is not None:
-            self.bar.set_postfix_str(f"{info['slide_id']}: {info['stage']}")
+            self._close_stage(info["slide_id"])
+            self.running[info["slide_id"]] = info["stage"]
+            self._counters()
+        elif kind == "stage_progress" and self.bar is not None:
+            slide_id, desc = info["slide_id"], f"{info['slide_id']}: {info['stage']}"
+            self.running[slide_id] = info["stage"]
+            bar = self.stage_bars.get(slide_id)
+            if bar is not None and (bar.desc != desc or bar.total != info["total"]):
+                self._close_stage(slide_id)
+                bar = None
+            if bar is None:
+                # initial: the rate (and so the ETA) counts only what is done from now on
+                bar = self.stage_bars[slide_id] = tqdm(total=info["total"], desc=desc,
+                                                       initial=info["done"],
+                                                       unit=info.get("unit", "it"), leave=False)
+            bar.update(max(0, info["done"] - bar.n))
+            bar.refresh()  # events come at most once a second a stage: draw each one
+            if bar.n >= bar.total:
+                self._close_stage(slide_id)
+            self._counters()
         elif kind == "slide_done" and info["ran"] and self.bar is not None:
             row = info["row"]
+            self._close_stage(row["slide_id"])
+            self.running.pop(row["slide_id"], None)
+            self.finished.add(row["slide_id"])
+            if row["status"] == "failed":
+                self.failed += 1
+            else:
+                self.done += 1
             self.bar.update(1)
-            self.bar.set_postfix_str(f"{row['slide_id']}: {row['status']}")
+            self._counters(f"{row['slide_id']}: {row['status']}")
             if self.bar.n >= self.bar.total:
                 self.close()
 

@@ -31,6 +31,7 @@ class ClusterHandle:
     cluster: Any | None  # None when connected to an external scheduler
     dashboard_link: str | None
     infer_slots: int
+    dashboard_note: str | None = None  # why there is no dashboard, when there is none
 
     def close(self) -> None:
         self.client.close()
@@ -104,8 +105,13 @@ def start_local_cluster(cfg: ClusterConfig, device: str) -> ClusterHandle:
         raise ClusterError("--device cuda, but no GPU is visible on this machine")
     plan = plan_local_cluster(cfg, _cpu_count(), MEMORY_LIMIT, gpus)
     has_bokeh = importlib.util.find_spec("bokeh") is not None
-    if cfg.dashboard and not has_bokeh:
-        log.warning("Dask dashboard unavailable: install bokeh to get it")
+    note = None
+    if not cfg.dashboard:
+        note = "off (cluster.dashboard)"
+    elif not has_bokeh:
+        note = "not available: install bokeh to get it"
+        log.info("Dask dashboard %s", note)
+    # ":0": a free port, never 8787 taken by another cluster (Dask's "port in use" warning).
     dashboard = ":0" if (cfg.dashboard and has_bokeh) else None
     workers: dict[str, dict[str, Any]] = {}
     for i in range(plan.infer_workers):
@@ -129,7 +135,7 @@ def start_local_cluster(cfg: ClusterConfig, device: str) -> ClusterHandle:
     client.wait_for_workers(len(workers))
     return ClusterHandle(client=client, cluster=cluster,
                          dashboard_link=client.dashboard_link if dashboard else None,
-                         infer_slots=plan.infer_workers)
+                         infer_slots=plan.infer_workers, dashboard_note=note)
 
 
 def _cpu_count() -> int:

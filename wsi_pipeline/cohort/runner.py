@@ -22,10 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ from wsi_pipeline.cohort.stages import (
 )
 from wsi_pipeline.cohort.tasks import (
     DETAIL,
+    PROGRESS_TOPIC,
     SlideJob,
     log_to_file,
     one_line,
@@ -167,6 +170,44 @@ def resolve_checkpoint(cfg: RunConfig) -> Path:
         return default_checkpoint_path()
     except CheckpointError as exc:
         raise RunSetupError(str(exc)) from exc
+
+
+def _locked(lock: threading.Lock, handler: EventHandler, kind: str, info: dict[str, Any]) -> None:
+    with lock:
+        handler(kind, info)
+
+
+@contextmanager
+def _distributed_to_run_log() -> Iterator[None]:
+    """Dask's own log lines and warnings (port in use, no bokeh, comms closing) while the cluster
+    starts and stops go to the run log (the package's handlers), not to the console."""
+    import warnings
+
+    dist = logging.getLogger("distributed")
+    relay = _Relay()
+    saved = dist.propagate
+    dist.addHandler(relay)
+    dist.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        dist.removeHandler(relay)
+        dist.propagate = saved
+    for w in caught:
+        log.info("dask: %s", w.message)
+
+
+class _Relay(logging.Handler):
+    """Hands `distributed` records to this module's logger at INFO: they reach the run log (it
+    takes INFO) and stay off the console (it shows warnings)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            log.info("dask %s: %s", record.name, record.getMessage())
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
 
 
 class CohortRunner:
@@ -357,6 +398,10 @@ class CohortRunner:
             self._slide_finished(plan, rows, outcome)
 
     def _run_on_cluster(self, todo: list[SlidePlan], rows: dict[str, dict]) -> str | None:
+        with _distributed_to_run_log():
+            return self._cluster_run(todo, rows)
+
+    def _cluster_run(self, todo: list[SlidePlan], rows: dict[str, dict]) -> str | None:
         from distributed import as_completed
 
         from wsi_pipeline.cohort.cluster import open_cluster
@@ -364,10 +409,26 @@ class CohortRunner:
         existing = [p.entry.path for p in todo if p.entry.path.exists()]
         handle = open_cluster(self.cfg.cluster, self.cfg.infer.device, self.out_dir, existing)
         self.on_event("cluster", {"dashboard": handle.dashboard_link, "infer_slots": handle.infer_slots,
-                                  "external": handle.cluster is None})
+                                  "external": handle.cluster is None,
+                                  "dashboard_note": handle.dashboard_note})
+        # Stage tasks report their start and their tiles/chunks on PROGRESS_TOPIC (tasks.py);
+        # the handler runs in the client's event-loop thread, so events reach on_event one at
+        # a time, under a lock shared with the driver's own events.
+        emit_lock = threading.Lock()
+        on_event = self.on_event
+
+        def on_progress(event: tuple[float, Any]) -> None:
+            msg = event[1]
+            try:
+                _locked(emit_lock, on_event, msg["kind"], msg)
+            except Exception as exc:  # noqa: BLE001 - a progress line must never stop the run
+                log.debug("progress event %r not shown: %s", msg, exc)
+
+        self.on_event = lambda kind, info: _locked(emit_lock, on_event, kind, info)
         try:
             client = handle.client
             self._client = client
+            client.subscribe_topic(PROGRESS_TOPIC, on_progress)
             # Set on a full disk: stage tasks that have not started return at once.
             self._stop_event = f"wsi-pipeline-stop-{self.holder.token}"
             # Only each chain's last future is held. A future the driver holds is a result Dask
@@ -403,7 +464,12 @@ class CohortRunner:
                 self._slide_finished(chain.plan, rows, outcome)
                 del last  # released: a later worker death does not recompute this slide
         finally:
+            self.on_event = on_event
             self._client = None
+            try:
+                handle.client.unsubscribe_topic(PROGRESS_TOPIC)
+            except Exception as exc:  # noqa: BLE001 - the client may be gone already
+                log.debug("progress topic not unsubscribed: %s", exc)
             handle.close()
         return handle.dashboard_link
 

@@ -44,6 +44,13 @@ log = logging.getLogger(__name__)
 _MODELS: dict[tuple[str, str, str], Any] = {}
 _MODELS_LOCK = threading.Lock()
 
+#: Dask event topic on which stage tasks report to the driver: {"kind": "stage_started" |
+#: "stage_progress", "slide_id", "stage", and for progress "done", "total", "unit"}. The driver
+#: subscribes to it (cohort.runner) to show per-slide stage and tile progress.
+PROGRESS_TOPIC = "wsi-pipeline-progress"
+#: Seconds between two progress events of one stage (the last one is always sent).
+PROGRESS_INTERVAL_S = 1.0
+
 
 @dataclass(frozen=True)
 class SlideJob:
@@ -94,6 +101,8 @@ def run_stage(job: SlideJob, stage: str, upstream: Outcome | None = None) -> Out
         key = _task_key()
         if not job.still_locked():
             return _lock_lost(job, stage)
+        if key:
+            _report({"kind": "stage_started", "slide_id": job.slide_id, "stage": stage})
         try:
             if key:
                 stages.record_attempt(key)
@@ -198,6 +207,50 @@ def _request_stop(name: str) -> None:
         log.debug("stop event %s not set here: %s", name, exc)
 
 
+def _worker() -> Any:
+    """The Dask worker running this task; None outside one."""
+    distributed = sys.modules.get("distributed")  # a worker has it; a run in this process may not
+    if distributed is None:
+        return None
+    try:
+        return distributed.get_worker()
+    except ValueError:
+        return None
+
+
+def _report(msg: dict[str, Any], worker: Any = None) -> None:
+    """Send `msg` to the driver on PROGRESS_TOPIC; nothing outside a Dask worker. `worker`
+    (found in the task's thread) lets other threads of the task send too: log_event hands a
+    message from another thread to the worker's event loop."""
+    worker = worker or _worker()
+    if worker is None:
+        return
+    try:
+        worker.log_event(PROGRESS_TOPIC, msg)
+    except Exception as exc:  # noqa: BLE001 - progress is a courtesy, never a stage failure
+        log.debug("progress event not sent: %s", exc)
+
+
+def _progress_callback(job: SlideJob, stage: str, unit: str) -> Any:
+    """A (done, total) callback that reports a stage's progress to the driver at most every
+    PROGRESS_INTERVAL_S seconds (and always when done == total); None outside a Dask task.
+    It may be called from any thread (infer counts tiles in its writer thread)."""
+    worker = _worker()
+    if worker is None or not _task_key():
+        return None
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < PROGRESS_INTERVAL_S:
+            return
+        last[0] = now
+        _report({"kind": "stage_progress", "slide_id": job.slide_id, "stage": stage,
+                 "done": int(done), "total": int(total), "unit": unit}, worker)
+
+    return report
+
+
 # -- the stages ------------------------------------------------------------------------------
 def _infer(job: SlideJob) -> dict[str, Any]:
     from wsi_pipeline.infer import infer_slide
@@ -208,7 +261,8 @@ def _infer(job: SlideJob) -> dict[str, Any]:
     with open_slide(job.path, mpp=job.mpp, backend=job.cfg.discovery.reader) as slide:
         _slide_mpp(job, slide)
         model = _model(job)
-        res = infer_slide(slide, job.slide_dir, job.cfg.infer, model, progress=job.progress)
+        res = infer_slide(slide, job.slide_dir, job.cfg.infer, model, progress=job.progress,
+                          on_tiles=_progress_callback(job, "infer", "tile"))
     return {"tissue_mm2": float(res.tissue_mm2), "n_tiles": int(res.n_tiles),
             "no_tissue": bool(res.no_tissue), "infer_seconds": round(float(res.seconds), 3),
             "mpp": slide.mpp, "mpp_source": slide.mpp_source}
@@ -238,7 +292,8 @@ def _postproc(job: SlideJob) -> dict[str, Any]:
     maps, out = job.slide_dir / MAPS, job.slide_dir / NUCLEI
     with _cluster_client() as client:
         res = postprocess_slide(maps, out, job.cfg.postproc, client=client, progress=job.progress,
-                                chunking=job.cfg.chunking)
+                                chunking=job.cfg.chunking,
+                                on_chunks=_progress_callback(job, "postproc", "chunk"))
     return {"n_nuclei": int(res.n_nuclei)}
 
 

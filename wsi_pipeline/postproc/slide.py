@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -186,8 +186,11 @@ def postprocess_slide(
     progress: bool = True,
     *,
     chunking: ChunkingConfig | None = None,
+    on_chunks: Callable[[int, int], None] | None = None,
 ) -> PostprocResult:
-    """Segment every chunk of `maps_zarr` and write the slide's nuclei as GeoParquet."""
+    """Segment every chunk of `maps_zarr` and write the slide's nuclei as GeoParquet.
+
+    `on_chunks(done, total)` is called as chunks are collected."""
     t0 = time.perf_counter()
     chunking = chunking or ChunkingConfig()
     maps_zarr, out_parquet = Path(maps_zarr), Path(out_parquet)
@@ -213,7 +216,10 @@ def postprocess_slide(
     n_nuclei = n_segmented = n_edge_cut = 0
     with atomic_path(out_parquet) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         ordered = _OrderedWriter(writer, chunking.row_group_rows)
-        for res in tqdm(results, total=len(windows), desc="postproc", disable=not progress):
+        for n_done, res in enumerate(tqdm(results, total=len(windows), desc="postproc",
+                                          disable=not progress), start=1):
+            if on_chunks is not None:
+                on_chunks(n_done, len(windows))
             ordered.add(res.index, res.table)
             n_nuclei += res.table.num_rows
             n_segmented += res.inferred
