@@ -189,3 +189,67 @@ def test_empty_slide_exports_zero_counts(tmp_path):
         assert json.load(f) == {"type": "FeatureCollection", "features": []}
     assert qupath_problems(d / "nuclei.geojson.gz") == []
     assert (d / "overlay.png").is_file()
+
+
+def test_cells_split_the_ring_between_touching_nuclei():
+    """QuPath-style cells (#12 item 5): each nucleus expanded by d, the ring shared out between
+    neighbours whose expansions meet, so that no two cells overlap and none covers another
+    nucleus; a lone nucleus gets its whole ring."""
+    from wsi_pipeline.geojson import CellMaker
+
+    nuclei = [shapely.box(0, 0, 10, 10), shapely.box(12, 0, 22, 10), shapely.box(100, 100, 110, 108),
+              shapely.Point(40, 40).buffer(4)]
+    d = 5.0
+    cells = CellMaker(shapely.to_wkb(np.array(nuclei, dtype=object)), d).cells(0, len(nuclei))
+    for k in range(len(nuclei)):
+        cell = cells[k]
+        assert isinstance(cell, shapely.Polygon) and cell.is_valid
+        assert cell.covers(nuclei[k])
+        assert shapely.hausdorff_distance(cell.exterior, nuclei[k].exterior) <= d + 1e-6
+        for j in range(len(nuclei)):
+            if j != k:
+                assert cell.intersection(cells[j]).area < 1e-6
+                assert cell.intersection(nuclei[j]).area < 1e-6
+    lone = nuclei[2].buffer(d, quad_segs=4)
+    assert cells[2].area == pytest.approx(lone.area, rel=1e-9)
+    # the 2 px gap between the touching pair is shared: the split runs down its middle
+    assert cells[0].bounds[2] == pytest.approx(11.0) and cells[1].bounds[0] == pytest.approx(11.0)
+    assert (cells[0].union(cells[1])).covers(shapely.box(10, 0, 12, 10))
+    # batches give the same cells as one pass
+    maker = CellMaker(shapely.to_wkb(np.array(nuclei, dtype=object)), d)
+    both = np.concatenate([maker.cells(0, 1), maker.cells(1, 3)])
+    assert all(a.equals(b) for a, b in zip(both, cells, strict=True))
+
+
+def test_geojson_cells_are_qupath_cells_and_off_by_default(tmp_path):
+    from wsi_pipeline.cohort.config import RunConfig
+
+    d = _slide_dir(tmp_path)
+    export_slide(d, ExportConfig(geojson=True))
+    with gzip.open(d / "nuclei.geojson.gz", "rt", encoding="utf-8") as f:
+        detections = {feat["id"]: feat for feat in json.load(f)["features"]}
+    summary = export_slide(d, ExportConfig(geojson=True, geojson_cells=True, cell_expansion_um=5.0))
+    assert qupath_problems(d / "nuclei.geojson.gz") == []
+    with gzip.open(d / "nuclei.geojson.gz", "rt", encoding="utf-8") as f:
+        cells = json.load(f)["features"]
+    assert len(cells) == len(detections) == len(CENTRES)
+    ring_px = 5.0 / summary["slide_mpp"]
+    for feat in cells:
+        props = feat["properties"]
+        assert props["objectType"] == "cell"
+        det = detections[feat["id"]]
+        assert props["nucleusGeometry"] == det["geometry"]
+        assert props["measurements"] == det["properties"]["measurements"]
+        nucleus = shapely.geometry.shape(props["nucleusGeometry"])
+        cell = shapely.geometry.shape(feat["geometry"])
+        # the nuclei here stand apart: each cell is its nucleus grown by the whole ring
+        assert cell.area == pytest.approx(nucleus.buffer(ring_px, quad_segs=4).area, rel=1e-3)
+    # off by default, and then not part of the export stage's settings (finished exports stay valid)
+    assert not ExportConfig().geojson_cells
+    assert not {"geojson_cells", "cell_expansion_um"} & set(RunConfig().stage_configs()["export"])
+    assert summary["provenance"]["config"]["export"]["cell_expansion_um"] == 5.0  # cells on: recorded
+    export_slide(d, ExportConfig(geojson=True))
+    recorded = json.loads((d / "summary.json").read_text())["provenance"]["config"]["export"]
+    assert not {"geojson_cells", "cell_expansion_um"} & set(recorded)  # summary.json as before
+    on = RunConfig.model_validate({"export": {"geojson_cells": True}}).stage_configs()["export"]
+    assert on["geojson_cells"] and on["cell_expansion_um"] == 5.0

@@ -164,6 +164,8 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
             class_colors,
             decimals=cfg.geojson_decimals,
             batch_rows=cfg.batch_rows,
+            cell_expansion_px=(cfg.cell_expansion_um / float(attrs["slide_mpp"])
+                               if cfg.geojson_cells else None),
         )
         export_timings["geojson"] = time.perf_counter() - t_geo
         outputs.insert(1, GEOJSON)
@@ -197,7 +199,7 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
                 "infer": attrs.get("config"),
                 "postproc": table_prov.get("postproc_config"),
                 "chunking": table_prov.get("chunking_config"),
-                "export": cfg.model_dump(mode="json"),
+                "export": cfg.settings(),
             },
         },
     }

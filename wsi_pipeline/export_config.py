@@ -38,6 +38,14 @@ class ExportConfig(BaseModel):
     geojson: bool = Field(
         False, description="Also write nuclei.geojson.gz (QuPath detections); large for big slides."
     )
+    geojson_cells: bool = Field(
+        False, description="Write the GeoJSON's nuclei as QuPath cell objects: the nucleus expanded "
+        "by cell_expansion_um (split between touching neighbours) with the nucleus as its "
+        "nucleusGeometry; off: detections (the nucleus outline only)."
+    )
+    cell_expansion_um: float = Field(
+        5.0, gt=0, le=50, description="Cytoplasm ring of a cell object (µm), as QuPath's 'Cell expansion'."
+    )
     geojson_decimals: int = Field(
         2, ge=0, le=6, description="Decimals kept in GeoJSON coordinates (level-0 pixels)."
     )
@@ -61,3 +69,10 @@ class ExportConfig(BaseModel):
         default_factory=QCSheetConfig,
         description="Full-resolution crops with nucleus outlines and a density heat map (OUT/<slide>/qc/).",
     )
+
+    def settings(self) -> dict:
+        """The settings as recorded (summary.json) and hashed (the export stage's marker): the
+        cell-object keys only when cells are on, so that with them off (the default) both are
+        what they were before the keys existed and finished exports stay valid."""
+        off = set() if self.geojson_cells else {"geojson_cells", "cell_expansion_um"}
+        return self.model_dump(mode="json", exclude=off)

@@ -11,6 +11,13 @@ exactly) and, hashed with the slide id, the Feature's `id`, which QuPath takes a
 UUID ("Object ID" in its measurement exports): `nucleus_uuid(slide_id, nucleus_id)` =
 uuid5(NUCLEUS_NAMESPACE, f"{slide_id}/{nucleus_id}"), the same on every run.
 
+With `cell_expansion_px` the features are QuPath *cell* objects instead (objectType "cell"):
+the geometry is the nucleus expanded by that distance, as QuPath's cell detection makes
+("Cell expansion"), and the nucleus is the `nucleusGeometry` property. Where expansions of
+neighbouring nuclei meet, the ring is split between them (Voronoi cells of the nucleus
+centroids), and no cell covers another nucleus, so cells never overlap. This holds every
+outline of the slide in memory (about 0.5 kB a nucleus) to find each nucleus's neighbours.
+
 Coordinates are rounded to 10**-decimals px (0.01 by default, the grid QuPath ≥ 0.6 reduces
 imported geometries to); an outline that rounding would make invalid is rounded by a
 validity-preserving method instead, so every written polygon is valid and closed.
@@ -78,12 +85,67 @@ def rounded_outlines(wkb: np.ndarray, decimals: int) -> np.ndarray:
     return geoms
 
 
+class CellMaker:
+    """Cells (nucleus + cytoplasm ring of `expansion_px`) for the nuclei of one slide, given all
+    its outlines (WKB, in table order): `cells(start, n)` gives the cells of rows start..start+n.
+
+    A cell is its nucleus expanded by `expansion_px`, cut to the Voronoi cell of the nucleus
+    centroid among the neighbours within reach, minus every other nucleus, plus its own
+    nucleus: Voronoi cells do not overlap and a nucleus belongs to its own cell only, so no two
+    cells overlap. A cell the cuts split keeps the part that holds its nucleus.
+    """
+
+    def __init__(self, wkb: np.ndarray, expansion_px: float):
+        if not expansion_px > 0:
+            raise ValueError(f"cell expansion must be > 0 px, got {expansion_px!r}")
+        self.d = float(expansion_px)
+        self.nuclei = shapely.from_wkb(wkb)
+        self.centroids = shapely.centroid(self.nuclei)
+        self.tree = shapely.STRtree(self.nuclei)
+
+    def cells(self, start: int, n: int) -> np.ndarray:
+        idx = np.arange(start, start + n)
+        if n == 0:
+            return np.empty(0, dtype=object)
+        own = self.nuclei[idx]
+        grown = shapely.buffer(own, self.d, quad_segs=4)
+        # Neighbours whose centroid may decide a point of these rings: within 2 d of the rings.
+        reach = shapely.buffer(shapely.envelope(shapely.union_all(grown)), 2 * self.d)
+        near = np.union1d(self.tree.query(reach, predicate="intersects"), idx)
+        points = self.centroids[near]
+        regions = shapely.get_parts(shapely.voronoi_polygons(
+            shapely.multipoints(points), extend_to=shapely.buffer(reach, self.d), ordered=True))
+        pos = {int(k): i for i, k in enumerate(near)}
+        out = np.empty(n, dtype=object)
+        for k, i in enumerate(idx):
+            cell = grown[k]
+            if len(regions) == len(near):  # coincident centroids merge cells: skip the cut
+                cell = shapely.intersection(cell, regions[pos[int(i)]])
+            others = self.tree.query(grown[k], predicate="intersects")
+            others = others[others != i]
+            if len(others):
+                cell = shapely.difference(cell, shapely.union_all(self.nuclei[others]))
+            cell = shapely.union(cell, own[k])
+            out[k] = _part_holding(cell, own[k])
+        return out
+
+
+def _part_holding(geom: shapely.Geometry, nucleus: shapely.Geometry) -> shapely.Geometry:
+    parts = [g for g in shapely.get_parts(geom) if isinstance(g, shapely.Polygon) and not g.is_empty]
+    if not parts:
+        return nucleus
+    return max(parts, key=lambda g: shapely.intersection(g, nucleus).area)
+
+
 def _features(batch: pa.RecordBatch, classifications: dict[int, str], decimals: int,
-              slide_id: str) -> Iterator[str]:
+              slide_id: str, cells: np.ndarray | None = None) -> Iterator[str]:
     """One serialised Feature per row of a nucleus batch (geometry as WKB, nucleus_id, type_id,
-    and whichever measurement and prob_* columns it has)."""
+    and whichever measurement and prob_* columns it has); with `cells` (one polygon a row) cell
+    objects whose nucleusGeometry is the row's outline."""
     geoms = rounded_outlines(batch.column("geometry").to_numpy(False), decimals)
     geo_json = shapely.to_geojson(geoms)
+    if cells is not None:
+        cell_json = shapely.to_geojson(rounded_outlines(shapely.to_wkb(cells), decimals))
     prob_cols = [c for c in batch.schema.names if c.startswith(PROB_PREFIX)]
     meas_cols = [c for c in (*MEASUREMENT_COLUMNS, *prob_cols) if c in batch.schema.names]
     values = {c: np.round(batch.column(c).to_numpy(False).astype(np.float64), 4) for c in meas_cols}
@@ -93,11 +155,16 @@ def _features(batch: pa.RecordBatch, classifications: dict[int, str], decimals: 
         nid = int(ids[i])
         # QuPath's measurements are numbers: a missing (NaN) value is left out, as QuPath would.
         measurements = {c: v for c in meas_cols if math.isfinite(v := float(values[c][i]))}
+        if cells is None:
+            geometry, kind, nucleus = geo_json[i], "detection", ""
+        else:
+            geometry, kind, nucleus = cell_json[i], "cell", ',"nucleusGeometry":' + geo_json[i]
         yield (
             '{"type":"Feature","id":"' + str(nucleus_uuid(slide_id, nid))
-            + '","geometry":' + geo_json[i]
-            + ',"properties":{"objectType":"detection","name":"' + str(nid)
+            + '","geometry":' + geometry
+            + ',"properties":{"objectType":"' + kind + '","name":"' + str(nid)
             + '","classification":' + classifications[int(type_ids[i])]
+            + nucleus
             + ',"measurements":' + json.dumps(measurements) + "}}"
         )
 
@@ -110,12 +177,14 @@ def write_feature_collection(
     *,
     slide_id: str,
     decimals: int = 2,
+    cell_maker: CellMaker | None = None,
 ) -> int:
     """Stream nucleus batches into `out_path` (.geojson.gz) atomically; returns the feature count.
 
     Each batch needs `geometry` (WKB polygons), `nucleus_id` and `type_id`; measurement columns
     (MEASUREMENT_COLUMNS, prob_*) are copied where present. Coordinates are written as given,
-    rounded to `decimals`. `slide_id` (with the nucleus id) makes each Feature's UUID.
+    rounded to `decimals`. `slide_id` (with the nucleus id) makes each Feature's UUID. With
+    `cell_maker` (made from the same rows in the same order) the features are cell objects.
     """
     classifications = {
         k: json.dumps({"name": name, "color": hex_to_rgb(color)})
@@ -125,7 +194,8 @@ def write_feature_collection(
     with atomic_path(out_path) as tmp, gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as f:
         f.write('{"type":"FeatureCollection","features":[')
         for batch in batches:
-            for feature in _features(batch, classifications, decimals, slide_id):
+            cells = None if cell_maker is None else cell_maker.cells(n, batch.num_rows)
+            for feature in _features(batch, classifications, decimals, slide_id, cells):
                 f.write(("," if n else "") + "\n" + feature)
                 n += 1
         f.write("\n]}\n")
@@ -141,11 +211,13 @@ def write_geojson(
     slide_id: str | None = None,
     decimals: int = 2,
     batch_rows: int = 65536,
+    cell_expansion_px: float | None = None,
 ) -> int:
     """Write `out_path` (.geojson.gz) atomically from nuclei.parquet; returns the feature count.
 
     `slide_id` (for the Feature UUIDs) defaults to the name of the table's folder, which is the
-    slide id in a run's output (OUT/<slide_id>/nuclei.parquet).
+    slide id in a run's output (OUT/<slide_id>/nuclei.parquet). With `cell_expansion_px`
+    (level-0 px) QuPath cell objects are written instead of detections (CellMaker).
     """
     if slide_id is None:
         slide_id = Path(parquet_path).absolute().parent.name
@@ -153,17 +225,22 @@ def write_geojson(
     wanted = {"geometry", "nucleus_id", "type_id", *MEASUREMENT_COLUMNS}
     columns = [c for c in pf.schema_arrow.names if c in wanted or c.startswith(PROB_PREFIX)]
     batches = pf.iter_batches(batch_size=batch_rows, columns=columns)
+    maker = None
+    if cell_expansion_px is not None:
+        wkb = pf.read(columns=["geometry"]).column("geometry").to_numpy(False)
+        maker = CellMaker(wkb, cell_expansion_px)
     return write_feature_collection(out_path, batches, class_names, class_colors,
-                                    slide_id=slide_id, decimals=decimals)
+                                    slide_id=slide_id, decimals=decimals, cell_maker=maker)
 
 
 def qupath_problems(path: Path, max_problems: int = 20) -> list[str]:
     """What in a .geojson(.gz) file QuPath would refuse or import wrongly ([] = nothing).
 
     The rules of QuPath's GeoJSON import (0.4-0.6) for detections: a FeatureCollection of
-    Features with objectType "detection", a classification with a name and an [r, g, b]
-    colour, measurements as a map of names to numbers, a UUID `id` (unique), and closed, valid
-    polygon rings that stay valid when rounded to QuPath's 0.01 px grid.
+    Features with objectType "detection" (or "cell", with a valid `nucleusGeometry`), a
+    classification with a name and an [r, g, b] colour, measurements as a map of names to
+    numbers, a UUID `id` (unique), and closed, valid polygon rings that stay valid when rounded
+    to QuPath's 0.01 px grid.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -192,8 +269,15 @@ def qupath_problems(path: Path, max_problems: int = 20) -> list[str]:
             bad(i, f"id {fid} repeated")
         seen.add(fid)
         props = feat.get("properties") or {}
-        if props.get("objectType") != "detection":
-            bad(i, f"objectType {props.get('objectType')!r}, not 'detection'")
+        if props.get("objectType") not in ("detection", "cell"):
+            bad(i, f"objectType {props.get('objectType')!r}, not 'detection' or 'cell'")
+        if props.get("objectType") == "cell":
+            nucleus = props.get("nucleusGeometry")
+            if nucleus is None:
+                bad(i, "cell without nucleusGeometry")
+            else:
+                problems.extend(f"feature {i}: nucleusGeometry: {p}"
+                                for p in _geometry_problems(nucleus))
         if not isinstance(props.get("name", ""), str):
             bad(i, "name is not a string")
         cls = props.get("classification")

@@ -151,7 +151,7 @@ class RunConfig(BaseModel):
             "infer": {"infer": infer, "mpp": mpp},
             "postproc": {"postproc": self.postproc.model_dump(mode="json"),
                          "chunking": self.chunking.model_dump(mode="json", exclude={"workers"})},
-            "export": self.export.model_dump(mode="json"),
+            "export": self.export.settings(),
         }
 
 
