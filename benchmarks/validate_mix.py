@@ -25,21 +25,17 @@ from wsi_pipeline.config import load_config
 from wsi_pipeline.data.augment import scan_degrade
 from wsi_pipeline.data.mix import read_mix
 from wsi_pipeline.model import load_checkpoint
-from wsi_pipeline.model.predict import prepare_model
+from wsi_pipeline.model.predict import cpu_flags, prepare_model
 from wsi_pipeline.scoring import score_by_dataset
 from wsi_pipeline.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cpu_flags() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        flags = next(line for line in lines if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return platform.processor()
-    keep = [f for f in flags if f.startswith(("avx512_bf16", "amx_bf16", "avx2", "avx512f"))]
-    return " ".join(sorted(set(keep)))
+def cpu_flag_summary() -> str:
+    """The flags that decide precision here (bf16 autocast needs avx512_bf16 or amx_bf16)."""
+    keep = [f for f in cpu_flags() if f.startswith(("avx512_bf16", "amx_bf16", "avx2", "avx512f"))]
+    return " ".join(sorted(keep)) or platform.processor()
 
 
 def main() -> None:
@@ -60,7 +56,7 @@ def main() -> None:
     kw = {"n_types": cfg.model.n_types, "mpp": cfg.mpp, "tile": cfg.patch_size + 64,
           "stride": cfg.patch_size, "batch_size": 8, "device": "cpu", "tta": args.tta}
     print(f"checkpoint {args.checkpoint} (sha256 {model.sha256[:12]}), {len(val)} validation images, "
-          f"CPU flags: {cpu_flags()}")
+          f"CPU flags: {cpu_flag_summary()}")
     results = {"checkpoint": str(args.checkpoint), "sha256": model.sha256}
     t0 = time.time()
     results["original"] = score_by_dataset(net, val, **kw)

@@ -22,8 +22,8 @@ import click
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--tta/--no-tta", default=True, show_default=True,
               help="Flip test-time augmentation: the network's mean over four flips of each tile "
-              "(4x the network time; +0.008 PQ, +0.016 mPQ on the CoNSeP validation tiles, see "
-              "MODEL_CARD.md).")
+              "(4x the network time; with the shipped weights +0.009 PQ on the CoNSeP and +0.005 "
+              "to +0.03 on the other validation sets, see MODEL_CARD.md).")
 @click.option("--match", "patterns", multiple=True, metavar="GLOB",
               help="Only images whose file name matches (repeatable), e.g. --match 'train_3_*'.")
 def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: float | None,

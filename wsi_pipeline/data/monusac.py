@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from skimage.draw import polygon
 
+from wsi_pipeline.data.polygons import rasterise_polygons
 from wsi_pipeline.data.sample import Sample
 from wsi_pipeline.data.validate import OnError, load_all
 from wsi_pipeline.labels import relabel
@@ -29,9 +29,8 @@ _IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 def rasterise_monusac_xml(xml_path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """inst_map (1..N in region order) and type_map of one annotation file."""
-    inst = np.zeros(shape, np.int32)
-    typ = np.zeros(shape, np.int32)
-    n = 0
+    polygons: list[np.ndarray] = []
+    classes: list[int] = []
     for ann in ET.parse(xml_path).getroot().iter("Annotation"):
         attr = ann.find("./Attributes/Attribute")
         cls = (attr.get("Name") if attr is not None else "") or ""
@@ -41,22 +40,17 @@ def rasterise_monusac_xml(xml_path: Path, shape: tuple[int, int]) -> tuple[np.nd
         if class_id is None:
             raise ValueError(f"unknown MoNuSAC class {cls!r}")
         for region in ann.iter("Region"):
-            xy = np.array(
-                [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")], dtype=np.float64
-            )
-            if len(xy) < 3:
-                continue
-            rr, cc = polygon(xy[:, 1], xy[:, 0], shape=shape)
-            if rr.size == 0:
-                continue
-            n += 1
-            inst[rr, cc] = n
-            typ[rr, cc] = class_id
-    # A later region can cover an earlier one completely; drop the ids that vanished.
-    inst = relabel(inst)
-    if int(inst.max(initial=0)) != n:
-        log.debug("%s: %d region(s) fully covered by later ones", xml_path.name, n - int(inst.max()))
-    return inst, typ
+            polygons.append(np.array(
+                [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")],
+                dtype=np.float64).reshape(-1, 2))
+            classes.append(class_id)
+    # MoNuSAC outlines are not checked against the image extent (outside_tolerance_px=None).
+    r = rasterise_polygons(polygons, shape, outside_tolerance_px=None)
+    if r.n_dropped:
+        log.debug("%s: %d region(s) fully covered by later ones", xml_path.name, r.n_dropped)
+    lut = np.zeros(len(polygons) + 1, np.int32)
+    lut[1:] = classes
+    return relabel(r.index_map), lut[r.index_map]
 
 
 def _image_for(xml_path: Path) -> Path:

@@ -37,11 +37,12 @@ def rasterise_polygons(
     """Draw (N, 2) arrays of (x, y) = (column, row) vertices onto a (rows, cols) grid."""
     h, w = shape
     out = np.zeros(shape, np.int32)
-    drawn = 0
+    n_valid = 0
     for i, xy in enumerate(polygons):
         xy = np.asarray(xy, dtype=np.float64)
         if xy.ndim != 2 or xy.shape[0] < 3:
             continue
+        n_valid += 1
         if outside_tolerance_px is not None:
             lo, hi = xy.min(axis=0), xy.max(axis=0)
             t = outside_tolerance_px
@@ -51,9 +52,6 @@ def rasterise_polygons(
                     f"outside the {w}x{h} image: the annotation does not match the image size"
                 )
         rr, cc = draw_polygon(xy[:, 1], xy[:, 0], shape=shape)
-        if rr.size:
-            out[rr, cc] = i + 1
-            drawn += 1
-    kept = int(np.count_nonzero(np.bincount(out.ravel())[1:])) if out.any() else 0
-    n_valid = sum(1 for xy in polygons if np.asarray(xy).ndim == 2 and len(xy) >= 3)
+        out[rr, cc] = i + 1
+    kept = int(np.count_nonzero(np.bincount(out.ravel())[1:]))
     return Rasterised(out, n_valid, n_valid - kept)
