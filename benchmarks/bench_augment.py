@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_pipeline.data import AugmentConfig, Augmenter, read_consep_patches
+from wsi_pipeline.data import Augmenter, read_consep_patches
 from wsi_pipeline.targets import hv_maps
+from wsi_pipeline.train_config import AugmentConfig
 
 CASES = {
     "default config": AugmentConfig(),

@@ -147,8 +147,7 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, threads: int) -> 
     from wsi_pipeline.infer_config import InferConfig
     from wsi_pipeline.io import open_slide
     from wsi_pipeline.model import load_checkpoint
-    from wsi_pipeline.postproc import PostprocConfig
-    from wsi_pipeline.postproc.chunks import ChunkingConfig
+    from wsi_pipeline.postproc.config import ChunkingConfig, PostprocConfig
     from wsi_pipeline.postproc.slide import postprocess_slide
 
     sampler = RssSampler()

@@ -6,7 +6,6 @@ from scipy import ndimage as ndi
 from skimage.color import hed2rgb, rgb2hed
 
 from wsi_pipeline.data.augment import (
-    AugmentConfig,
     Augmenter,
     _affine_source,
     color_jitter,
@@ -16,6 +15,7 @@ from wsi_pipeline.data.augment import (
 from wsi_pipeline.data.dataset import NucleusDataset
 from wsi_pipeline.data.sample import Sample
 from wsi_pipeline.labels import relabel
+from wsi_pipeline.train_config import AugmentConfig
 
 GEOMETRY_ONLY = {"p_hed": 0.0, "p_color": 0.0, "p_blur": 0.0, "p_scan": 0.0}
 

@@ -10,11 +10,11 @@ from wsi_pipeline.data.sample import Sample
 from wsi_pipeline.stain import (
     MacenkoNormalizer,
     ReinhardNormalizer,
-    StainNormConfig,
     build_normalizer,
     normalize_samples,
     normalizer_from_meta,
 )
+from wsi_pipeline.train_config import StainNormConfig
 
 H = np.array([0.65, 0.70, 0.29])
 E = np.array([0.07, 0.99, 0.11])

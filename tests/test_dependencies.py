@@ -41,3 +41,12 @@ def test_data_package_names_still_resolve():
     assert data.build_normalizer is stain.build_normalizer
     with pytest.raises(AttributeError):
         data.no_such_name  # noqa: B018
+
+
+def test_run_config_does_not_import_the_segmentation_stack():
+    """Validating a run's YAML needs the settings' models, not the code that applies them
+    (ChunkingConfig lives beside PostprocConfig, TissueConfig beside InferConfig)."""
+    loaded = _loaded_after("import wsi_pipeline.cohort.config")
+    heavy = {"skimage", "torch", "wsi_pipeline.postproc.watershed", "wsi_pipeline.postproc.chunks",
+             "wsi_pipeline.tissue"}
+    assert not heavy & loaded

@@ -12,13 +12,12 @@ from PIL import Image
 
 from wsi_pipeline import contract
 from wsi_pipeline.infer import STAIN_TILES, infer_slide
-from wsi_pipeline.infer_config import InferConfig
+from wsi_pipeline.infer_config import InferConfig, TissueConfig
 from wsi_pipeline.io import MissingMppError, open_slide
 from wsi_pipeline.io.plain_image import PlainImageSlide
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
 from wsi_pipeline.stain import ReinhardNormalizer
 from wsi_pipeline.tiled import predict_tiled
-from wsi_pipeline.tissue import TissueConfig
 
 CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
 # small tiles, and tissue islands far smaller than real sections still count as tissue

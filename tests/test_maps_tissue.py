@@ -8,10 +8,9 @@ import zarr
 from PIL import Image
 
 from wsi_pipeline.infer import infer_slide
-from wsi_pipeline.infer_config import InferConfig
+from wsi_pipeline.infer_config import InferConfig, TissueConfig
 from wsi_pipeline.io.plain_image import PlainImageSlide
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
-from wsi_pipeline.tissue import TissueConfig
 
 CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
 

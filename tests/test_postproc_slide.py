@@ -14,8 +14,7 @@ import zarr
 from maps_synth import CLASSES, consep_mosaic, oracle_maps, write_maps_zarr
 from scipy.spatial import cKDTree
 
-from wsi_pipeline.postproc import PostprocConfig
-from wsi_pipeline.postproc.chunks import ChunkingConfig
+from wsi_pipeline.postproc.config import ChunkingConfig, PostprocConfig
 from wsi_pipeline.postproc.slide import postprocess_slide
 
 SCALE = 0.5  # level-0 px per map px in write_maps_zarr's attrs

@@ -8,8 +8,8 @@ import pytest
 import zarr
 from maps_synth import disc_instances, oracle_maps, write_maps_zarr
 
-from wsi_pipeline.postproc import PostprocConfig
-from wsi_pipeline.postproc.chunks import ChunkingConfig, chunk_windows
+from wsi_pipeline.postproc.chunks import chunk_windows
+from wsi_pipeline.postproc.config import ChunkingConfig, PostprocConfig
 from wsi_pipeline.postproc.seams import nucleus_ids, owned_nuclei
 from wsi_pipeline.postproc.slide import postprocess_slide
 

@@ -1,4 +1,4 @@
-"""Parameters of the slide -> maps.zarr stage (`infer_slide`)."""
+"""Parameters of the slide -> maps.zarr stage (`infer_slide`), tissue detection included."""
 
 from __future__ import annotations
 
@@ -6,7 +6,26 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from wsi_pipeline.tissue import TissueConfig
+
+class TissueConfig(BaseModel):
+    """Tissue detection parameters; sizes in microns so they hold at any magnification."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    thumb_mpp: float = Field(
+        8.0, gt=0, description="pixel size (µm) of the thumbnail the mask is computed on")
+    otsu_fraction: float = Field(
+        0.5, gt=0, le=1, description="saturation threshold = this x Otsu's threshold")
+    min_saturation: float = Field(0.05, ge=0, le=1, description="floor on the saturation threshold")
+    min_optical_density: float = Field(
+        0.05, ge=0, description="mean RGB optical density a tissue pixel must exceed")
+    min_object_um2: float = Field(
+        20_000.0, ge=0, description="tissue pieces smaller than this are specks: removed")
+    max_hole_um2: float = Field(
+        4_000.0, ge=0,
+        description="enclosed holes up to this area are filled (pale spots, capillary lumens); larger "
+        "ones (clefts, tears, big lumens) stay holes and are not counted as tissue")
+    dilate_um: float = Field(24.0, ge=0, description="margin added around tissue so edge nuclei are inferred")
 
 
 class InferConfig(BaseModel):

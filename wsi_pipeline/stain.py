@@ -23,16 +23,15 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 from skimage.color import lab2rgb, rgb2lab
 
 if TYPE_CHECKING:  # runtime (inference) code imports this module without the training data
     from wsi_pipeline.data.sample import Sample
+    from wsi_pipeline.train_config import StainNormConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,31 +43,6 @@ MACENKO_REF_MAX_CONC = np.array([1.9705, 1.0308])
 # channel); fewer, and the image is left as it is rather than coloured after glass or noise.
 MIN_STAINED_PIXELS = 50
 GLASS_IO, GLASS_OD = 240.0, 0.15  # Reinhard's stained-pixel test: Macenko's default I_0 and threshold
-
-
-class StainNormConfig(BaseModel):
-    """Which normaliser to build and what to fit its target on.
-
-    Use it when the training data come from one lab (one stain protocol, one scanner) and the
-    model will see slides from others: every training image is mapped onto the reference
-    appearance, and the fitted target is stored in the checkpoint so that inference maps every
-    image (tile mode) or slide (one estimate per slide) onto the same appearance. Reinhard
-    (Lab mean/std) is robust on small, nucleus-dense patches; Macenko (H/E stain vectors) is
-    more faithful on large fields of view but its per-patch estimate is unstable on 256² CoNSeP
-    patches (see the module docstring). "none" keeps the images as they are (the shipped model).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["none", "macenko", "reinhard"] = Field("none", description="normaliser")
-    reference_images: list[Path] = Field(
-        default_factory=list,
-        description="RGB images whose appearance is the target; empty = Macenko's published "
-        "reference (Reinhard needs at least one image)",
-    )
-    light_intensity: float = Field(240.0, gt=0, le=255, description="Macenko I_0 (bright glass)")
-    od_threshold: float = Field(0.15, gt=0, description="Macenko: pixels with any OD below are glass")
-    angle_percentile: float = Field(1.0, gt=0, lt=50, description="Macenko robust extreme angle")
 
 
 def _optical_density(image: np.ndarray, io: float) -> np.ndarray:

@@ -16,8 +16,7 @@ from wsi_pipeline.config import ConfigError, load_config
 from wsi_pipeline.export_config import ExportConfig
 from wsi_pipeline.infer_config import InferConfig
 from wsi_pipeline.io import Backend
-from wsi_pipeline.postproc.chunks import ChunkingConfig
-from wsi_pipeline.postproc.config import PostprocConfig
+from wsi_pipeline.postproc.config import ChunkingConfig, PostprocConfig
 
 __all__ = ["ClusterConfig", "ConfigError", "RunConfig", "load_run_config"]
 
@@ -149,7 +148,7 @@ class RunConfig(BaseModel):
         infer = self.infer.model_dump(mode="json", exclude=set(EXECUTION_KNOBS))
         return {
             "infer": {"infer": infer, "mpp": mpp},
-            "postproc": {"postproc": self.postproc.model_dump(mode="json"),
+            "postproc": {"postproc": self.postproc.settings(),
                          "chunking": self.chunking.model_dump(mode="json", exclude={"workers"})},
             "export": self.export.settings(),
         }

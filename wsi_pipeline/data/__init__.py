@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 #: public name -> the module that defines it
 _LAZY = {
-    "AugmentConfig": "wsi_pipeline.data.augment",
     "Augmenter": "wsi_pipeline.data.augment",
     "read_common": "wsi_pipeline.data.common",
     "write_common": "wsi_pipeline.data.common",
@@ -26,7 +25,6 @@ _LAZY = {
     "READERS": "wsi_pipeline.data.readers",
     "Sample": "wsi_pipeline.data.sample",
     "split_by_group": "wsi_pipeline.data.split",
-    "StainNormConfig": "wsi_pipeline.stain",
     "build_normalizer": "wsi_pipeline.stain",
     "normalize_samples": "wsi_pipeline.stain",
     "SampleError": "wsi_pipeline.data.validate",
@@ -34,14 +32,12 @@ _LAZY = {
 }
 
 __all__ = [
-    "AugmentConfig",
     "Augmenter",
     "CONSEP_CLASSES",
     "NucleusDataset",
     "READERS",
     "Sample",
     "SampleError",
-    "StainNormConfig",
     "build_normalizer",
     "check_sample",
     "normalize_samples",
@@ -71,7 +67,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from wsi_pipeline.data.augment import AugmentConfig, Augmenter
+    from wsi_pipeline.data.augment import Augmenter
     from wsi_pipeline.data.common import read_common, write_common
     from wsi_pipeline.data.consep_patches import CONSEP_CLASSES, read_consep_patches
     from wsi_pipeline.data.cpm15 import read_cpm15
@@ -84,4 +80,4 @@ if TYPE_CHECKING:
     from wsi_pipeline.data.sample import Sample
     from wsi_pipeline.data.split import split_by_group
     from wsi_pipeline.data.validate import SampleError, check_sample
-    from wsi_pipeline.stain import StainNormConfig, build_normalizer, normalize_samples
+    from wsi_pipeline.stain import build_normalizer, normalize_samples

@@ -22,42 +22,12 @@ import io
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage as ndi
 from skimage.color import hed_from_rgb, rgb_from_hed
 
 from wsi_pipeline.labels import relabel
 from wsi_pipeline.resample import resize_rgb, scaled_size
-
-
-class AugmentConfig(BaseModel):
-    """Probabilities (`p_*`) and magnitudes of each augmentation. Defaults suit 256² H&E patches."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    flip_rot90: bool = Field(True, description="random element of the dihedral group (flips, 90° turns)")
-    p_affine: float = Field(0.3, ge=0, le=1, description="probability of a small affine warp")
-    rotate_deg: float = Field(15.0, ge=0, le=45, description="affine rotation drawn from ±this")
-    scale: tuple[float, float] = Field(
-        (0.85, 1.15), description="isotropic zoom range (scanners' stated mpp differ by ~±10 %)"
-    )
-    shear_deg: float = Field(5.0, ge=0, le=20, description="shear angle drawn from ±this")
-    p_hed: float = Field(0.8, ge=0, le=1, description="probability of HED stain jitter")
-    hed_alpha: float = Field(0.05, ge=0, le=0.5, description="each stain scaled by 1 ± this")
-    hed_beta: float = Field(
-        0.005, ge=0, le=0.05,
-        description="each stain shifted by ± this, in skimage rgb2hed units (H is ~0.02 in CoNSeP)",
-    )
-    p_color: float = Field(0.8, ge=0, le=1, description="probability of brightness/contrast/saturation")
-    brightness: float = Field(0.08, ge=0, le=0.5, description="additive shift on [0,1] intensities")
-    contrast: float = Field(0.15, ge=0, le=0.9, description="contrast factor 1 ± this")
-    saturation: float = Field(0.15, ge=0, le=0.9, description="saturation factor 1 ± this")
-    p_scan: float = Field(0.3, ge=0, le=1, description="probability of 20×-scan degradation")
-    scan_factor: float = Field(2.0, ge=1, le=4, description="shrink factor (0.25 -> 0.5 µm/px)")
-    scan_jpeg_quality: tuple[int, int] = Field((30, 90), description="JPEG quality range")
-    p_blur: float = Field(0.1, ge=0, le=1, description="probability of Gaussian blur")
-    blur_sigma: tuple[float, float] = Field((0.3, 1.2), description="blur sigma range in pixels")
-
+from wsi_pipeline.train_config import AugmentConfig
 
 _LOG_ADJUST = np.log(1e-6)
 # log of each uint8 value as skimage's rgb2hed sees it (max(v/255, 1e-6)).

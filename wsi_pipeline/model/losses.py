@@ -17,10 +17,14 @@ an NC loss of exactly 0.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from wsi_pipeline.train_config import LossConfig
 
 IGNORE = -100  # NC target of pixels without a type label (torch's default ignore_index)
 
@@ -107,20 +111,6 @@ def msge(pred_hv: torch.Tensor, true_hv: torch.Tensor, nucleus: torch.Tensor) ->
     mask = nucleus.unsqueeze(1).to(pred_hv).expand_as(pred_hv)
     diff = (hv_gradients(pred_hv.float()) - hv_gradients(true_hv.float())) ** 2
     return (diff * mask).sum() / (mask.sum() + 1e-8)
-
-
-class LossConfig(BaseModel):
-    """Weights of the loss terms (HoVer-Net's defaults for NS/HV) and the cost-sensitive λ."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ns_ce: float = 1.0
-    ns_dice: float = 1.0
-    hv_mse: float = 1.0
-    hv_msge: float = 1.0
-    nc_ce: float = 1.0
-    nc_dice: float = 1.0
-    lam: float = Field(0.2, ge=0, description="Weight of the expected misclassification cost.")
 
 
 def multitask_loss(

@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow as pa
 import shapely
 import zarr
-from pydantic import BaseModel, ConfigDict, Field
 
 from wsi_pipeline.contract import (
     ARRAY_HV,
@@ -31,24 +30,6 @@ from wsi_pipeline.contract import (
 from wsi_pipeline.postproc import PostprocConfig, segment_instances
 from wsi_pipeline.postproc.measure import measure_instances
 from wsi_pipeline.postproc.seams import nucleus_ids, owned_nuclei
-
-
-class ChunkingConfig(BaseModel):
-    """How the slide maps are cut into work units and how the nucleus table is written."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    halo_um: float = Field(
-        32.0,
-        gt=0,
-        description="Context around each chunk. Must exceed the largest nucleus (plus a neighbour "
-        "it may merge with in watershed step 2) so owned nuclei are segmented as on the full map.",
-    )
-    workers: int = Field(2, ge=1, description="Threads when no Dask client is given.")
-    row_group_rows: int = Field(65536, ge=1024, description="Parquet row-group size (rows).")
-    simplify_px: float = Field(
-        0.5, ge=0, description="Polygon simplification tolerance in map pixels (0 = exact outline)."
-    )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Parameters of the two-step watershed; every size is physical (µm, µm²) and converted with mpp."""
+"""Parameters of the two-step watershed (every size is physical: µm, µm², converted with mpp) and
+of cutting the slide maps into chunks (`postproc.chunks`, `postproc.slide`)."""
 
 from __future__ import annotations
 
@@ -80,3 +81,21 @@ class PostprocConfig(BaseModel):
     def px2(self, square_microns: float, mpp: float) -> int:
         """Area in µm² → whole pixels (at least 0)."""
         return math.floor(square_microns / (mpp * mpp))
+
+
+class ChunkingConfig(BaseModel):
+    """How the slide maps are cut into work units and how the nucleus table is written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    halo_um: float = Field(
+        32.0,
+        gt=0,
+        description="Context around each chunk. Must exceed the largest nucleus (plus a neighbour "
+        "it may merge with in watershed step 2) so owned nuclei are segmented as on the full map.",
+    )
+    workers: int = Field(2, ge=1, description="Threads when no Dask client is given.")
+    row_group_rows: int = Field(65536, ge=1024, description="Parquet row-group size (rows).")
+    simplify_px: float = Field(
+        0.5, ge=0, description="Polygon simplification tolerance in map pixels (0 = exact outline)."
+    )

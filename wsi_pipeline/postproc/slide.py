@@ -29,15 +29,14 @@ from tqdm.auto import tqdm
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import atomic_path
 from wsi_pipeline.contract import ARRAY_NS, nuclei_schema
-from wsi_pipeline.postproc import PostprocConfig
 from wsi_pipeline.postproc.chunks import (
-    ChunkingConfig,
     ChunkResult,
     ChunkWindow,
     MapsContext,
     chunk_windows,
     process_chunk,
 )
+from wsi_pipeline.postproc.config import ChunkingConfig, PostprocConfig
 
 if TYPE_CHECKING:
     from distributed import Client
