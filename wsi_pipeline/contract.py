@@ -66,14 +66,28 @@ PROB_PREFIX = "prob_"  #: the columns of per-class mean probabilities start with
 #: DuckDB, GDAL or pyarrow skip row groups outside a query window without reading geometry.
 BBOX_TYPE = pa.struct([(k, pa.float32()) for k in ("xmin", "ymin", "xmax", "ymax")])
 
+#: Per-nucleus stain optical densities (postproc.optical_density, off by default): mean,
+#: sample standard deviation, min and max over the nucleus's map pixels of the haematoxylin and
+#: eosin amounts from colour deconvolution (wsi_pipeline.deconvolution; log10 OD, QuPath's
+#: conventions). float32 columns between the prob_* columns and geometry, only when enabled.
+OD_STAINS = ("hematoxylin", "eosin")
+OD_STATS = ("mean", "std", "min", "max")
+OD_COLUMNS: tuple[str, ...] = tuple(f"{s}_od_{k}" for s in OD_STAINS for k in OD_STATS)
+#: Their names as QuPath's cell detection writes them (GeoJSON measurements).
+OD_QUPATH_NAMES: dict[str, str] = {
+    f"{s}_od_{k}": f"Nucleus: {s.capitalize()} OD {'std dev' if k == 'std' else k}"
+    for s in OD_STAINS for k in OD_STATS
+}
+
 
 def prob_column(class_name: str) -> str:
     """`prob_<class>` column name: lower case, non-alphanumerics folded to `_`."""
     return PROB_PREFIX + re.sub(r"[^0-9a-z]+", "_", class_name.lower()).strip("_")
 
 
-def nuclei_schema(class_names: tuple[str, ...]) -> pa.Schema:
-    """Column layout of nuclei.parquet (names fixed by issue 5; other tools read them)."""
+def nuclei_schema(class_names: tuple[str, ...], optical_density: bool = False) -> pa.Schema:
+    """Column layout of nuclei.parquet (names fixed by issue 5; other tools read them); with
+    `optical_density` the OD_COLUMNS too."""
     fields = [
         ("nucleus_id", pa.int64()),
         ("x", pa.float64()),
@@ -89,6 +103,8 @@ def nuclei_schema(class_names: tuple[str, ...]) -> pa.Schema:
         ("type_prob", pa.float32()),
     ]
     fields += [(prob_column(name), pa.float32()) for name in class_names]
+    if optical_density:
+        fields += [(name, pa.float32()) for name in OD_COLUMNS]
     fields.append(("geometry", pa.binary()))
     fields.append(("bbox", BBOX_TYPE))
     return pa.schema(fields)

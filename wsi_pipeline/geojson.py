@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import shapely
 
 from wsi_pipeline.atomic import atomic_path
-from wsi_pipeline.contract import PROB_PREFIX
+from wsi_pipeline.contract import OD_COLUMNS, OD_QUPATH_NAMES, PROB_PREFIX
 
 MEASUREMENT_COLUMNS = ("area_um2", "perimeter_um", "eccentricity", "solidity", "type_prob")
 #: uuid5(NAMESPACE_URL, "wsi-pipeline:nucleus"): the namespace of every nucleus UUID.
@@ -147,14 +147,15 @@ def _features(batch: pa.RecordBatch, classifications: dict[int, str], decimals: 
     if cells is not None:
         cell_json = shapely.to_geojson(rounded_outlines(shapely.to_wkb(cells), decimals))
     prob_cols = [c for c in batch.schema.names if c.startswith(PROB_PREFIX)]
-    meas_cols = [c for c in (*MEASUREMENT_COLUMNS, *prob_cols) if c in batch.schema.names]
+    meas_cols = [c for c in (*MEASUREMENT_COLUMNS, *prob_cols, *OD_COLUMNS) if c in batch.schema.names]
     values = {c: np.round(batch.column(c).to_numpy(False).astype(np.float64), 4) for c in meas_cols}
     ids = batch.column("nucleus_id").to_numpy(False)
     type_ids = batch.column("type_id").to_numpy(False)
     for i in range(batch.num_rows):
         nid = int(ids[i])
         # QuPath's measurements are numbers: a missing (NaN) value is left out, as QuPath would.
-        measurements = {c: v for c in meas_cols if math.isfinite(v := float(values[c][i]))}
+        measurements = {OD_QUPATH_NAMES.get(c, c): v for c in meas_cols
+                        if math.isfinite(v := float(values[c][i]))}
         if cells is None:
             geometry, kind, nucleus = geo_json[i], "detection", ""
         else:
@@ -182,7 +183,8 @@ def write_feature_collection(
     """Stream nucleus batches into `out_path` (.geojson.gz) atomically; returns the feature count.
 
     Each batch needs `geometry` (WKB polygons), `nucleus_id` and `type_id`; measurement columns
-    (MEASUREMENT_COLUMNS, prob_*) are copied where present. Coordinates are written as given,
+    (MEASUREMENT_COLUMNS, prob_*; the OD_COLUMNS under QuPath's names, "Nucleus: Hematoxylin OD
+    mean" ...) are copied where present. Coordinates are written as given,
     rounded to `decimals`. `slide_id` (with the nucleus id) makes each Feature's UUID. With
     `cell_maker` (made from the same rows in the same order) the features are cell objects.
     """
@@ -222,7 +224,7 @@ def write_geojson(
     if slide_id is None:
         slide_id = Path(parquet_path).absolute().parent.name
     pf = pq.ParquetFile(parquet_path)
-    wanted = {"geometry", "nucleus_id", "type_id", *MEASUREMENT_COLUMNS}
+    wanted = {"geometry", "nucleus_id", "type_id", *MEASUREMENT_COLUMNS, *OD_COLUMNS}
     columns = [c for c in pf.schema_arrow.names if c in wanted or c.startswith(PROB_PREFIX)]
     batches = pf.iter_batches(batch_size=batch_rows, columns=columns)
     maker = None

@@ -293,7 +293,8 @@ def _postproc(job: SlideJob) -> dict[str, Any]:
     with _cluster_client() as client:
         res = postprocess_slide(maps, out, job.cfg.postproc, client=client, progress=job.progress,
                                 chunking=job.cfg.chunking,
-                                on_chunks=_progress_callback(job, "postproc", "chunk"))
+                                on_chunks=_progress_callback(job, "postproc", "chunk"),
+                                slide_path=job.path, reader=job.cfg.discovery.reader)
     return {"n_nuclei": int(res.n_nuclei)}
 
 

@@ -29,6 +29,7 @@ from wsi_pipeline.contract import (
 )
 from wsi_pipeline.postproc import PostprocConfig, segment_instances
 from wsi_pipeline.postproc.measure import measure_instances
+from wsi_pipeline.postproc.od import SlidePixels, nucleus_od_stats, window_rgb
 from wsi_pipeline.postproc.seams import nucleus_ids, owned_nuclei
 
 
@@ -96,6 +97,10 @@ class MapsContext:
     class_names: tuple[str, ...]
     simplify_px: float  # polygon simplification tolerance, map pixels
     postproc: PostprocConfig
+    od: SlidePixels | None = None  # set: also the optical-density columns (postproc.od)
+
+    def schema(self) -> pa.Schema:
+        return nuclei_schema(self.class_names, optical_density=self.od is not None)
 
 
 def bbox_array(polygons: np.ndarray) -> pa.StructArray:
@@ -142,13 +147,13 @@ def process_chunk(ctx: MapsContext, win: ChunkWindow) -> ChunkResult:
     """Segment one window and return the rows of the nuclei this chunk owns."""
     maps = _read_window(ctx, win)
     if maps is None:
-        return ChunkResult(win.index, empty_table(ctx.class_names), False, 0)
+        return ChunkResult(win.index, ctx.schema().empty_table(), False, 0)
     ns, hv, nc = maps
     seg = segment_instances(ns, hv, nc, mpp=ctx.mpp, config=ctx.postproc)
     inst_map = np.ascontiguousarray(seg.inst_map)
     owned = owned_nuclei(inst_map, win, ctx.map_hw)
     if owned.labels.size == 0:
-        return ChunkResult(win.index, empty_table(ctx.class_names), True, owned.n_edge_cut)
+        return ChunkResult(win.index, ctx.schema().empty_table(), True, owned.n_edge_cut)
     lab = owned.labels
     # Measure only the owned nuclei: relabel them 1..K (in id order), everything else 0.
     lut = np.zeros(int(inst_map.max()) + 1, dtype=np.int32)
@@ -185,6 +190,9 @@ def process_chunk(ctx: MapsContext, win: ChunkWindow) -> ChunkResult:
         cols[prob_column(name)] = type_probs[:, k]
     cols["geometry"] = shapely.to_wkb(polys)
     cols["bbox"] = bbox_array(polys)
+    if ctx.od is not None:
+        rgb = window_rgb(ctx.od, win.win_r0, win.win_c0, inst_map.shape, ctx.mpp, ctx.scale)
+        cols.update(nucleus_od_stats(lut[inst_map], rgb, lab.size, ctx.od))
     order = np.argsort(cols["nucleus_id"], kind="stable")
-    table = pa.table(cols, schema=nuclei_schema(ctx.class_names)).take(order)
+    table = pa.table(cols, schema=ctx.schema()).take(order)
     return ChunkResult(win.index, table, True, owned.n_edge_cut)

@@ -5,7 +5,54 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Vector3 = tuple[float, float, float]
+
+
+class OpticalDensityConfig(BaseModel):
+    """Per-nucleus haematoxylin and eosin optical densities (nuclei.parquet's hematoxylin_od_*
+    and eosin_od_* columns; QuPath's "Nucleus: Hematoxylin OD mean" ...): colour deconvolution
+    (`wsi_pipeline.deconvolution`, QuPath's conventions, log10 OD) of the slide's own pixels,
+    read at the maps' pixel size on the maps' grid. Defaults: QuPath's "H&E default"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        False, description="Measure them (reads the slide's pixels in every chunk; the slide file "
+        "must still be where inference read it)."
+    )
+    hematoxylin: Vector3 = Field(
+        (0.65111, 0.70119, 0.29049), description="Haematoxylin stain vector (R, G, B OD; normalised)."
+    )
+    eosin: Vector3 = Field(
+        (0.2159, 0.8012, 0.5581), description="Eosin stain vector (R, G, B OD; normalised)."
+    )
+    residual: Vector3 | None = Field(
+        None, description="Third stain vector; None = the normalised cross product of the two (QuPath)."
+    )
+    background: Vector3 = Field(
+        (255.0, 255.0, 255.0), description="White (glass) intensity per channel: OD = -log10(v / background)."
+    )
+
+    @model_validator(mode="after")
+    def _usable(self) -> OpticalDensityConfig:
+        for name in ("hematoxylin", "eosin", "residual"):
+            v = getattr(self, name)
+            if v is not None and (min(v) < 0 or max(v) <= 0):
+                raise ValueError(f"{name}: a stain vector has OD components >= 0, not all 0")
+        h, e = self.hematoxylin, self.eosin
+        cross = (h[1] * e[2] - h[2] * e[1], h[2] * e[0] - h[0] * e[2], h[0] * e[1] - h[1] * e[0])
+        norm = math.sqrt(sum(c * c for c in cross))
+        if norm < 1e-6 * math.hypot(*h) * math.hypot(*e):
+            raise ValueError("hematoxylin and eosin vectors are parallel: no deconvolution")
+        r = self.residual
+        if r is not None and (abs(sum(c * x for c, x in zip(cross, r, strict=True)))
+                              < 1e-6 * norm * math.hypot(*r)):
+            raise ValueError("residual lies in the plane of hematoxylin and eosin: no deconvolution")
+        if not all(0 < b <= 255 for b in self.background):
+            raise ValueError("background: three intensities in (0, 255]")
+        return self
 
 
 class PostprocConfig(BaseModel):
@@ -73,6 +120,18 @@ class PostprocConfig(BaseModel):
             " between them to seed separate nuclei in the second watershed."
         ),
     )
+    optical_density: OpticalDensityConfig = Field(
+        default_factory=OpticalDensityConfig,
+        description="Per-nucleus haematoxylin/eosin optical densities from the slide's pixels.",
+    )
+
+    def settings(self) -> dict:
+        """The settings as recorded (nuclei.parquet's provenance, summary.json) and hashed (the
+        postproc stage's marker): the optical-density block only when it is on, so that with it
+        off (the default) both are what they were before it existed and finished post-processing
+        stays valid."""
+        off = set() if self.optical_density.enabled else {"optical_density"}
+        return self.model_dump(mode="json", exclude=off)
 
     def px(self, microns: float, mpp: float) -> float:
         """Length in µm → pixels."""

@@ -14,7 +14,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import atomic_path
-from wsi_pipeline.contract import ARRAY_NS, nuclei_schema
+from wsi_pipeline.contract import ARRAY_NS
 from wsi_pipeline.postproc.chunks import (
     ChunkResult,
     ChunkWindow,
@@ -37,6 +37,7 @@ from wsi_pipeline.postproc.chunks import (
     process_chunk,
 )
 from wsi_pipeline.postproc.config import ChunkingConfig, PostprocConfig
+from wsi_pipeline.postproc.od import SlidePixels, slide_pixels
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -91,9 +92,14 @@ def _maps_context(
     return ctx, attrs, tuple(int(v) for v in ns.chunks)
 
 
-def _provenance(attrs: dict, cfg: PostprocConfig, chunking: ChunkingConfig, chunk_hw) -> dict:
+def _provenance(attrs: dict, cfg: PostprocConfig, chunking: ChunkingConfig, chunk_hw,
+                od: SlidePixels | None = None) -> dict:
     """The table's `wsi_pipeline` metadata: with the maps' attributes that export needs
-    (wsi_pipeline.table_meta), so that export runs without maps.zarr."""
+    (wsi_pipeline.table_meta), so that export runs without maps.zarr; with optical densities
+    on, how they were measured (absent when off, so the table is as before)."""
+    extra = {} if od is None else {"optical_density": {
+        "stains": ["hematoxylin", "eosin", "residual"], "stain_matrix": [list(r) for r in od.matrix],
+        "background": list(od.background), "od": "log10", "slide": od.path}}
     return {
         "wsi_pipeline_version": __version__,
         "maps_wsi_pipeline_version": attrs.get("wsi_pipeline_version"),
@@ -109,11 +115,29 @@ def _provenance(attrs: dict, cfg: PostprocConfig, chunking: ChunkingConfig, chun
         "class_colors": attrs.get("class_colors"),
         "tissue_mm2": attrs.get("tissue_mm2"),
         "infer_config": attrs.get("config"),
-        "postproc_config": cfg.model_dump(mode="json"),
+        "postproc_config": cfg.settings(),
         "chunking_config": chunking.model_dump(mode="json"),
         "chunk_hw": list(chunk_hw),
         "coordinates": "x, y and geometry in level-0 slide pixels; *_um in microns",
+        **extra,
     }
+
+
+def _slide_pixels(attrs: dict, cfg: PostprocConfig, slide_path: str | Path | None,
+                  reader: str) -> SlidePixels:
+    """Where the chunk tasks read the slide for the optical densities: checked here, once,
+    so that a moved or replaced slide is one clear error rather than one per chunk."""
+    recorded = attrs.get("slide") or {}
+    path = Path(slide_path if slide_path is not None else recorded.get("path", ""))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: slide not found; postproc.optical_density reads the slide's pixels (the path "
+            "comes from maps.zarr's `slide` attribute, where inference read it)")
+    size = recorded.get("size")
+    if size and path.stat().st_size != size:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes, not the {size} that inference read: "
+                         "the slide changed since its maps were made; rerun inference")
+    return slide_pixels(cfg.optical_density, path.resolve(), float(attrs["slide_mpp"]), reader)
 
 
 def _results_local(
@@ -186,14 +210,20 @@ def postprocess_slide(
     *,
     chunking: ChunkingConfig | None = None,
     on_chunks: Callable[[int, int], None] | None = None,
+    slide_path: str | Path | None = None,
+    reader: str = "auto",
 ) -> PostprocResult:
     """Segment every chunk of `maps_zarr` and write the slide's nuclei as GeoParquet.
 
-    `on_chunks(done, total)` is called as chunks are collected."""
+    `on_chunks(done, total)` is called as chunks are collected. With
+    `cfg.optical_density.enabled` the chunks also read the slide (`slide_path`, default the
+    path maps.zarr records; `reader` as io.open_slide's backend) for the OD columns."""
     t0 = time.perf_counter()
     chunking = chunking or ChunkingConfig()
     maps_zarr, out_parquet = Path(maps_zarr), Path(out_parquet)
     ctx, attrs, chunk_hw = _maps_context(maps_zarr, cfg, chunking)
+    if cfg.optical_density.enabled:
+        ctx = replace(ctx, od=_slide_pixels(attrs, cfg, slide_path, reader))
     halo_px = math.ceil(chunking.halo_um / ctx.mpp)
     windows = chunk_windows(ctx.map_hw, chunk_hw, halo_px)
     log.info(
@@ -205,10 +235,10 @@ def postprocess_slide(
     else:
         results = _results_client(ctx, windows, client)
 
-    schema = nuclei_schema(ctx.class_names).with_metadata(
+    schema = ctx.schema().with_metadata(
         {
             "geo": json.dumps(GEO_METADATA),
-            "wsi_pipeline": json.dumps(_provenance(attrs, cfg, chunking, chunk_hw)),
+            "wsi_pipeline": json.dumps(_provenance(attrs, cfg, chunking, chunk_hw, ctx.od)),
         }
     )
     counts: Counter[str] = Counter()
