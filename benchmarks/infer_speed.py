@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from wsi_pipeline.infer import infer_slide
-from wsi_pipeline.infer_config import InferConfig
+from wsi_pipeline.infer_config import DEFAULT_MARGIN, InferConfig
 from wsi_pipeline.io import open_slide
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
 from wsi_pipeline.model.predict import predict_batch_compact, prepare_model
@@ -28,7 +28,7 @@ CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--width", type=int, default=32)
-    ap.add_argument("--margin", type=int, default=32)
+    ap.add_argument("--margin", type=int, default=DEFAULT_MARGIN)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--chunk", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=16)
@@ -42,7 +42,8 @@ def main() -> None:
         cfg = InferConfig(margin=args.margin, precision=args.precision, chunk_size=args.chunk,
                           batch_size=args.batch)
         net = prepare_model(model.net, torch.device("cpu"), cfg.precision)
-        batch = np.random.default_rng(0).integers(0, 255, (args.batch, 256, 256, 3), dtype=np.uint8)
+        side = cfg.tile_size
+        batch = np.random.default_rng(0).integers(0, 255, (args.batch, side, side, 3), dtype=np.uint8)
         predict_batch_compact(net, batch, "cpu", cfg.precision)  # warm-up (oneDNN kernels)
         t0 = time.perf_counter()
         for _ in range(3):

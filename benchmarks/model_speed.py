@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from wsi_pipeline.infer_config import DEFAULT_TILE_SIZE
 from wsi_pipeline.model import MultiTaskNet
 from wsi_pipeline.model.predict import autocast_dtype
 
@@ -53,7 +54,7 @@ def main() -> None:
         net = MultiTaskNet(**kw).eval()
         total = sum(p.numel() for p in net.parameters()) / 1e6
         enc = sum(p.numel() for p in net.encoders["ns"].parameters()) / 1e6
-        x = torch.rand(args.batch, 3, 256, 256)
+        x = torch.rand(args.batch, 3, DEFAULT_TILE_SIZE, DEFAULT_TILE_SIZE)
         fp32 = time_forward(net, x, None, args.repeats)
         bf16 = "n/a"
         if amp is not None:

@@ -23,7 +23,7 @@ from wsi_pipeline.data.mix import DATASET_KEY, read_mix
 from wsi_pipeline.model import load_checkpoint
 from wsi_pipeline.model.predict import prepare_model
 from wsi_pipeline.postproc import PostprocConfig
-from wsi_pipeline.scoring import flatten_scores, predict_maps, score_maps
+from wsi_pipeline.scoring import flatten_scores, predict_maps, score_maps, validation_tiling
 from wsi_pipeline.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +50,8 @@ def main() -> None:
     model = load_checkpoint(args.checkpoint)
     net = prepare_model(model.net, model.net.mean.device)
     t0 = time.time()
-    maps = predict_maps(net, samples, tile=cfg.patch_size + 64, stride=cfg.patch_size,
-                        batch_size=8, device="cpu")
+    tile, stride = validation_tiling(cfg.patch_size)
+    maps = predict_maps(net, samples, tile=tile, stride=stride, batch_size=8, device="cpu")
     print(f"# {args.checkpoint} sha256 {model.sha256[:12]}: "
           f"{ {k: len(v) for k, v in picked.items()} } training images, model {time.time() - t0:.0f} s")
     base = PostprocConfig()

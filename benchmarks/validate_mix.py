@@ -7,6 +7,8 @@ patches — never trained on), scores the checkpoint through the full prediction
 went through the scan degradation of training (`augment.scan_degrade`: 0.25 -> 0.5 µm/px, JPEG,
 back to 0.25 µm/px as `Slide.read_region_at_mpp` resamples). The JPEG quality of each image is
 drawn from --quality with --seed, so the degraded set is the same for every checkpoint.
+Post-processing: the training config's `postproc:` section (defaults without one), or with
+--postproc-config the `postproc:` section of a `wsi-pipeline run` config.
 
     python benchmarks/validate_mix.py --checkpoint wsi_pipeline/weights/default.pt --degrade
 """
@@ -21,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from wsi_pipeline.cohort.config import load_run_config
 from wsi_pipeline.config import load_config
 from wsi_pipeline.data.augment import scan_degrade
 from wsi_pipeline.data.mix import read_mix
 from wsi_pipeline.model import load_checkpoint
 from wsi_pipeline.model.predict import cpu_flags, prepare_model
-from wsi_pipeline.scoring import score_by_dataset
+from wsi_pipeline.scoring import score_by_dataset, validation_tiling
 from wsi_pipeline.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,17 +50,22 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    ap.add_argument("--postproc-config", type=Path, default=None,
+                    help="a run config (YAML) whose postproc: section replaces the training config's")
     args = ap.parse_args()
 
     cfg = load_config(args.config, TrainConfig)
+    postproc = load_run_config(args.postproc_config).postproc if args.postproc_config else cfg.postproc
     _, val = read_mix(cfg.data.datasets, cfg.mpp, "fail")
     model = load_checkpoint(args.checkpoint)
     net = prepare_model(model.net, model.net.mean.device)
-    kw = {"n_types": cfg.model.n_types, "mpp": cfg.mpp, "tile": cfg.patch_size + 64,
-          "stride": cfg.patch_size, "batch_size": 8, "device": "cpu", "tta": args.tta}
+    tile, stride = validation_tiling(cfg.patch_size)
+    kw = {"n_types": cfg.model.n_types, "mpp": cfg.mpp, "tile": tile, "stride": stride,
+          "batch_size": 8, "device": "cpu", "tta": args.tta, "postproc": postproc}
     print(f"checkpoint {args.checkpoint} (sha256 {model.sha256[:12]}), {len(val)} validation images, "
           f"CPU flags: {cpu_flag_summary()}")
-    results = {"checkpoint": str(args.checkpoint), "sha256": model.sha256}
+    results = {"checkpoint": str(args.checkpoint), "sha256": model.sha256,
+               "postproc": postproc.model_dump(mode="json")}
     t0 = time.time()
     results["original"] = score_by_dataset(net, val, **kw)
     if args.degrade:

@@ -32,7 +32,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 CMU = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
-TILE = 256
+TILE = 256  # TIFF storage tile of the synthetic slides (not the network's input tile)
 LEVELS = (1, 2, 4)
 
 

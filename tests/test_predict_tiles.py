@@ -15,8 +15,9 @@ from PIL import Image
 from wsi_pipeline import tile_mode
 from wsi_pipeline.cli import main
 from wsi_pipeline.geojson import qupath_problems
+from wsi_pipeline.infer_config import DEFAULT_STRIDE, DEFAULT_TILE_SIZE
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
-from wsi_pipeline.postproc import SegmentationResult, segment_instances
+from wsi_pipeline.postproc import PostprocConfig, SegmentationResult, segment_instances
 from wsi_pipeline.stain import ReinhardNormalizer
 from wsi_pipeline.tile_mode import segment_image, write_geojson, write_mat, write_overlay
 from wsi_pipeline.tiled import predict_tiled
@@ -281,3 +282,68 @@ def test_cli_tta_is_on_by_default_and_no_tta_turns_it_off(checkpoint, input_dir,
         assert res.exit_code == 0, res.output
     n = len(seen) // 2
     assert seen[:n] == [True] * n and seen[n:] == [False] * n
+
+
+@pytest.fixture()
+def one_image(shared_data, tmp_path):
+    d = tmp_path / "one"
+    d.mkdir()
+    Image.open(shared_data / "consep_patches/train/images/train_3_000.jpg").save(d / "a.png")
+    return d
+
+
+def _predict(checkpoint, images, out, *flags):
+    res = CliRunner().invoke(main, ["predict-tiles", str(images), str(out), "--checkpoint",
+                                    str(checkpoint), "--device", "cpu", "--no-tta", *flags])
+    assert res.exit_code == 0, res.output
+    return sio.loadmat(out / "a.mat")["inst_map"]
+
+
+def test_cli_config_postproc_reaches_tile_mode(checkpoint, one_image, tmp_path):
+    """A run config's post-processing settings segment the tiles, not the defaults."""
+    config = tmp_path / "tuned.yaml"
+    config.write_text("postproc:\n  ns_threshold: 0.6\n")
+    default = _predict(checkpoint, one_image, tmp_path / "default")
+    tuned = _predict(checkpoint, one_image, tmp_path / "tuned", "--config", str(config))
+    image = np.asarray(Image.open(one_image / "a.png"))
+    expected = segment_image(load_checkpoint(checkpoint), image,
+                             postproc=PostprocConfig(ns_threshold=0.6)).inst_map
+    np.testing.assert_array_equal(tuned, expected)
+    assert default.max() > 0 and not np.array_equal(tuned, default)  # the setting mattered
+
+
+def test_cli_config_tile_grid_and_batch_and_flags_over_the_file(checkpoint, one_image, tmp_path,
+                                                                monkeypatch):
+    seen: list[dict] = []
+    real = tile_mode.predict_tiled
+
+    def spy(*args, **kw):
+        seen.append({k: kw[k] for k in ("tile", "stride", "batch_size", "precision")})
+        return real(*args, **kw)
+
+    monkeypatch.setattr(tile_mode, "predict_tiled", spy)
+    config = tmp_path / "grid.yaml"
+    config.write_text("infer:\n  tile_size: 128\n  margin: 16\n  batch_size: 3\n  precision: fp32\n")
+    _predict(checkpoint, one_image, tmp_path / "plain")
+    _predict(checkpoint, one_image, tmp_path / "file", "--config", str(config))
+    _predict(checkpoint, one_image, tmp_path / "flag", "--config", str(config), "--batch-size", "5")
+    assert seen == [
+        {"tile": DEFAULT_TILE_SIZE, "stride": DEFAULT_STRIDE, "batch_size": 8, "precision": "auto"},
+        {"tile": 128, "stride": 96, "batch_size": 3, "precision": "fp32"},
+        {"tile": 128, "stride": 96, "batch_size": 5, "precision": "fp32"},
+    ]
+
+
+def test_cli_config_errors_name_the_file_and_key(checkpoint, one_image, tmp_path):
+    config = tmp_path / "typo.yaml"
+    config.write_text("postproc:\n  ns_treshold: 0.6\ninfer:\n  margin: 200\n")
+    res = CliRunner().invoke(main, ["predict-tiles", str(one_image), str(tmp_path / "o"),
+                                    "--checkpoint", str(checkpoint), "--config", str(config)])
+    assert res.exit_code != 0
+    assert f"{config}: invalid configuration" in res.output
+    assert "postproc.ns_treshold: unknown key" in res.output
+    assert "infer: Value error, margin 200 leaves no crop" in res.output
+    assert not (tmp_path / "o").exists()
+    res = CliRunner().invoke(main, ["predict-tiles", str(one_image), str(tmp_path / "o"),
+                                    "--config", str(tmp_path / "missing.yaml")])
+    assert res.exit_code != 0 and "missing.yaml: config file not found" in res.output

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from wsi_pipeline import infer_config, tile_mode
+from wsi_pipeline.infer_config import DEFAULT_MARGIN, DEFAULT_STRIDE, DEFAULT_TILE_SIZE, InferConfig
 from wsi_pipeline.model import MultiTaskNet
 from wsi_pipeline.model.predict import predict_batch, predict_batch_compact, prepare_model
 from wsi_pipeline.tiled import predict_tiled
@@ -88,3 +94,25 @@ def test_predict_batch_contract_and_precisions(net):
     assert compact["ns"].dtype == np.float16 and compact["nc"].dtype == np.uint8
     np.testing.assert_allclose(compact["ns"], ref["ns"], atol=1e-3)
     assert np.abs(compact["nc"].astype(int) - np.rint(ref["nc"] * 255)).max() <= 1
+
+
+def test_default_tile_geometry_has_one_home():
+    """256/32/192 are stated once, in infer_config; everything else (InferConfig, predict_tiled,
+    tile mode, validation scoring, the benchmarks) takes them from there."""
+    assert (DEFAULT_TILE_SIZE, DEFAULT_MARGIN, DEFAULT_STRIDE) == (256, 32, 192)
+    cfg = InferConfig()
+    assert (cfg.tile_size, cfg.margin, cfg.effective_stride) == (256, 32, 192)
+    for fn in (predict_tiled, tile_mode.segment_image):
+        params = inspect.signature(fn).parameters
+        assert (params["tile"].default, params["stride"].default) == (256, 192), fn.__name__
+    root = Path(__file__).resolve().parents[1]
+    geometry = re.compile(  # a storage tile (tifffile's tile=(256, 256)) is another fact
+        r"\b192\b|patch_size\s*\+\s*64\b|--margin\b.*default=\d"
+        r"|\b(tile|tile_size|stride|margin)\b[\"']?\s*[:=]\s*(int\s*=\s*)?(Field\()?[^,()\n]*\b(256|192|32|64)\b")
+    home = Path(infer_config.__file__).resolve()
+    found = [f"{p.relative_to(root)}:{i}: {line.strip()}"
+             for p in sorted([*(root / "wsi_pipeline").rglob("*.py"), *(root / "benchmarks").glob("*.py")])
+             if p.resolve() != home
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if geometry.search(line.split("#")[0])]
+    assert found == []

@@ -12,7 +12,9 @@ import wsi_pipeline.train as train_module
 from wsi_pipeline.config import ConfigError, load_config
 from wsi_pipeline.data import Sample, SampleError, build_normalizer, write_common
 from wsi_pipeline.data.mix import DATASET_KEY
+from wsi_pipeline.infer_config import DEFAULT_MARGIN
 from wsi_pipeline.model import load_checkpoint
+from wsi_pipeline.postproc.config import PostprocConfig
 from wsi_pipeline.stain import normalizer_from_meta
 from wsi_pipeline.train import class_counts, cost_matrix, load_samples, normalize_stain, train
 from wsi_pipeline.train_config import TrainConfig
@@ -249,3 +251,35 @@ def test_mix_with_untyped_data_validates_each_dataset_and_types_from_typed_only(
     assert tuple(ckpt.class_names) == NAMES  # classes of the typed data, not "nucleus"
     # cost matrix from typed pixels only: the untyped images add no counts
     assert ckpt.meta["cost_info"]["counts"] == class_counts(typed, 3, "pixels").tolist()
+
+
+def test_validation_scores_with_the_configured_postproc_and_checkpoints_record_it(tmp_path,
+                                                                                  monkeypatch, caplog):
+    """The training config's postproc: section is what validation scores with (and so what picks
+    best.pt), on the validation tile grid; both checkpoints say which settings those were."""
+    assert TrainConfig().postproc == PostprocConfig()  # the defaults unless configured
+    seen: list[dict] = []
+    real = train_module.score_by_dataset
+
+    def spy(*args, **kw):
+        seen.append(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module, "score_by_dataset", spy)
+    data = ([_sample(i) for i in range(2)], [_sample(9)])
+    tuned = {"ns_threshold": 0.7, "edge_threshold": 0.05}
+    cfg = _cfg(tmp_path, epochs=1, max_steps_per_epoch=1, val_every=1, postproc=tuned)
+    train(cfg, samples=data, progress=False)
+    assert len(seen) == 1 and seen[0]["postproc"] == PostprocConfig(**tuned)
+    assert (seen[0]["tile"], seen[0]["stride"]) == (64 + 2 * DEFAULT_MARGIN, 64)
+    for name in ("best.pt", "last.pt"):
+        saved = load_checkpoint(tmp_path / "run" / name).meta["train_config"]["postproc"]
+        assert PostprocConfig.model_validate(saved) == PostprocConfig(**tuned)
+
+    # resuming under other settings scores with those, and says the earlier epochs did not
+    with caplog.at_level("WARNING", logger="wsi_pipeline.train"):
+        train(_cfg(tmp_path, epochs=2, max_steps_per_epoch=1, val_every=1), samples=data,
+              progress=False)
+    assert seen[-1]["postproc"] == PostprocConfig()
+    assert "postproc settings changed since the earlier epochs (edge_threshold, ns_threshold)" \
+        in caplog.text

@@ -6,6 +6,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# The default tile geometry of inference, in pixels at the model's mpp: the one home of these
+# numbers for slides (InferConfig), tile mode, training validation and the benchmarks.
+#: network input side
+DEFAULT_TILE_SIZE = 256
+#: least distance of a used output pixel from the border of its tile
+DEFAULT_MARGIN = 32
+#: tile step: each tile contributes its central DEFAULT_STRIDE² crop
+DEFAULT_STRIDE = DEFAULT_TILE_SIZE - 2 * DEFAULT_MARGIN
+
 
 class TissueConfig(BaseModel):
     """Tissue detection parameters; sizes in microns so they hold at any magnification."""
@@ -38,8 +47,10 @@ class InferConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tile_size: int = Field(256, ge=32, multiple_of=32, description="model input side (px at model mpp)")
-    margin: int = Field(32, ge=0, description="min distance (px) of a used output pixel from its tile border")
+    tile_size: int = Field(DEFAULT_TILE_SIZE, ge=32, multiple_of=32,
+                           description="model input side (px at model mpp)")
+    margin: int = Field(DEFAULT_MARGIN, ge=0,
+                        description="min distance (px) of a used output pixel from its tile border")
     stride: int | None = Field(None, ge=1, description="tile step; default tile_size - 2 * margin")
     batch_size: int = Field(16, ge=1, description="tiles per forward pass")
     chunk_size: int = Field(2048, ge=64, description="spatial zarr chunk side (px at model mpp)")

@@ -16,6 +16,7 @@ import torch
 
 from wsi_pipeline.data.mix import DATASET_KEY
 from wsi_pipeline.data.sample import Sample
+from wsi_pipeline.infer_config import DEFAULT_MARGIN
 from wsi_pipeline.metrics import DatasetEvaluator, Instances
 from wsi_pipeline.postproc import PostprocConfig, segment_instances
 from wsi_pipeline.tiled import predict_tiled
@@ -24,6 +25,13 @@ INSTANCE_KEYS = ("dice", "aji", "pq", "f_d")
 AGGREGATE_KEYS = ("dice", "aji", "pq", "f_d", "mpq")
 
 Maps = dict[str, np.ndarray]
+
+
+def validation_tiling(patch_size: int) -> tuple[int, int]:
+    """(tile, stride) of validation scoring: every output pixel comes from a `patch_size` crop
+    with inference's margin (`infer_config.DEFAULT_MARGIN`) of real (or reflected) context
+    around it, as in tiled inference; a `patch_size` image is one tile."""
+    return patch_size + 2 * DEFAULT_MARGIN, patch_size
 
 
 def predict_maps(

@@ -23,9 +23,11 @@ from skimage.segmentation import find_boundaries
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import atomic_path
 from wsi_pipeline.geojson import MEASUREMENT_COLUMNS, hex_to_rgb, write_feature_collection
+from wsi_pipeline.infer_config import DEFAULT_STRIDE, DEFAULT_TILE_SIZE
 from wsi_pipeline.metrics.matio import write_instance_mat
 from wsi_pipeline.model import LoadedModel
-from wsi_pipeline.postproc import SegmentationResult, segment_instances
+from wsi_pipeline.model.predict import Precision
+from wsi_pipeline.postproc import PostprocConfig, SegmentationResult, segment_instances
 from wsi_pipeline.postproc.measure import measure_instances
 from wsi_pipeline.resample import resize_rgb, scaled_size
 from wsi_pipeline.stain import normalizer_from_meta
@@ -39,17 +41,21 @@ def segment_image(
     image: np.ndarray,
     *,
     image_mpp: float | None = None,
-    tile: int = 256,
-    stride: int = 192,
+    tile: int = DEFAULT_TILE_SIZE,
+    stride: int = DEFAULT_STRIDE,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
+    precision: Precision = "auto",
+    postproc: PostprocConfig | None = None,
     two_step: bool = True,
     tta: bool = False,
     name: str = "image",
 ) -> SegmentationResult:
     """Instances of an RGB uint8 image; `image_mpp` None means "already at the model's mpp";
-    `tta`: flip test-time augmentation (4x the network time); `name` identifies the image in
-    log messages."""
+    `tile`/`stride`: the tile grid at the model's mpp (`predict-tiles` passes a run config's
+    `infer.tile_size` and `infer.effective_stride`); `postproc`: the watershed's settings (None =
+    the defaults); `tta`: flip test-time augmentation (4x the network time); `name` identifies
+    the image in log messages."""
     mpp = float(model.mpp) if image_mpp is None else float(image_mpp)
     h, w = image.shape[:2]
     factor = mpp / float(model.mpp)  # > 1: the image is coarser than the model wants
@@ -57,10 +63,12 @@ def segment_image(
     if abs(factor - 1) > 1e-3:  # the engine's resampling, as for slide tiles
         net_input = resize_rgb(image, scaled_size((h, w), factor))
     maps = predict_tiled(model.net, _normalize_stain(model, net_input, name), tile=tile,
-                         stride=stride, batch_size=batch_size, device=device, tta=tta)
+                         stride=stride, batch_size=batch_size, device=device, precision=precision,
+                         tta=tta)
     if net_input is not image:
         maps = {k: _resize_maps(v, (h, w)) for k, v in maps.items()}
-    return segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=mpp, two_step=two_step)
+    return segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=mpp, config=postproc,
+                             two_step=two_step)
 
 
 def _normalize_stain(model: LoadedModel, image: np.ndarray, name: str) -> np.ndarray:

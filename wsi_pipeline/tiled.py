@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsi_pipeline.infer_config import DEFAULT_STRIDE, DEFAULT_TILE_SIZE
 from wsi_pipeline.model.predict import Precision, predict_batch
 from wsi_pipeline.tiling import TileGrid
 
@@ -19,8 +20,8 @@ def predict_tiled(
     net: nn.Module,
     image: np.ndarray,
     *,
-    tile: int = 256,
-    stride: int = 192,
+    tile: int = DEFAULT_TILE_SIZE,
+    stride: int = DEFAULT_STRIDE,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     precision: Precision = "auto",

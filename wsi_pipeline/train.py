@@ -40,7 +40,8 @@ from wsi_pipeline.model import MultiTaskNet, save_checkpoint
 from wsi_pipeline.model.checkpoint import CheckpointError, load_checkpoint
 from wsi_pipeline.model.losses import cost_matrix_from_counts, multitask_loss
 from wsi_pipeline.model.predict import autocast_dtype, resolve_device
-from wsi_pipeline.scoring import flatten_scores, score_by_dataset
+from wsi_pipeline.postproc.config import PostprocConfig
+from wsi_pipeline.scoring import flatten_scores, score_by_dataset, validation_tiling
 from wsi_pipeline.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,19 @@ def _selection_score(row: dict) -> float:
     return -row["train_loss"]
 
 
+def _check_postproc(saved_cfg: dict, cfg: TrainConfig, best: tuple) -> None:
+    """Warn when a resumed run scores with other post-processing than its earlier epochs: their
+    scores, and so the best epoch so far, came from the settings in last.pt (defaults for runs
+    from before `postproc:` existed in the training config)."""
+    before = saved_cfg.get("postproc", PostprocConfig().model_dump(mode="json"))
+    now = cfg.postproc.model_dump(mode="json")
+    if before != now:
+        changed = sorted(k for k in now if before.get(k) != now[k])
+        log.warning("postproc settings changed since the earlier epochs (%s): their validation "
+                    "scores, and best epoch %s, came from the previous settings", ", ".join(changed),
+                    best[1])
+
+
 def _lr_factor(cfg: TrainConfig, epoch: int) -> float:
     o = cfg.optim
     if o.schedule == "constant":
@@ -189,16 +203,10 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
     return out
 
 
-def _val_tiling(patch_size: int) -> tuple[int, int]:
-    """Validation tiles: every output pixel comes from a patch_size crop with 32 px of real (or
-    reflected) context around it, as in tiled inference; a patch_size image is one tile."""
-    return patch_size + 64, patch_size
-
-
 def _validate(net, loader, device, amp, cw, cfg, samples: list[Sample]) -> dict[str, float]:
     """Validation loss terms (on centre crops), plus the scores users care about (PQ, mPQ, F_d,
     F_c per type) on whole images of any size from the full prediction path: tiled network ->
-    two-step watershed -> instance metrics."""
+    two-step watershed (with `cfg.postproc`) -> instance metrics."""
     net.eval()
     sums: dict[str, float] = {}
     n = 0
@@ -212,9 +220,10 @@ def _validate(net, loader, device, amp, cw, cfg, samples: list[Sample]) -> dict[
                 sums[name] = sums.get(name, 0.0) + value * k
             n += k
     row = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
-    tile, stride = _val_tiling(cfg.patch_size)
+    tile, stride = validation_tiling(cfg.patch_size)
     scores = score_by_dataset(net, samples, n_types=cfg.model.n_types, mpp=cfg.mpp, tile=tile,
-                              stride=stride, batch_size=cfg.batch_size, device=device)
+                              stride=stride, batch_size=cfg.batch_size, device=device,
+                              postproc=cfg.postproc)
     row.update(flatten_scores(scores))
     return row
 
@@ -332,6 +341,7 @@ def train(
         best = tuple(state["train_state"]["best"])
         log.info("resumed from %s at epoch %d", last_path, start_epoch)
         init_info = state["meta"].get("init_from")
+        _check_postproc(state["meta"].get("train_config", {}), cfg, best)
     elif cfg.init_from is not None:
         init_info = _init_weights(net, cfg, class_names, device)
 

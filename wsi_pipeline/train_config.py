@@ -11,6 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wsi_pipeline.data.mix import DatasetSpec
 from wsi_pipeline.model.config import ModelConfig
+from wsi_pipeline.postproc.config import PostprocConfig
+
+#: side of the training crops (`TrainConfig.patch_size`): the training patch, not the inference
+#: tile (`infer_config.DEFAULT_TILE_SIZE`), though both are 256 by default
+TRAIN_PATCH_SIZE = 256
 
 
 class StainNormConfig(BaseModel):
@@ -161,7 +166,7 @@ class TrainConfig(BaseModel):
         description="Pixel size of the training data (µm/px); samples more than 5 % off are refused.",
     )
     patch_size: int = Field(
-        256, ge=32, multiple_of=32,
+        TRAIN_PATCH_SIZE, ge=32, multiple_of=32,
         description="Training crops are patch_size² (random crop; smaller images padded). "
         "Validation scores use whole images, tiled; the validation loss uses centre crops.",
     )
@@ -181,3 +186,9 @@ class TrainConfig(BaseModel):
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
     data: DataConfig = DataConfig()
+    postproc: PostprocConfig = Field(
+        default_factory=PostprocConfig,
+        description="Post-processing of the validation scores (PQ, mPQ, F_d, F_c), and so of the "
+        "best-epoch choice: the `postproc:` section of a run config; recorded in the checkpoints' "
+        "train_config.",
+    )

@@ -4,41 +4,55 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
+from typing import Any
 
 import click
+
+#: tiles per forward pass without --batch-size or a config file's infer.batch_size
+TILE_MODE_BATCH_SIZE = 8
 
 
 @click.command(name="predict-tiles")
 @click.argument("input_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="A `wsi-pipeline run` config (YAML, configs/run_default.yaml lists every key): "
+              "its checkpoint, infer (tile_size, margin, stride, batch_size, device, precision) and "
+              "postproc settings apply here; its other keys are checked but concern slides only. "
+              "Flags replace the file's values.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
-              help="Model checkpoint (default: the weights shipped with the package).")
+              help="Model checkpoint (default: the config's, else the weights shipped with the package).")
 @click.option("--mpp", type=click.FloatRange(min=0, min_open=True),
               help="Pixel size of the images in µm (default: the model's, no resampling).")
 @click.option("--overlay", is_flag=True, help="Also write <stem>.png with contours coloured by type "
               "(refused where that is an input image: use another OUTPUT_DIR).")
 @click.option("--geojson", is_flag=True, help="Also write <stem>.geojson.gz (QuPath detections).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where the model runs  [default: the config's infer.device, else auto]")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help=f"Tiles per forward pass  [default: the config's infer.batch_size, else "
+              f"{TILE_MODE_BATCH_SIZE}]")
 @click.option("--tta/--no-tta", default=True, show_default=True,
               help="Flip test-time augmentation: the network's mean over four flips of each tile "
               "(4x the network time; with the shipped weights +0.009 PQ on the CoNSeP and +0.005 "
               "to +0.03 on the other validation sets, see MODEL_CARD.md).")
 @click.option("--match", "patterns", multiple=True, metavar="GLOB",
               help="Only images whose file name matches (repeatable), e.g. --match 'train_3_*'.")
-def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: float | None,
-            overlay: bool, geojson: bool, device: str, batch_size: int, tta: bool,
-            patterns: tuple[str, ...]) -> None:
+def command(input_dir: Path, output_dir: Path, config_path: Path | None, checkpoint: Path | None,
+            mpp: float | None, overlay: bool, geojson: bool, device: str | None,
+            batch_size: int | None, tta: bool, patterns: tuple[str, ...]) -> None:
     """Segment and classify nuclei in every image of INPUT_DIR; write OUTPUT_DIR/<stem>.mat.
 
     Images whose stems clash (x.png, x.jpg) keep their extension in the output name
     (x.png.mat, x.jpg.mat); an output that would overwrite an input is an error before any work.
     Images of any size are tiled with overlap. An image that cannot be read or processed is
     reported by name and skipped; the exit status is non-zero only if every image failed.
+    With --config, the tile grid and post-processing are the run config's, as `run` uses them.
     """
     import torch
     from tqdm import tqdm
 
+    from wsi_pipeline.cohort.config import ConfigError, load_run_config
     from wsi_pipeline.io import SlideReadError
     from wsi_pipeline.io.plain_image import IMAGE_SUFFIXES, read_rgb
     from wsi_pipeline.model import CheckpointError, default_checkpoint_path, load_checkpoint
@@ -60,11 +74,22 @@ def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: flo
                                protected=all_images)
     except OutputClash as exc:
         raise click.ClickException(str(exc)) from exc
-    torch_device = resolve_device(device)
+    try:
+        cfg = load_run_config(config_path, _overrides(checkpoint, device, batch_size))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if config_path is not None and {"mpp", "mpp_override"} & {
+            k for k in cfg.model_fields_set if getattr(cfg, k) is not None}:
+        click.echo(f"note: {config_path}'s mpp/mpp_override are for slides; images here are at "
+                   "--mpp (default: the model's)", err=True)
+    infer = cfg.infer
+    if "batch_size" not in infer.model_fields_set:
+        infer = infer.model_copy(update={"batch_size": TILE_MODE_BATCH_SIZE})
+    torch_device = resolve_device(infer.device)
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise click.ClickException("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
     try:
-        model = load_checkpoint(checkpoint or default_checkpoint_path(), map_location="cpu")
+        model = load_checkpoint(cfg.checkpoint or default_checkpoint_path(), map_location="cpu")
     except CheckpointError as exc:
         raise click.ClickException(str(exc)) from exc
     model.net = prepare_model(model.net, torch_device)
@@ -73,8 +98,10 @@ def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: flo
 
     def process(path: Path) -> None:
         image = read_rgb(path)
-        result = segment_image(model, image, image_mpp=image_mpp, batch_size=batch_size,
-                               device=torch_device, tta=tta, name=path.name)
+        result = segment_image(model, image, image_mpp=image_mpp, tile=infer.tile_size,
+                               stride=infer.effective_stride, batch_size=infer.batch_size,
+                               device=torch_device, precision=infer.precision,
+                               postproc=cfg.postproc, tta=tta, name=path.name)
         out = outputs[path]
         write_mat(out.mat, result, model, image_mpp)
         if out.overlay is not None:
@@ -99,3 +126,14 @@ def command(input_dir: Path, output_dir: Path, checkpoint: Path | None, mpp: flo
                + (f"; {len(failed)} skipped or failed: {', '.join(failed)}" if failed else ""))
     if done == 0:
         raise click.ClickException(f"all {len(images)} image(s) failed")
+
+
+def _overrides(checkpoint: Path | None, device: str | None, batch_size: int | None) -> dict[str, Any]:
+    """The flags given, as a nested dict over the config file (as `run` does)."""
+    o: dict[str, Any] = {}
+    if checkpoint is not None:
+        o["checkpoint"] = str(checkpoint)
+    infer = {k: v for k, v in (("device", device), ("batch_size", batch_size)) if v is not None}
+    if infer:
+        o["infer"] = infer
+    return o
