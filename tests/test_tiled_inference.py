@@ -85,8 +85,7 @@ def test_predict_batch_contract_and_precisions(net):
     assert ref["hv"].shape == (2, 2, 64, 96) and np.abs(ref["hv"]).max() <= 1
     assert ref["nc"].shape == (2, 5, 64, 96)
     assert ((ref["ns"] >= 0) & (ref["ns"] <= 1)).all()
-    fast_net = prepare_model(MultiTaskNet(encoder="resnet18", width=8), torch.device("cpu"), "bf16")
-    fast_net.load_state_dict(net.state_dict())
+    fast_net = prepare_model(net, torch.device("cpu"), "bf16")  # folded, bf16 weights
     fast = predict_batch(fast_net, batch, "cpu", "bf16")
     for key in ref:
         np.testing.assert_allclose(fast[key], ref[key], atol=0.05)

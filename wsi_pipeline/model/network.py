@@ -54,10 +54,16 @@ class MultiTaskNet(nn.Module):
     def from_config(cls, config: ModelConfig) -> MultiTaskNet:
         return cls(**config.model_dump())
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """dtype of the weights: fp32, or bf16 in a CPU inference copy (`predict.prepare_model`),
+        which takes the image normalised in fp32 (the normalisation buffers stay fp32)."""
+        return self.encoders[BRANCHES[0]].stem[0].weight.dtype
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.shape[-1] % 32 or x.shape[-2] % 32:
             raise ValueError(f"input height and width must be multiples of 32, got {tuple(x.shape)}")
-        x = (x - self.mean) / self.std
+        x = ((x - self.mean) / self.std).to(self.compute_dtype)
         feats = {b: self.encoders[b](x) for b in BRANCHES}
         deepest = self.attention({b: feats[b][-1] for b in BRANCHES})
         out = {b: self.decoders[b](deepest[b], feats[b], x) for b in BRANCHES}

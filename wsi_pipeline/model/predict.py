@@ -1,8 +1,12 @@
 """Run the network on a batch of uint8 tiles, as fast as the hardware allows.
 
-CPU: bf16 autocast + channels_last where the CPU has native bf16 (AVX512-BF16 / AMX-BF16);
-measured here at ~2x fp32 speed for a ResNet-34 encoder. CUDA: fp16 autocast (bf16 where the
-GPU supports it) with pinned host memory and non-blocking copies.
+`prepare_model` makes the inference copy once: BatchNorm folded into the convs (`model.fold`),
+and on a CPU with native bf16 (AVX512-BF16 / AMX-BF16) bf16 weights in channels_last, run
+without autocast. Autocast would cast activations between bf16 and fp32 around every op it keeps
+in fp32 (upsampling) and every concatenation that meets both; with bf16 weights throughout the
+network stays in bf16 (measured: benchmarks/model_speed.py). The image normalisation and the
+outputs stay fp32. CUDA: fp16 autocast (bf16 where the GPU supports it) with pinned host memory
+and non-blocking copies.
 
 Test-time augmentation (`tta=True`) averages the network over the four flips of each tile
 (identity, left-right, up-down, both), undoing each flip on the outputs: probabilities flip
@@ -20,6 +24,8 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
+
+from wsi_pipeline.model.fold import fold_batchnorm
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -74,11 +80,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def prepare_model(net: nn.Module, device: torch.device, precision: Precision = "auto") -> nn.Module:
-    """Move to `device`, eval mode, channels_last weights when autocasting. Call once, before inference."""
-    net = net.to(device).eval()
-    if autocast_dtype(device, precision) is not None:
+    """The inference copy of `net` (module docstring); `net` itself is left as it was, so a
+    training network can be prepared for validation and go on training. Call once, before
+    inference, outside `torch.inference_mode()` (memory-format changes inside it break
+    training)."""
+    net = fold_batchnorm(net).to(device)
+    dtype = autocast_dtype(device, precision)
+    if dtype is not None:
         net = net.to(memory_format=torch.channels_last)
+        if device.type == "cpu":
+            with torch.no_grad():
+                for p in net.parameters():  # buffers (the normalisation constants) stay fp32
+                    p.data = p.data.to(dtype)
     return net
+
+
+def _weight_dtype(net: nn.Module) -> torch.dtype:
+    first = next(net.parameters(), None)
+    return torch.float32 if first is None else first.dtype
 
 
 def predict_batch(
@@ -148,7 +167,9 @@ def _forward_once(net: nn.Module, batch: torch.Tensor, device: torch.device,
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     if dtype is not None:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    # a network prepared with low-precision weights casts its normalised input itself
+    autocast = dtype is not None and _weight_dtype(net) == torch.float32
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=autocast):
         out = net(x)
     ns_logits = out["ns"].float()
     ns = torch.sigmoid(ns_logits[:, 1] - ns_logits[:, 0])
