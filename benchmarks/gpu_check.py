@@ -42,6 +42,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import wsi_throughput  # noqa: E402 - the slide builder and RSS sampler live there
 
+#: defaults of a GPU run and of --cpu-smoke; an option given on the command line wins over both
+FULL = {"size": 40000, "island": 1024, "tissue_fraction": 0.02, "batch_sizes": [16, 64],
+        "reader_threads": [4, 8], "device": "cuda"}
 SMOKE = {"size": 4096, "island": 512, "tissue_fraction": 0.03, "batch_sizes": [16, 8],
          "reader_threads": [2], "device": "cpu"}
 
@@ -198,7 +201,7 @@ class SmiSampler(threading.Thread):
         self.csv = csv
         self.proc = subprocess.Popen(
             ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-             f"-lms={interval_ms}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             "-lms", str(interval_ms)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
     def run(self) -> None:
         with self.csv.open("w") as f:
@@ -231,15 +234,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="4096² slide, 2 islands of 512², device cpu, batch 16 then 8, 2 readers")
-    ap.add_argument("--size", type=int, default=40000, help="slide side, level-0 px (default 40000)")
-    ap.add_argument("--island", type=int, default=1024, help="tissue island side, level-0 px")
-    ap.add_argument("--tissue-fraction", type=float, default=0.02)
+    ap.add_argument("--size", type=int, default=None, help="slide side, level-0 px (default 40000)")
+    ap.add_argument("--island", type=int, default=None, help="tissue island side, level-0 px (1024)")
+    ap.add_argument("--tissue-fraction", type=float, default=None, help="default 0.02")
     ap.add_argument("--mpp", type=float, default=0.499)
-    ap.add_argument("--device", default="cuda", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="default cuda")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64],
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                     help="first: end to end; others: inference only (default 16 64)")
-    ap.add_argument("--reader-threads", type=int, nargs="+", default=[4, 8],
+    ap.add_argument("--reader-threads", type=int, nargs="+", default=None,
                     help="tile reader threads to sweep (default 4 8)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     ap.add_argument("--postproc-workers", type=int, default=None, help="default: all cores")
@@ -259,8 +262,8 @@ def main() -> None:
         print(json.dumps(run_one(slide, out, ckpt, json.loads(args.run_cfg))))
         return
 
-    if args.cpu_smoke:
-        for key, value in SMOKE.items():
+    for key, value in (SMOKE if args.cpu_smoke else FULL).items():
+        if getattr(args, key) is None:
             setattr(args, key, value)
     cores = os.cpu_count() or 1
     threads = args.threads or cores

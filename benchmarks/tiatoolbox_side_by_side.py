@@ -265,6 +265,10 @@ def wsi_worker(region: Path, out: Path, threads: int, precision: str) -> dict:
     end_to_end = time.perf_counter() - t0
 
     row = pq.read_table(out / "manifest.parquet").to_pylist()[0]
+    if row["status"] == "no_tissue":
+        raise RuntimeError("wsi-pipeline found no tissue in the region: below about 350² px a crop "
+                           "is smaller than its smallest tissue piece (infer.tissue.min_object_um2, "
+                           "20,000 µm²); use --size 384 or more")
     if row["status"] != "done":
         raise RuntimeError(f"wsi-pipeline run ended {row['status']}: {row.get('error')}")
     ckpt = default_checkpoint_path()
@@ -495,6 +499,9 @@ def report(res: dict) -> str:
     ]
     if "model" in r:
         lines.append(f"model time alone: {r['model']:.2f}x, at equal FLOPs {r['model_equal_flops']:.2f}x")
+    if not w["precision"].endswith("fp32"):
+        lines.append(f"(wsi-pipeline ran {w['precision'].split()[-1]}, TIAToolbox fp32: the ratios at equal "
+                     "FLOPs include that; --wsi-precision fp32 compares like with like)")
     lines += [
         "",
         "TIAToolbox ran HoVer-Net fast with RANDOM weights (no pretrained weights can be downloaded "
