@@ -25,7 +25,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python || command -v python3)}"
 CPU_SMOKE=0
 for a in "$@"; do [[ "$a" == "--cpu-smoke" ]] && CPU_SMOKE=1; done
 OUT_DIR="${OUT:-/tmp/gpu_check}"
