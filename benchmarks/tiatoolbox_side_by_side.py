@@ -45,8 +45,9 @@ amx_bf16, avx512_vnni), the torch versions and the precision each used. `--json`
 
 The TIAToolbox venv (tiatoolbox 2.1.3 pins torch < 2.13; this repo uses 2.13): PyPI's only torch
 2.9.1 wheel for Linux x86_64 is the CUDA 12.8 build (900 MB) and it will not import without its
-nvidia-* wheels (`libcublas.so.*[0-9] not found`), so the venv takes about 7 GB on disk whether or
-not a GPU is used; a CPU-only build is not on PyPI. On a machine with no GPU it runs on the CPU:
+nvidia-* wheels (`libcublas.so.*[0-9] not found`), so the venv takes about 8.5 GB on disk whether or
+not a GPU is used (4 minutes to install here); a CPU-only build is not on PyPI. Without a GPU it runs
+on the CPU:
 
     python3.11 -m venv /work/tiavenv
     /work/tiavenv/bin/pip install tiatoolbox==2.1.3 torch==2.9.1 torchvision==0.24.1
