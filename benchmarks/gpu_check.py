@@ -265,6 +265,12 @@ def main() -> None:
     for key, value in (SMOKE if args.cpu_smoke else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("device cuda: torch sees no GPU here (torch "
+                     f"{torch.__version__}); --cpu-smoke runs the same path on the CPU")
     cores = os.cpu_count() or 1
     threads = args.threads or cores
     out = args.out or _default_out()
