@@ -3,10 +3,11 @@
     python benchmarks/model_speed.py [--threads 2] [--shapes 256x16 256x4 576x2] [--configs]
 
 For each tile side × batch size: the shipped network prepared as `infer_slide` prepares it
-(`model.predict.prepare_model`: BatchNorm folded, bf16 weights where the CPU has native bf16)
-and run through `predict_batch_compact` (uint8 in, maps.zarr storage types out), beside the
-previous path (unfolded network under bf16 autocast; fp32 where there is no native bf16) and the
-engine path in fp32. Columns: ms per tile, ms per megapixel of *output* (the tile's central
+(`model.predict.prepare_model`) and run through `predict_batch_compact` (uint8 in, maps.zarr
+storage types out), by each back end: OpenVINO (the default on CPUs where it is installed) and
+PyTorch (BatchNorm folded, bf16 weights where the CPU has native bf16), beside the previous path
+(unfolded network under bf16 autocast; fp32 where there is no native bf16) and PyTorch in fp32.
+Columns: ms per tile, ms per megapixel of *output* (the tile's central
 crop with inference's margin, so tile sizes compare as the slide pays for them), GFLOP per tile
 (torch.utils.flop_counter: convolutions and matmuls) and the GFLOP/s achieved. The peak rows
 time a 4096² matmul and a 3×3 256-channel convolution (channels_last) in fp32 and, where native,
@@ -28,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from wsi_pipeline.infer_config import DEFAULT_MARGIN, DEFAULT_TILE_SIZE
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint
 from wsi_pipeline.model.checkpoint import default_checkpoint_path
+from wsi_pipeline.model.openvino_net import openvino_available
 from wsi_pipeline.model.predict import (
     autocast_dtype,
     cpu_flags,
@@ -121,6 +123,7 @@ def main() -> None:
     base = model.net.eval()
     previous = base.to(memory_format=torch.channels_last) if auto is not None else base
     engine, engine32 = prepare_model(base, cpu), prepare_model(base, cpu, "fp32")
+    openvino = prepare_model(base, cpu, backend="openvino") if openvino_available() else None
     print(f"# checkpoint sha256 {model.sha256[:12]}")
     print("| path | tile × batch | ms/tile | ms per output Mpx | GFLOP/tile | GFLOP/s |")
     print("|---|---|---|---|---|---|")
@@ -130,11 +133,14 @@ def main() -> None:
         gflop = forward_flops(base, tile) / 1e9
         out_mpx = (tile - 2 * args.margin) ** 2 / 1e6
         runs = {
-            "engine (" + ("bf16 weights" if auto else "fp32") + ", folded)":
+            "engine, PyTorch (" + ("bf16 weights" if auto else "fp32") + ", folded)":
                 lambda t=tiles: predict_batch_compact(engine, t, cpu),
             "previous (" + ("bf16 autocast" if auto else "fp32") + ", unfolded)":
                 lambda t=tiles: previous_path(previous, t, auto),
         }
+        if openvino is not None:
+            runs["engine, OpenVINO " + ("bf16" if auto else "fp32")] = (
+                lambda t=tiles: predict_batch_compact(openvino, t, cpu))
         if auto is not None:
             runs["engine fp32 (folded)"] = lambda t=tiles: predict_batch_compact(engine32, t, cpu, "fp32")
         for name, fn in runs.items():

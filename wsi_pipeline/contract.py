@@ -50,6 +50,7 @@ MAPS_ATTRIBUTES: tuple[str, ...] = (
     "class_colors",
     "model_sha256",
     "model_config",
+    "backend",  # what ran the network: backend, its version, device, precision (predict.backend_record)
     "config",  # the InferConfig
     "wsi_pipeline_version",
     "slide",  # {path, size, mtime} of the input

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import zarr
 from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec
@@ -44,7 +45,12 @@ from wsi_pipeline.contract import (
 from wsi_pipeline.infer_config import InferConfig
 from wsi_pipeline.io import Slide
 from wsi_pipeline.model import LoadedModel
-from wsi_pipeline.model.predict import predict_batch_compact, prepare_model, resolve_device
+from wsi_pipeline.model.predict import (
+    backend_record,
+    predict_batch_compact,
+    prepare_model,
+    resolve_device,
+)
 from wsi_pipeline.stain import Normalizer, normalizer_from_meta
 from wsi_pipeline.tiling import (
     Schedule,
@@ -188,6 +194,7 @@ def _attributes(slide: Slide, geo: _Geometry, cfg: InferConfig, model: LoadedMod
         "class_names": list(model.class_names),
         "class_colors": list(model.class_colors),
         "model_sha256": model.sha256,
+        "backend": backend_record(resolve_device(cfg.device), cfg.backend, cfg.precision),
         "model_config": model.config.model_dump(),
         "config": cfg.model_dump(mode="json"),
         "wsi_pipeline_version": __version__,
@@ -242,6 +249,21 @@ def _slide_stain(slide: Slide, geo: _Geometry, tissue: TissueResult, normalizer:
     log.info("%s: stain normalisation %s, source statistics from %d tiles: %s",
              slide.path.name, record["method"], len(tiles), record["source"])
     return lambda tile: normalizer.apply(tile, stats), record
+
+
+_PREPARED: dict[tuple, torch.nn.Module] = {}  # one entry: the last network prepared
+_PREPARED_LOCK = threading.Lock()
+
+
+def _prepared(model: LoadedModel, device: torch.device, cfg: InferConfig) -> torch.nn.Module:
+    """`prepare_model` once per model and settings in a process, not once per slide: compiling
+    for OpenVINO takes seconds, and a cohort worker keeps its model for every slide it runs."""
+    key = (id(model), model.sha256, str(device), cfg.precision, cfg.backend, torch.get_num_threads())
+    with _PREPARED_LOCK:
+        if key not in _PREPARED:
+            _PREPARED.clear()
+            _PREPARED[key] = prepare_model(model.net, device, cfg.precision, cfg.backend)
+        return _PREPARED[key]
 
 
 class _ChunkWriter:
@@ -307,7 +329,7 @@ def _run_pipeline(slide: Slide, group: zarr.Group, geo: _Geometry, cfg: InferCon
                   on_tiles: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Read (and stain-normalise, counted as reading) -> model -> write, overlapped."""
     device = resolve_device(cfg.device)
-    net = prepare_model(model.net, device, cfg.precision)
+    net = _prepared(model, device, cfg)
     plan = geo.plan
     writer = _ChunkWriter(group, geo, model.config.n_types)
     read_seconds = [0.0]

@@ -58,6 +58,8 @@ class InferConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto = bf16 autocast on CPUs with native bf16, fp16/bf16 on CUDA")
+    backend: Literal["auto", "torch", "openvino"] = Field(
+        "auto", description="auto = OpenVINO on the CPU where installed (about 2x PyTorch), PyTorch on CUDA")
     compression_level: int = Field(3, ge=0, le=9, description="zstd level of the zarr chunks")
     tissue: TissueConfig = Field(default_factory=TissueConfig)
 

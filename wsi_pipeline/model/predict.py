@@ -28,6 +28,7 @@ from torch import nn
 from wsi_pipeline.model.fold import fold_batchnorm
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Backend = Literal["auto", "torch", "openvino"]
 
 
 #: CPU feature flags (Linux /proc/cpuinfo names) of native bf16 arithmetic: x86 AVX512-BF16 and
@@ -79,11 +80,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def prepare_model(net: nn.Module, device: torch.device, precision: Precision = "auto") -> nn.Module:
+def prepare_model(net: nn.Module, device: torch.device, precision: Precision = "auto",
+                  backend: Backend = "torch") -> nn.Module:
     """The inference copy of `net` (module docstring); `net` itself is left as it was, so a
     training network can be prepared for validation and go on training. Call once, before
     inference, outside `torch.inference_mode()` (memory-format changes inside it break
-    training)."""
+    training). `backend`: "openvino" compiles it for the CPU (`model.openvino_net`), "auto"
+    does so on the CPU where OpenVINO is installed; "torch" is plain PyTorch."""
+    if resolve_backend(backend, device) == "openvino":
+        from wsi_pipeline.model.openvino_net import OpenVINONet
+
+        dtype = autocast_dtype(device, precision)
+        ov_precision = {None: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}[dtype]
+        return OpenVINONet(net, ov_precision, torch.get_num_threads())
     net = fold_batchnorm(net).to(device)
     dtype = autocast_dtype(device, precision)
     if dtype is not None:
@@ -93,6 +102,30 @@ def prepare_model(net: nn.Module, device: torch.device, precision: Precision = "
                 for p in net.parameters():  # buffers (the normalisation constants) stay fp32
                     p.data = p.data.to(dtype)
     return net
+
+
+def resolve_backend(backend: Backend, device: torch.device) -> Literal["torch", "openvino"]:
+    """"auto": OpenVINO on the CPU when it is installed, else PyTorch (always on CUDA)."""
+    if backend == "auto":
+        from wsi_pipeline.model.openvino_net import openvino_available
+
+        return "openvino" if device.type == "cpu" and openvino_available() else "torch"
+    if backend == "openvino" and device.type != "cpu":
+        raise ValueError(f"the openvino back end runs on the CPU only, not on {device}")
+    return backend
+
+
+def backend_record(device: torch.device, backend: Backend = "auto", precision: Precision = "auto") -> dict:
+    """What ran the network, for provenance: back end and its version, device, precision."""
+    name = resolve_backend(backend, device)
+    dtype = autocast_dtype(device, precision)
+    version = torch.__version__
+    if name == "openvino":
+        import openvino
+
+        version = openvino.get_version()
+    return {"backend": name, "version": version, "device": str(device),
+            "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch.")}
 
 
 def _weight_dtype(net: nn.Module) -> torch.dtype:

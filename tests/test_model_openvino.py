@@ -1,0 +1,72 @@
+"""The OpenVINO back end computes the network's function, batch by batch, as PyTorch does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from wsi_pipeline.model import MultiTaskNet
+from wsi_pipeline.model.openvino_net import OpenVINONet
+from wsi_pipeline.model.predict import (
+    backend_record,
+    predict_batch,
+    predict_batch_compact,
+    prepare_model,
+    resolve_backend,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def net() -> MultiTaskNet:
+    torch.manual_seed(0)
+    net = MultiTaskNet(encoder="resnet18", width=8).eval()
+    with torch.no_grad():
+        net.attention.gamma.fill_(0.5)
+    return net
+
+
+@pytest.fixture(scope="module")
+def tiles() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (3, 64, 96, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def ov(net) -> OpenVINONet:
+    return prepare_model(net, CPU, "fp32", "openvino")
+
+
+def test_fp32_openvino_matches_pytorch(net, ov, tiles):
+    want = predict_batch(prepare_model(net, CPU, "fp32", "torch"), tiles, precision="fp32")
+    assert isinstance(ov, OpenVINONet) and ov.precision == "f32"
+    got = predict_batch(ov, tiles, precision="fp32")
+    for key in ("ns", "hv", "nc"):
+        np.testing.assert_allclose(got[key], want[key], atol=2e-3, err_msg=key)
+
+
+def test_a_short_batch_is_padded_not_recompiled_and_each_tile_is_its_own(ov, tiles):
+    full = predict_batch_compact(ov, tiles, precision="fp32")
+    short = predict_batch_compact(ov, tiles[1:], precision="fp32")  # padded to the compiled 3
+    assert ov.compiled_shapes == [(3, 64, 96)]
+    for key in ("ns", "hv", "nc"):
+        assert short[key].shape[0] == 2
+        np.testing.assert_array_equal(short[key], full[key][1:], err_msg=key)
+
+
+def test_flip_tta_runs_through_openvino(net, ov, tiles):
+    want = predict_batch(prepare_model(net, CPU, "fp32", "torch"), tiles, precision="fp32", tta=True)
+    got = predict_batch(ov, tiles, precision="fp32", tta=True)
+    np.testing.assert_allclose(got["hv"], want["hv"], atol=2e-3)
+
+
+def test_backend_choice_and_record():
+    assert resolve_backend("auto", CPU) == "openvino"  # a dependency: installed wherever the package is
+    assert resolve_backend("auto", torch.device("cuda")) == "torch"
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_backend("openvino", torch.device("cuda"))
+    record = backend_record(CPU, "auto", "fp32")
+    assert record["backend"] == "openvino" and record["precision"] == "fp32" and record["version"]
+    assert backend_record(CPU, "torch", "bf16") == {
+        "backend": "torch", "version": torch.__version__, "device": "cpu", "precision": "bfloat16"}
