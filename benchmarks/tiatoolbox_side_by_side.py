@@ -234,6 +234,7 @@ def wsi_worker(region: Path, out: Path, threads: int, precision: str) -> dict:
 
     import wsi_pipeline.infer as infer_mod
     from wsi_pipeline.cli import main as cli_main
+    from wsi_pipeline.infer_config import DEFAULT_TILE_SIZE
     from wsi_pipeline.model import default_checkpoint_path, load_checkpoint
     from wsi_pipeline.model.predict import autocast_dtype, resolve_device
 
@@ -274,7 +275,7 @@ def wsi_worker(region: Path, out: Path, threads: int, precision: str) -> dict:
         raise RuntimeError(f"wsi-pipeline run ended {row['status']}: {row.get('error')}")
     ckpt = default_checkpoint_path()
     model = load_checkpoint(ckpt)
-    side = stats["shape"] or [256, 256]
+    side = stats["shape"] or [DEFAULT_TILE_SIZE, DEFAULT_TILE_SIZE]  # (no tile ran: not reached)
     with torch.inference_mode(), FlopCounterMode(display=False) as fc:
         model.net.eval()(torch.rand(1, 3, *side))
     amp = autocast_dtype(resolve_device("cpu"), precision)
