@@ -8,10 +8,12 @@ One after the other, on the same crop of ../shared/data/slides/CMU-1-Small-Regio
 pyramidal tiled TIFF (3 levels, JPEG tiles, resolution tags) that both tools open:
 
 (a) `wsi-pipeline run REGION -o OUT` with the shipped weights and the default settings (0.25 µm/px,
-    the model's pixel size; precision `auto`, i.e. bf16 autocast where the CPU has native bf16,
-    else fp32; `--wsi-precision fp32` forces fp32), in this Python, through the click entry point
-    in a subprocess; the engine's forward passes are timed by wrapping
-    `wsi_pipeline.infer.predict_batch_compact` (the function the engine calls, unchanged).
+    the model's pixel size; precision `auto`, i.e. bf16 where the CPU has native bf16, else fp32;
+    back end `auto`, OpenVINO on the CPU where installed; `--wsi-precision` / `--wsi-backend`
+    change them; the back end and precision that ran are read from maps.zarr), in this Python,
+    through the click entry point in a subprocess; the engine's forward passes are timed by
+    wrapping `wsi_pipeline.infer.predict_batch_compact` (the function the engine calls,
+    unchanged); the first batch, which includes OpenVINO's compilation, is also given apart.
 (b) TIAToolbox 2.1.3 `MultiTaskSegmentor` (the 2.1 API; `NucleusInstanceSegmentor` is its
     deprecated alias) with `HoVerNet(num_types=6, mode="fast")` and the ioconfig of TIAToolbox's
     own `hovernet_fast-pannuke` entry: input and output at 0.25 µm/px, 256² input patches, 164²
@@ -225,11 +227,12 @@ def write_region(path: Path, size: int, x: int | None = None, y: int | None = No
 
 
 # ---------------------------------------------------------------- (a) wsi-pipeline worker
-def wsi_worker(region: Path, out: Path, threads: int, precision: str) -> dict:
+def wsi_worker(region: Path, out: Path, threads: int, precision: str, backend: str | None) -> dict:
     """`wsi-pipeline run` through its click entry point, forward passes timed; in this process."""
     t_import = time.perf_counter()
     import pyarrow.parquet as pq
     import torch
+    import zarr
     from torch.utils.flop_counter import FlopCounterMode
 
     import wsi_pipeline.infer as infer_mod
@@ -240,13 +243,16 @@ def wsi_worker(region: Path, out: Path, threads: int, precision: str) -> dict:
 
     torch.set_num_threads(threads)
     t_import = time.perf_counter() - t_import
-    stats = {"model_s": 0.0, "runs": 0, "batches": 0, "shape": None}
+    stats = {"model_s": 0.0, "runs": 0, "batches": 0, "shape": None, "first_batch_s": None}
     inner = infer_mod.predict_batch_compact
 
     def timed(net, batch, *args, **kwargs):  # noqa: ANN001, ANN202 - a transparent wrapper
         t0 = time.perf_counter()
         res = inner(net, batch, *args, **kwargs)
-        stats["model_s"] += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        stats["model_s"] += dt
+        if stats["first_batch_s"] is None:  # includes OpenVINO's compile / oneDNN's warm-up
+            stats["first_batch_s"], stats["first_batch_runs"] = dt, int(batch.shape[0])
         stats["runs"] += int(batch.shape[0])
         stats["batches"] += 1
         stats["shape"] = list(batch.shape[1:3])
@@ -254,10 +260,10 @@ def wsi_worker(region: Path, out: Path, threads: int, precision: str) -> dict:
 
     infer_mod.predict_batch_compact = timed
     args = ["run", str(region), "-o", str(out), "--device", "cpu"]
-    cfg = None
-    if precision != "auto":
+    infer_keys = {"precision": precision if precision != "auto" else None, "backend": backend}
+    if any(infer_keys.values()):
         cfg = out.parent / "wsi_config.yaml"
-        cfg.write_text(f"infer:\n  precision: {precision}\n")
+        cfg.write_text("infer:\n" + "".join(f"  {k}: {v}\n" for k, v in infer_keys.items() if v))
         args += ["--config", str(cfg)]
     t0 = time.perf_counter()
     try:
@@ -279,10 +285,15 @@ def wsi_worker(region: Path, out: Path, threads: int, precision: str) -> dict:
     with torch.inference_mode(), FlopCounterMode(display=False) as fc:
         model.net.eval()(torch.rand(1, 3, *side))
     amp = autocast_dtype(resolve_device("cpu"), precision)
+    ran = {"backend": "torch", "precision": "fp32" if amp is None else str(amp).removeprefix("torch.")}
+    for maps in out.glob("*/maps.zarr"):  # what the engine recorded it ran (newer versions)
+        ran.update(zarr.open_group(str(maps), mode="r").attrs.get("backend") or {})
     return {
         "tool": "wsi-pipeline run", "torch": torch.__version__, "threads": threads,
-        "precision": f"{precision} -> {'fp32' if amp is None else str(amp).removeprefix('torch.')}",
+        "precision": f"{precision} -> {ran['precision']}", "backend": ran["backend"],
+        "backend_version": ran.get("version", torch.__version__),
         "import_s": t_import, "end_to_end_s": end_to_end, "model_s": stats["model_s"],
+        "first_batch_s": stats["first_batch_s"], "first_batch_runs": stats.get("first_batch_runs"),
         "stages_s": {s: row.get(f"{s}_s") for s in ("infer", "postproc", "export")},
         "tiles": row["n_tiles"], "runs": stats["runs"], "tile_px": side, "nuclei": row["n_nuclei"],
         "tissue_mm2": row["tissue_mm2"], "slide_mpp": row["mpp"], "model_mpp": model.mpp,
@@ -472,16 +483,20 @@ def report(res: dict) -> str:
         "",
         f"{'':<44} {'wsi-pipeline':>18} {'TIAToolbox':>18}",
         f"{'torch':<44} {w['torch']:>18} {t['torch']:>18}",
+        f"{'back end':<44} {w.get('backend', 'torch'):>18} {'torch':>18}",
         f"{'precision':<44} {w['precision']:>18} {'fp32':>18}",
         f"{'end to end s (entry point call to return)':<44} {w['end_to_end_s']:>18.1f} "
         f"{t['end_to_end_s']:>18.1f}",
         f"{'process wall s (with imports, FLOP count)':<44} {w['process_s']:>18.1f} {t['process_s']:>18.1f}",
         f"{'model s (forward passes)':<44} {w['model_s']:>18.1f} {t['model_s']:>18.1f}",
+        f"{'first batch s (wsi) / probe call s (TIA)':<44} {w.get('first_batch_s') or 0:>18.1f} "
+        f"{t['probe_call_s'] or 0:>18.1f}",
         f"{'tiles / patches run':<44} {w['runs']:>18} {t['runs']:>18}",
         f"{'input px per tile / patch':<44} {'x'.join(map(str, w['tile_px'])):>18} "
         f"{'x'.join(map(str, t['patch_px'])):>18}",
         f"{'model ms per tile / patch':<44} {1e3 * w['model_s'] / max(w['runs'], 1):>18.1f} "
         f"{1e3 * t['model_s'] / max(t['runs'], 1):>18.1f}",
+        f"{'  the same after the first batch':<44} {_after_first(w):>18} {_after_first(t):>18}",
         f"{'GFLOP per tile / patch (forward)':<44} {w['flops_per_run'] / 1e9:>18.2f} "
         f"{t['flops_per_run'] / 1e9:>18.2f}",
         f"{'nuclei':<44} {w['nuclei']:>18} {t['nuclei']:>18}",
@@ -515,6 +530,17 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _after_first(r: dict) -> str:
+    """Model ms per tile without the first batch (OpenVINO compiles there); TIAToolbox's probe
+    call is outside its model time already."""
+    if "probe_call_s" in r:
+        return f"{1e3 * r['model_s'] / max(r['runs'], 1):.1f}"
+    n = r["runs"] - (r.get("first_batch_runs") or 0)
+    if not r.get("first_batch_s") or n <= 0:
+        return "n/a"
+    return f"{1e3 * (r['model_s'] - r['first_batch_s']) / n:.1f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tia-python", default="/work/tiavenv/bin/python",
@@ -526,6 +552,8 @@ def main() -> None:
                     help="torch threads for each tool (default: all cores)")
     ap.add_argument("--wsi-precision", default="auto", choices=("auto", "fp32", "bf16"),
                     help="wsi-pipeline's infer.precision (default auto, its default setting)")
+    ap.add_argument("--wsi-backend", default=None, choices=("auto", "torch", "openvino"),
+                    help="wsi-pipeline's infer.backend (default: its default setting)")
     ap.add_argument("--seed", type=int, default=0, help="seed of HoVer-Net's random weights")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -539,7 +567,7 @@ def main() -> None:
         return
     if args.wsi_worker:
         region, out = map(Path, args.wsi_worker)
-        print(json.dumps(wsi_worker(region, out, args.threads, args.wsi_precision)))
+        print(json.dumps(wsi_worker(region, out, args.threads, args.wsi_precision, args.wsi_backend)))
         return
     if args.tia_worker:
         region, out, red = args.tia_worker
@@ -555,7 +583,8 @@ def main() -> None:
     common = ["--threads", str(args.threads), "--seed", str(args.seed)]
     res = {"cpu": cpu_info(), "threads": args.threads, "region": region, "python": sys.version.split()[0]}
     print("(a) wsi-pipeline run ...", flush=True)
-    wsi, wall = _subprocess(sys.executable, [*common, "--wsi-precision", args.wsi_precision,
+    backend = ["--wsi-backend", args.wsi_backend] if args.wsi_backend else []
+    wsi, wall = _subprocess(sys.executable, [*common, "--wsi-precision", args.wsi_precision, *backend,
                                              "--wsi-worker", region["path"], str(work / "wsi_out")],
                             args.threads)
     res["wsi"] = {**wsi, "process_s": wall}
