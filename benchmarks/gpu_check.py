@@ -86,6 +86,9 @@ def where_time_goes(res: dict) -> list[str]:
                 "zarr writer": s.get("write", 0.0) / wall}
         lines.append("inference stage (after tissue detection): " + ", ".join(
             f"{k} busy {100 * v:.0f} %" for k, v in busy.items()))
+        if s.get("first_batch") and s.get("model"):
+            lines.append(f"first batch {s['first_batch']:.1f} s of the model's {s['model']:.1f} s "
+                         "(compilation / warm-up)")
         top = max(busy, key=busy.get)
         lines.append(f"bound by: {top}" + (
             " (more reader_threads or faster decoding would help)" if top == "tile readers" else
@@ -143,8 +146,23 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, cfg: dict) -> dic
     sampler.start()
     model = load_checkpoint(checkpoint, map_location=str(device))
     icfg = InferConfig(device=cfg["device"], batch_size=cfg["batch_size"],
-                       reader_threads=cfg["reader_threads"], precision=cfg["precision"])
+                       reader_threads=cfg["reader_threads"], precision=cfg["precision"],
+                       **({"backend": cfg["backend"]} if cfg.get("backend") else {}))
     slide_dir = out_dir / f"{slide_path.stem}_b{cfg['batch_size']}_r{cfg['reader_threads']}"
+    import wsi_pipeline.infer as infer_mod
+
+    first: dict[str, float] = {}
+    inner = infer_mod.predict_batch_compact
+
+    def timed(*a, **k):  # noqa: ANN002, ANN003, ANN202 - the first batch apart (compile, warm-up)
+        if first:
+            return inner(*a, **k)
+        t = time.perf_counter()
+        res = inner(*a, **k)
+        first["s"] = time.perf_counter() - t
+        return res
+
+    infer_mod.predict_batch_compact = timed
     stamps: dict[str, list[float]] = {}
     sampler.stage = "infer"
     stamps["infer"] = [time.time()]
@@ -152,8 +170,12 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, cfg: dict) -> dic
     with open_slide(slide_path) as slide:
         inf = infer_slide(slide, slide_dir, icfg, model, progress=False)
     seconds = {**{k: round(v, 2) for k, v in inf.timings.items()},
-               "infer_wall": round(time.perf_counter() - t0, 2)}
+               "infer_wall": round(time.perf_counter() - t0, 2), "first_batch": round(first.get("s", 0), 2)}
+    infer_mod.predict_batch_compact = inner
     stamps["infer"].append(time.time())
+    import zarr
+
+    ran = zarr.open_group(str(inf.maps), mode="r").attrs.get("backend") or {}  # what the engine ran
     n_nuclei = None
     if cfg["stages"] == "all":
         sampler.stage = "postproc"
@@ -180,7 +202,8 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, cfg: dict) -> dic
     return {
         **{k: cfg[k] for k in ("batch_size", "reader_threads", "stages", "threads")},
         "device": str(device), "precision": f"{cfg['precision']} -> "
-        f"{'fp32' if amp is None else str(amp).removeprefix('torch.')}",
+        f"{ran.get('precision') or ('fp32' if amp is None else str(amp).removeprefix('torch.'))}",
+        "backend": ran.get("backend", "torch"), "backend_version": ran.get("version"),
         "torch": torch.__version__, "cuda": torch.version.cuda, "gpu": gpu,
         "tissue_mm2": inf.tissue_mm2, "n_tiles": inf.n_tiles, "n_runs": inf.n_runs,
         "n_nuclei": n_nuclei, "seconds": seconds, "stamps": stamps,
@@ -240,6 +263,8 @@ def main() -> None:
     ap.add_argument("--mpp", type=float, default=0.499)
     ap.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="default cuda")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    ap.add_argument("--backend", default=None, choices=("auto", "torch", "openvino"),
+                    help="infer.backend (default: the engine's; auto = PyTorch on CUDA)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                     help="first: end to end; others: inference only (default 16 64)")
     ap.add_argument("--reader-threads", type=int, nargs="+", default=None,
@@ -305,7 +330,8 @@ def main() -> None:
     runs = []
     try:
         for run in sweep(args.batch_sizes, args.reader_threads):
-            cfg = {**run, "device": args.device, "precision": args.precision, "threads": threads,
+            cfg = {**run, "device": args.device, "precision": args.precision, "backend": args.backend,
+                   "threads": threads,
                    "postproc_workers": args.postproc_workers or cores, "keep_outputs": args.keep_outputs}
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
             t0 = time.perf_counter()
@@ -372,7 +398,8 @@ def _smi_info() -> str | None:
 
 def _print_run(r: dict) -> None:
     s = r["seconds_per_mm2"]
-    print(f"\nbatch {r['batch_size']}, {r['reader_threads']} readers, {r['device']}, {r['precision']}, "
+    print(f"\nbatch {r['batch_size']}, {r['reader_threads']} readers, {r['device']}, {r['backend']}, "
+          f"{r['precision']}, "
           f"{r['stages']}: {r['tissue_mm2']:.2f} mm² tissue, {r['n_tiles']} tiles, "
           f"{r['n_nuclei'] if r['n_nuclei'] is not None else '-'} nuclei, peak RSS {r['peak_rss_mb']} MB")
     print("  s/mm²: " + ", ".join(f"{k} {v:.2f}" for k, v in s.items())
