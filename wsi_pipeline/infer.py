@@ -255,7 +255,7 @@ _PREPARED: dict[tuple, torch.nn.Module] = {}  # one entry: the last network prep
 _PREPARED_LOCK = threading.Lock()
 
 
-def _prepared(model: LoadedModel, device: torch.device, cfg: InferConfig) -> torch.nn.Module:
+def prepared_network(model: LoadedModel, device: torch.device, cfg: InferConfig) -> torch.nn.Module:
     """`prepare_model` once per model and settings in a process, not once per slide: compiling
     for OpenVINO takes seconds, and a cohort worker keeps its model for every slide it runs."""
     key = (id(model), model.sha256, str(device), cfg.precision, cfg.backend, torch.get_num_threads())
@@ -329,7 +329,7 @@ def _run_pipeline(slide: Slide, group: zarr.Group, geo: _Geometry, cfg: InferCon
                   on_tiles: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Read (and stain-normalise, counted as reading) -> model -> write, overlapped."""
     device = resolve_device(cfg.device)
-    net = _prepared(model, device, cfg)
+    net = prepared_network(model, device, cfg)
     plan = geo.plan
     writer = _ChunkWriter(group, geo, model.config.n_types)
     read_seconds = [0.0]

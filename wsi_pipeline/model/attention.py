@@ -78,10 +78,9 @@ class MultiTaskCorrelationAttention(nn.Module):
         return shared.repeat(len(BRANCHES), 1, 1, 1)
 
     def forward(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        batch = feats[BRANCHES[0]].shape[0]
         for _ in range(self.recurrence):
             x = torch.cat([feats[b] for b in BRANCHES], dim=0)
             context = self._context(feats)
             out = x + self.gamma * criss_cross(self.query(x), self.key(context), self.value(context))
-            feats = dict(zip(BRANCHES, out.split(batch, dim=0), strict=True))
+            feats = dict(zip(BRANCHES, out.chunk(len(BRANCHES), dim=0), strict=True))
         return feats

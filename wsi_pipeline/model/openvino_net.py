@@ -9,8 +9,8 @@ convolutions and picks AMX/AVX-512 bf16 or AVX2 kernels for the CPU it runs on. 
 
 `OpenVINONet` is an `nn.Module` standing in for the network inside `model.predict`, so batching,
 flip TTA, the output activations and the storage quantisation stay the one PyTorch code path.
-The network (BatchNorm folded first, `model.fold`) is traced and compiled per input shape on
-first use and kept, and a batch smaller than the largest compiled one for its
+The network (BatchNorm folded first, `model.fold`) is converted once and compiled per input shape
+on first use and kept, and a batch smaller than the largest compiled one for its
 tile size is zero-padded up to it (the last batch of a slide), so a slide compiles once.
 """
 
@@ -52,14 +52,23 @@ class OpenVINONet(nn.Module):
         super().__init__()
         import openvino as ov
 
-        self._net = fold_batchnorm(net).float()
-        self._ov = ov
+        t0 = time.perf_counter()
+        # Traced once on a small input (tracing runs the network; a full batch costs seconds
+        # more) with every dimension but the channels left free, then reshaped per input shape.
+        # (The caller may be under autocast, which must not reach the trace.)
+        with torch.no_grad(), torch.autocast("cpu", enabled=False), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)  # its TorchScript tracing
+            self._model = ov.convert_model(fold_batchnorm(net).float(),
+                                           example_input=torch.rand(1, 3, 64, 64))
+        self._model.reshape({self._model.inputs[0]: ov.PartialShape([-1, 3, -1, -1])})
         self._core = ov.Core()
         self._config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads),
                         "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
         self._compiled: dict[tuple[int, int, int], object] = {}
         self.precision = precision
         self.version = ov.get_version()
+        log.info("OpenVINO %s: network converted in %.1f s", self.version, time.perf_counter() - t0)
 
     @property
     def compiled_shapes(self) -> list[tuple[int, int, int]]:
@@ -73,12 +82,8 @@ class OpenVINONet(nn.Module):
             size = min(sizes)
             return self._compiled[(size, height, width)], size
         t0 = time.perf_counter()
-        # traced per shape: the attention splits its stacked branches by the batch size
-        # (the caller may be under autocast, which must not reach the trace)
-        with torch.no_grad(), torch.autocast("cpu", enabled=False), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)  # its TorchScript tracing
-            model = self._ov.convert_model(self._net, example_input=torch.rand(batch, 3, height, width))
+        model = self._model.clone()
+        model.reshape({model.inputs[0]: [batch, 3, height, width]})
         request = self._core.compile_model(model, "CPU", self._config).create_infer_request()
         self._compiled[(batch, height, width)] = request
         log.info("OpenVINO %s: network compiled for %d x 3 x %d x %d in %.1f s (precision %s)",
