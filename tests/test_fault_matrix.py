@@ -936,13 +936,13 @@ def test_a_full_disk_on_a_cluster_starts_no_other_slide(cohort, clean, tmp_path,
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 8 MB tmpfs (the whole two-slide run takes about 7 MB); skipped where this
+    """A real 12 MB tmpfs (the whole two-slide run takes about 9 MB); skipped where this
     process may not mount one (not root, or no CAP_SYS_ADMIN in a container)."""
     disk = tmp_path / "disk"
     disk.mkdir()
     if shutil.which("mount") is None:
         pytest.skip("no mount command")
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)],
                          capture_output=True, text=True, check=False)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {(res.stderr or res.stdout).strip()}")

@@ -159,7 +159,7 @@ def _create_maps(path: Path, geo: _Geometry, cfg: InferConfig, model: LoadedMode
 
     def create(name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, shuffle: str,
                fill: object) -> None:
-        codec = BloscCodec(cname="zstd", clevel=cfg.compression_level, shuffle=shuffle)
+        codec = BloscCodec(cname=cfg.compressor, clevel=cfg.compression_level, shuffle=shuffle)
         group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
                            compressors=[codec])
 
@@ -173,7 +173,7 @@ def _create_maps(path: Path, geo: _Geometry, cfg: InferConfig, model: LoadedMode
 def _write_tissue(group: zarr.Group, mask: np.ndarray, mpp: float, cfg: InferConfig) -> None:
     """The tissue mask that chose the tiles (dilated, at `tissue_mpp`), kept with the maps so
     later stages and viewers need not re-detect it or trust tissue.png to still match."""
-    codec = BloscCodec(cname="zstd", clevel=cfg.compression_level, shuffle="noshuffle")
+    codec = BloscCodec(cname=cfg.compressor, clevel=cfg.compression_level, shuffle="noshuffle")
     side = max(1, min(cfg.chunk_size, max(mask.shape)))
     array = group.create_array(ARRAY_TISSUE, data=np.ascontiguousarray(mask, dtype=bool),
                                chunks=(side, side), compressors=[codec])
