@@ -52,7 +52,7 @@ QUPATH_EOSIN: tuple[float, float, float] = (0.2159, 0.8012, 0.5581)
 QUPATH_BACKGROUND: tuple[float, float, float] = (255.0, 255.0, 255.0)
 
 
-def _unit(v: Sequence[float], what: str) -> np.ndarray:
+def _unit(v: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
     a = np.asarray(v, dtype=np.float64).reshape(-1)
     if a.shape != (3,) or not np.all(np.isfinite(a)):
         raise ValueError(f"{what}: a stain vector is three finite numbers (R, G, B OD), got {v!r}")

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,6 @@ from wsi_pipeline.qc_sheet import SlideGeometry, render_qc_sheet
 from wsi_pipeline.table_meta import slide_attributes, table_provenance
 
 log = logging.getLogger(__name__)
-
 
 
 def _stage_timings(slide_dir: Path) -> dict[str, float]:
@@ -94,6 +94,25 @@ def _type_stats(parquet_path: Path, batch_rows: int, qc: QCStats | None = None
     return counts, areas
 
 
+@dataclass(frozen=True)
+class _TypeSummary:
+    """What the table says per type: the nucleus count, per-type figures and the QC report."""
+
+    n_total: int
+    per_type: dict[str, dict]
+    qc: dict
+
+
+@dataclass
+class _Written:
+    """What the picture and GeoJSON steps wrote: for summary.json."""
+
+    overlay_mpp: float
+    qc_sheet: dict | None
+    outputs: list[str]
+    timings: dict[str, float]
+
+
 def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
     """Write summary.json, overlay.png and, if configured, nuclei.geojson.gz; return the summary."""
     t0 = time.perf_counter()
@@ -105,6 +124,23 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
     class_colors = list(attrs["class_colors"])
     tissue_mm2 = _tissue_mm2(slide_dir, attrs)
 
+    types = _summarize_types(slide_dir, parquet_path, class_names, tissue_mm2, cfg)
+    timings = _stage_timings(slide_dir)
+    written = _write_pictures(slide_dir, attrs, class_names, class_colors, tissue_mm2, cfg)
+    if cfg.geojson:
+        _write_geojson(slide_dir, attrs, class_names, class_colors, cfg, written)
+    timings["export"] = time.perf_counter() - t0
+
+    summary = _summary(slide_dir, cfg, attrs, table_prov, tissue_mm2, types, timings, written)
+    write_text_atomic(slide_dir / SUMMARY, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    log.info("exported %s: %d nuclei, %.2f mm² tissue", slide_dir.name, types.n_total, tissue_mm2)
+    return summary
+
+
+def _summarize_types(slide_dir: Path, parquet_path: Path, class_names: list[str], tissue_mm2: float,
+                     cfg: ExportConfig) -> _TypeSummary:
+    """Counts, densities and mean areas per type and the QC report, from one column scan; QC
+    flags are logged."""
     qc_stats = QCStats(low_type_prob=cfg.qc.low_type_prob)
     counts, areas = _type_stats(parquet_path, cfg.batch_rows, qc_stats)
     n_total = sum(counts.values())
@@ -119,8 +155,13 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
         }
         for name in class_names[1:]
     }
+    return _TypeSummary(n_total, per_type, qc)
 
-    timings = _stage_timings(slide_dir)
+
+def _write_pictures(slide_dir: Path, attrs: dict, class_names: list[str], class_colors: list[str],
+                    tissue_mm2: float, cfg: ExportConfig) -> _Written:
+    """overlay.png, then (if enabled) the QC sheet in qc/, each timed."""
+    parquet_path = slide_dir / NUCLEI
     outputs = [NUCLEI, OVERLAY, SUMMARY]
     t_overlay = time.perf_counter()
     overlay_mpp = render_overlay(
@@ -155,40 +196,48 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
         )
         export_timings["qc_sheet"] = time.perf_counter() - t_sheet
         outputs.insert(-1, QC_DIR)
-    if cfg.geojson:
-        t_geo = time.perf_counter()
-        write_geojson(
-            parquet_path,
-            slide_dir / GEOJSON,
-            class_names,
-            class_colors,
-            decimals=cfg.geojson_decimals,
-            batch_rows=cfg.batch_rows,
-            cell_expansion_px=(cfg.cell_expansion_um / float(attrs["slide_mpp"])
-                               if cfg.geojson_cells else None),
-        )
-        export_timings["geojson"] = time.perf_counter() - t_geo
-        outputs.insert(1, GEOJSON)
-    timings["export"] = time.perf_counter() - t0
+    return _Written(overlay_mpp, qc_sheet, outputs, export_timings)
 
-    summary = {
+
+def _write_geojson(slide_dir: Path, attrs: dict, class_names: list[str], class_colors: list[str],
+                   cfg: ExportConfig, written: _Written) -> None:
+    """nuclei.geojson.gz (cell outlines too if configured), timed and listed in `written`."""
+    t_geo = time.perf_counter()
+    write_geojson(
+        slide_dir / NUCLEI,
+        slide_dir / GEOJSON,
+        class_names,
+        class_colors,
+        decimals=cfg.geojson_decimals,
+        batch_rows=cfg.batch_rows,
+        cell_expansion_px=(cfg.cell_expansion_um / float(attrs["slide_mpp"])
+                           if cfg.geojson_cells else None),
+    )
+    written.timings["geojson"] = time.perf_counter() - t_geo
+    written.outputs.insert(1, GEOJSON)
+
+
+def _summary(slide_dir: Path, cfg: ExportConfig, attrs: dict, table_prov: dict, tissue_mm2: float,
+             types: _TypeSummary, timings: dict[str, float], written: _Written) -> dict:
+    """summary.json's content: figures, QC, timings, what was written and where it came from."""
+    return {
         "slide": slide_dir.name,
         "status": "ok" if tissue_mm2 > 0 else "no_tissue",
         "tissue_mm2": tissue_mm2,
-        "n_nuclei": n_total,
-        "nuclei_per_mm2": n_total / tissue_mm2 if tissue_mm2 > 0 else None,
-        "qc": qc,
-        "per_type": per_type,
+        "n_nuclei": types.n_total,
+        "nuclei_per_mm2": types.n_total / tissue_mm2 if tissue_mm2 > 0 else None,
+        "qc": types.qc,
+        "per_type": types.per_type,
         "timings_s": timings,
-        "export_timings_s": export_timings,
+        "export_timings_s": written.timings,
         "slide_mpp": attrs.get("slide_mpp"),
         "slide_mpp_source": attrs.get("slide_mpp_source"),
         "model_mpp": attrs.get("mpp"),
         "level0_size": attrs.get("level0_size"),
-        "overlay_mpp": overlay_mpp,
+        "overlay_mpp": written.overlay_mpp,
         "tissue": {"holes": _tissue_json(slide_dir).get("holes")},
-        "qc_sheet": qc_sheet,
-        "outputs": outputs,
+        "qc_sheet": written.qc_sheet,
+        "outputs": written.outputs,
         "provenance": {
             "model_sha256": attrs.get("model_sha256"),
             "wsi_pipeline_version": __version__,
@@ -203,6 +252,3 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
             },
         },
     }
-    write_text_atomic(slide_dir / SUMMARY, json.dumps(summary, indent=2, sort_keys=False) + "\n")
-    log.info("exported %s: %d nuclei, %.2f mm² tissue", slide_dir.name, n_total, tissue_mm2)
-    return summary

@@ -31,6 +31,7 @@ import math
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -255,7 +256,7 @@ def qupath_problems(path: Path, max_problems: int = 20) -> list[str]:
 
     if doc.get("type") != "FeatureCollection" or not isinstance(doc.get("features"), list):
         return ["not a FeatureCollection with a list of features"]
-    seen: set[str] = set()
+    seen: set[Any] = set()  # feature ids as found (any JSON value; checked above)
     for i, feat in enumerate(doc["features"]):
         if len(problems) >= max_problems:
             break

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 TISSUE_OUTLINE_RGB = (20, 20, 20)
 
 
-def _background(slide_path: str | None, slide_mpp: float, thumb_mpp: float, size_wh) -> np.ndarray:
+def _background(slide_path: str | None, slide_mpp: float, thumb_mpp: float,
+                size_wh: tuple[int, int]) -> np.ndarray:
     """The slide at `thumb_mpp` when its file can still be read; white otherwise."""
     w, h = size_wh
     if slide_path and Path(slide_path).is_file():
@@ -40,7 +41,7 @@ def _background(slide_path: str | None, slide_mpp: float, thumb_mpp: float, size
     return np.full((h, w, 3), 255, dtype=np.uint8)
 
 
-def _tissue_outline(tissue_png: Path, size_wh) -> np.ndarray | None:
+def _tissue_outline(tissue_png: Path, size_wh: tuple[int, int]) -> np.ndarray | None:
     """Boolean (h, w) ring around the tissue mask, resized to the overlay."""
     if not tissue_png.is_file():
         return None

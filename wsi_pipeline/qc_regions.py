@@ -132,8 +132,8 @@ class RegionGrid(_Grid):
         inside[: last_r + 1, : last_c + 1] = True
         return inside
 
-    def _region(self, kind: str, r: int, c: int, n: np.ndarray, prob: np.ndarray,
-                tissue: np.ndarray) -> Region:
+    def _region(self, kind: str, r: int | np.integer, c: int | np.integer, n: np.ndarray,
+                prob: np.ndarray, tissue: np.ndarray) -> Region:
         count = int(n[r, c])
         return Region(kind=kind, x0=round(c * self.bin_px), y0=round(r * self.bin_px),
                       size=self.window, n_nuclei=count,
@@ -156,7 +156,7 @@ class RegionGrid(_Grid):
         free = candidates.copy()
         chosen: list[Region] = []
 
-        def take(kind: str, r: int, c: int) -> None:
+        def take(kind: str, r: int | np.integer, c: int | np.integer) -> None:
             chosen.append(self._region(kind, r, c, n, prob, tissue))
             free[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2] = False  # windows overlapping it
 

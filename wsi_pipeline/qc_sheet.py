@@ -184,7 +184,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def _compose(heatmap: bytes, pairs: list[tuple[np.ndarray, np.ndarray]], labels: list[list[str]],
-             header: list[str], legend: list[tuple[str, tuple[int, int, int]]]) -> Image.Image:
+             header: list[str], legend: list[tuple[str, tuple[int, ...]]]) -> Image.Image:
     """One page: header and type legend, heat map, then the crop pairs two to a row, each under
     its label lines."""
     font, small = _font(17), _font(14)

@@ -29,14 +29,14 @@ def resize_rgb(
     box = box or (0.0, 0.0, float(w), float(h))
     enlarging = (box[2] - box[0]) < size_wh[0]
     resample = Image.Resampling.BICUBIC if enlarging else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(image).resize(tuple(size_wh), resample, box=box))
+    return np.asarray(Image.fromarray(image).resize((size_wh[0], size_wh[1]), resample, box=box))
 
 
 def resize_labels(labels: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resampling of an integer label map onto a `size_wh` grid spanning the
     same extent (pixel centres map as in `resize_rgb`)."""
     out = Image.fromarray(np.ascontiguousarray(labels, dtype=np.int32)).resize(
-        tuple(size_wh), Image.Resampling.NEAREST
+        (size_wh[0], size_wh[1]), Image.Resampling.NEAREST
     )
     return np.asarray(out, dtype=np.int32)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -55,7 +55,7 @@ def _stained(od: np.ndarray, od_threshold: float) -> np.ndarray:
     return od[(od > od_threshold).all(axis=1)]
 
 
-def _as_json(obj: object) -> dict:
+def _as_json(obj: Any) -> dict:
     """A dataclass of arrays and floats as JSON-able lists and floats (exact for float64)."""
     return {f.name: np.asarray(v).tolist() if isinstance(v := getattr(obj, f.name), np.ndarray)
             else float(v) for f in fields(obj)}
@@ -89,6 +89,10 @@ class _SourceNormalizer:
     the meta names the method beside the fitted target."""
 
     method: ClassVar[str]
+
+    if TYPE_CHECKING:  # what each subclass defines, for the shared methods below
+        def source_stats(self, pixels: np.ndarray) -> Any: ...
+        def apply(self, image: np.ndarray, stats: Any) -> np.ndarray: ...
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """`image` normalised with its own statistics; unchanged where it shows too little tissue."""
@@ -192,7 +196,10 @@ class ReinhardNormalizer(_SourceNormalizer):
         return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-Normalizer = MacenkoNormalizer | ReinhardNormalizer
+# A MacenkoNormalizer or a ReinhardNormalizer. Their base rather than the union: with the union a
+# type checker pairs either class's `apply` with either's statistics and rejects
+# `n.apply(image, n.source_stats(image))`.
+Normalizer = _SourceNormalizer
 
 
 def build_normalizer(cfg: StainNormConfig) -> Normalizer | None:

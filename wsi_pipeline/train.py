@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -177,11 +178,11 @@ def _set_encoders_trainable(net: MultiTaskNet, trainable: bool) -> None:
             p.requires_grad_(trainable)
 
 
-def _init_weights(net: MultiTaskNet, cfg: TrainConfig, class_names: tuple[str, ...],
+def _init_weights(net: MultiTaskNet, init_from: Path, cfg: TrainConfig, class_names: tuple[str, ...],
                   device: torch.device) -> dict:
-    """Copy weights from `cfg.init_from`; a different architecture or class list would make the
-    copied heads mean something else, so both must match exactly."""
-    src = load_checkpoint(cfg.init_from, map_location=device)
+    """Copy weights from `init_from` (`cfg.init_from`); a different architecture or class list
+    would make the copied heads mean something else, so both must match exactly."""
+    src = load_checkpoint(init_from, map_location=device)
     if src.config != cfg.model:
         raise CheckpointError(
             f"{cfg.init_from}: model {src.config.model_dump()} differs from the configured "
@@ -203,7 +204,8 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
     return out
 
 
-def _validate(net, loader, device, amp, cw, cfg, samples: list[Sample]) -> dict[str, float]:
+def _validate(net: torch.nn.Module, loader: DataLoader, device: torch.device, amp: torch.dtype | None,
+              cw: torch.Tensor, cfg: TrainConfig, samples: list[Sample]) -> dict[str, float]:
     """Validation loss terms (on centre crops), plus the scores users care about (PQ, mPQ, F_d,
     F_c per type) on whole images of any size from the full prediction path: tiled network ->
     two-step watershed (with `cfg.postproc`) -> instance metrics."""
@@ -239,13 +241,15 @@ def _train_sampler(cfg: TrainConfig, train: list[Sample], cost: np.ndarray,
     boost = rare_class_boost(train, cost.max(axis=1), strength)  # row max of W = w_c
     weights = draw_weights(train, {d.name: d.weight for d in cfg.data.datasets}, boost)
     n = cfg.sampling.samples_per_epoch or len(train)
-    shares = {}
+    shares: dict[str, float] = {}
     for s, p in zip(train, weights, strict=True):
         shares[s.meta.get(DATASET_KEY, "")] = shares.get(s.meta.get(DATASET_KEY, ""), 0.0) + p
     log.info("drawing %d crops per epoch; dataset shares %s; rare-class boost %.2f..%.2f",
              n, {k: round(v, 3) for k, v in shares.items()}, boost.min(), boost.max())
-    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), n,
-                                 replacement=True, generator=gen)
+    # torch's stubs want a Sequence[float]; the sampler itself calls torch.as_tensor(weights,
+    # dtype=torch.double), so the tensor passes through unchanged.
+    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double),  # type: ignore[arg-type]
+                                 n, replacement=True, generator=gen)
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:
@@ -289,6 +293,37 @@ def _plot_curves(run_dir: Path, history: list[dict]) -> None:
         plt.close(fig)
 
 
+@dataclass
+class _Data:
+    """The (stain-normalised) training and validation samples and what follows from them."""
+
+    train: list[Sample]
+    val: list[Sample]
+    class_names: tuple[str, ...]
+    typed: bool  # a mix with typed and untyped sets: untyped ones do not train the type head
+    stain_meta: dict | None
+
+
+@dataclass
+class _Model:
+    """The network and what trains it."""
+
+    net: MultiTaskNet
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+
+
+@dataclass
+class _Progress:
+    """Where the run stands: the next epoch, the history so far, (best score, its epoch) and
+    where the weights came from (last.pt's record on resume, `cfg.init_from`, or None)."""
+
+    start_epoch: int
+    history: list[dict]
+    best: tuple
+    init_info: dict | None
+
+
 def train(
     cfg: TrainConfig,
     *,
@@ -298,8 +333,6 @@ def train(
 ) -> TrainResult:
     """Train (or continue training) into `cfg.out_dir`; `samples` = (train, val) replaces reading
     cfg.data.root (cfg.data.stain still applies to them)."""
-    from tqdm import tqdm
-
     run_dir = Path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -308,6 +341,41 @@ def train(
     amp = autocast_dtype(device) if cfg.amp else None
     torch.manual_seed(cfg.seed)
 
+    data = _prepare_data(cfg, samples)
+    w, cost_info = cost_matrix(cfg, data.train)
+    log.info("cost matrix (%s):\n%s", cost_info.get("formula", cost_info["source"]), np.round(w, 3))
+    cw = torch.as_tensor(w, dtype=torch.float32, device=device)
+    model = _build_model(cfg, device)
+    last_path = run_dir / "last.pt"
+    state = _resume_or_init(cfg, model, last_path if resume else None, data.class_names, device)
+    train_ds, train_loader, val_loader, gen = _make_loaders(cfg, data, w, device)
+    log.info("training on %d patches, validating on %d (groups never shared); device %s, amp %s",
+             len(data.train), len(data.val), device, amp)
+
+    for epoch in range(state.start_epoch, cfg.epochs):
+        t0 = time.time()
+        train_ds.set_epoch(epoch)
+        gen.manual_seed(cfg.seed * 100003 + epoch)
+        row = _run_epoch(cfg, model, train_loader, epoch, device, amp, cw, progress)
+        if val_loader is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+            row.update(_validate(model.net, val_loader, device, amp, cw, cfg, data.val))
+        model.sched.step()
+        row["seconds"] = time.time() - t0
+        state.history.append(row)
+        meta = {"train_config": cfg.model_dump(mode="json"), "cost_matrix": w.tolist(),
+                "cost_info": cost_info, "epoch": epoch + 1, "metrics": row,
+                "device": str(device), "amp": str(amp), "init_from": state.init_info,
+                "stain": data.stain_meta}
+        _save_checkpoints(cfg, run_dir, model, state, epoch, data.class_names, meta)
+        _write_history(run_dir, state.history)
+        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
+    best_score, best_epoch = state.best
+    return TrainResult(run_dir, len(state.history), int(best_epoch), float(best_score), state.history)
+
+
+def _prepare_data(cfg: TrainConfig, samples: tuple[list[Sample], list[Sample]] | None) -> _Data:
+    """Read (or take) the train/val split, check its pixel size, stain-normalise it and find the
+    class names, which must number `cfg.model.n_types`."""
     train_samples, val_samples = samples if samples is not None else load_samples(cfg)
     check_mpp(train_samples + val_samples, cfg.mpp)
     train_samples, val_samples, stain_meta = normalize_stain(cfg, train_samples, val_samples)
@@ -317,95 +385,104 @@ def train(
         raise ValueError(
             f"data has {len(class_names)} classes {class_names} but model.n_types={cfg.model.n_types}"
         )
-    w, cost_info = cost_matrix(cfg, train_samples)
-    log.info("cost matrix (%s):\n%s", cost_info.get("formula", cost_info["source"]), np.round(w, 3))
-    cw = torch.as_tensor(w, dtype=torch.float32, device=device)
+    return _Data(train_samples, val_samples, tuple(class_names), typed_names is not None, stain_meta)
 
+
+def _build_model(cfg: TrainConfig, device: torch.device) -> _Model:
+    """A freshly initialised network on `device` (from torch's seeded RNG), Adam and the schedule."""
     net = MultiTaskNet.from_config(cfg.model).to(device)
     if cfg.channels_last:
-        net = net.to(memory_format=torch.channels_last)
+        # torch's stubs lack Module.to's memory_format keyword, which torch accepts.
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: _lr_factor(cfg, e))
+    return _Model(net, opt, sched)
 
-    start_epoch, history, best = 0, [], (-math.inf, -1)
-    init_info = None
-    last_path = run_dir / "last.pt"
-    if resume and last_path.is_file():
+
+def _resume_or_init(cfg: TrainConfig, model: _Model, last_path: Path | None,
+                    class_names: tuple[str, ...], device: torch.device) -> _Progress:
+    """Continue from `last_path` where it exists (weights, optimizer, schedule, RNG, history,
+    best epoch); otherwise start at epoch 0, from `cfg.init_from`'s weights if set."""
+    if last_path is not None and last_path.is_file():
         state = torch.load(last_path, map_location=device, weights_only=True)
-        net.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["train_state"]["optimizer"])
-        sched.load_state_dict(state["train_state"]["scheduler"])
+        model.net.load_state_dict(state["state_dict"])
+        model.opt.load_state_dict(state["train_state"]["optimizer"])
+        model.sched.load_state_dict(state["train_state"]["scheduler"])
         torch.set_rng_state(state["train_state"]["rng"]["torch"])
         start_epoch = int(state["train_state"]["epoch"])
-        history = list(state["train_state"]["history"])
         best = tuple(state["train_state"]["best"])
         log.info("resumed from %s at epoch %d", last_path, start_epoch)
-        init_info = state["meta"].get("init_from")
+        resumed = _Progress(start_epoch, list(state["train_state"]["history"]), best,
+                            state["meta"].get("init_from"))
         _check_postproc(state["meta"].get("train_config", {}), cfg, best)
-    elif cfg.init_from is not None:
-        init_info = _init_weights(net, cfg, class_names, device)
+        return resumed
+    init_info = None
+    if cfg.init_from is not None:
+        init_info = _init_weights(model.net, cfg.init_from, cfg, class_names, device)
+    return _Progress(0, [], (-math.inf, -1), init_info)
 
-    ignore_untyped = typed_names is not None
-    train_ds = NucleusDataset(train_samples, Augmenter(cfg.augment), seed=cfg.seed,
+
+def _make_loaders(cfg: TrainConfig, data: _Data, cost: np.ndarray, device: torch.device
+                  ) -> tuple[NucleusDataset, DataLoader, DataLoader | None, torch.Generator]:
+    """The training dataset and loader (random crops, augmented, drawn from the returned
+    generator, reseeded each epoch) and the validation loader (centre crops; None without
+    validation samples)."""
+    train_ds = NucleusDataset(data.train, Augmenter(cfg.augment), seed=cfg.seed,
                               patch_size=cfg.patch_size, crop="random",
-                              ignore_untyped_nc=ignore_untyped)
-    val_ds = NucleusDataset(val_samples, None, patch_size=cfg.patch_size, crop="center",
-                            ignore_untyped_nc=ignore_untyped)
+                              ignore_untyped_nc=data.typed)
+    val_ds = NucleusDataset(data.val, None, patch_size=cfg.patch_size, crop="center",
+                            ignore_untyped_nc=data.typed)
     gen = torch.Generator()
     # Workers are NOT persistent: a persistent worker keeps the dataset copy it started with,
     # so set_epoch would never reach it and every epoch would repeat one augmentation.
-    loader_kw = {"num_workers": cfg.num_workers, "pin_memory": device.type == "cuda"}
-    sampler = _train_sampler(cfg, train_samples, w, gen)
+    loader_kw: dict[str, Any] = {"num_workers": cfg.num_workers, "pin_memory": device.type == "cuda"}
+    sampler = _train_sampler(cfg, data.train, cost, gen)
     train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                               drop_last=True, generator=gen, **loader_kw)
-    val_loader = DataLoader(val_ds, cfg.batch_size, shuffle=False, **loader_kw) if val_samples else None
-    log.info("training on %d patches, validating on %d (groups never shared); device %s, amp %s",
-             len(train_samples), len(val_samples), device, amp)
+    val_loader = DataLoader(val_ds, cfg.batch_size, shuffle=False, **loader_kw) if data.val else None
+    return train_ds, train_loader, val_loader, gen
 
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.time()
-        train_ds.set_epoch(epoch)
-        gen.manual_seed(cfg.seed * 100003 + epoch)
-        _set_encoders_trainable(net, epoch >= cfg.optim.freeze_encoder_epochs)
-        net.train()
-        sums: dict[str, float] = {}
-        steps = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-                   leave=False)
-        for batch in bar:
-            batch = _to_device(batch, device, cfg.channels_last)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                out = net(batch["image"])
-            total, terms = multitask_loss(out, batch, cw, cfg.loss)
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            for name, value in {"loss": float(total.detach()), **terms}.items():
-                sums[name] = sums.get(name, 0.0) + value
-            steps += 1
-            bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}")
-            if cfg.max_steps_per_epoch and steps >= cfg.max_steps_per_epoch:
-                break
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
-               **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()}}
-        if val_loader is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            row.update(_validate(net, val_loader, device, amp, cw, cfg, val_samples))
-        sched.step()
-        row["seconds"] = time.time() - t0
-        history.append(row)
-        score = _selection_score(row)
-        meta = {"train_config": cfg.model_dump(mode="json"), "cost_matrix": w.tolist(),
-                "cost_info": cost_info, "epoch": epoch + 1, "metrics": row,
-                "device": str(device), "amp": str(amp), "init_from": init_info,
-                "stain": stain_meta}
-        if score > best[0]:
-            best = (score, epoch + 1)
-            save_checkpoint(run_dir / "best.pt", net, class_names=class_names, mpp=cfg.mpp, meta=meta)
-        train_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                       "rng": {"torch": torch.get_rng_state()}, "epoch": epoch + 1,
-                       "history": history, "best": list(best)}
-        save_checkpoint(last_path, net, class_names=class_names, mpp=cfg.mpp, meta=meta,
-                        train_state=train_state)
-        _write_history(run_dir, history)
-        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
-    return TrainResult(run_dir, len(history), int(best[1]), float(best[0]), history)
+
+def _run_epoch(cfg: TrainConfig, model: _Model, loader: DataLoader, epoch: int, device: torch.device,
+               amp: torch.dtype | None, cw: torch.Tensor, progress: bool) -> dict:
+    """One pass of optimizer steps (at most `cfg.max_steps_per_epoch`); the history row so far:
+    epoch, learning rate and mean training loss terms."""
+    from tqdm import tqdm
+
+    net, opt = model.net, model.opt
+    _set_encoders_trainable(net, epoch >= cfg.optim.freeze_encoder_epochs)
+    net.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+    for batch in bar:
+        batch = _to_device(batch, device, cfg.channels_last)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = net(batch["image"])
+        total, terms = multitask_loss(out, batch, cw, cfg.loss)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        for name, value in {"loss": float(total.detach()), **terms}.items():
+            sums[name] = sums.get(name, 0.0) + value
+        steps += 1
+        bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}")
+        if cfg.max_steps_per_epoch and steps >= cfg.max_steps_per_epoch:
+            break
+    return {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
+            **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()}}
+
+
+def _save_checkpoints(cfg: TrainConfig, run_dir: Path, model: _Model, state: _Progress, epoch: int,
+                      class_names: tuple[str, ...], meta: dict) -> None:
+    """best.pt when this epoch's selection score beats the best so far (`state.best` updated),
+    then last.pt with everything a resumed run needs."""
+    score = _selection_score(state.history[-1])
+    if score > state.best[0]:
+        state.best = (score, epoch + 1)
+        save_checkpoint(run_dir / "best.pt", model.net, class_names=class_names, mpp=cfg.mpp, meta=meta)
+    train_state = {"optimizer": model.opt.state_dict(), "scheduler": model.sched.state_dict(),
+                   "rng": {"torch": torch.get_rng_state()}, "epoch": epoch + 1,
+                   "history": state.history, "best": list(state.best)}
+    save_checkpoint(run_dir / "last.pt", model.net, class_names=class_names, mpp=cfg.mpp, meta=meta,
+                    train_state=train_state)

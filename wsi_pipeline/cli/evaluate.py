@@ -19,11 +19,12 @@ def _truth_files(true_dir: Path) -> dict[str, tuple[Path, Path | None]]:
     from wsi_pipeline.metrics.matio import consep_patch_files, is_consep_layout
 
     if is_consep_layout(true_dir):
-        return consep_patch_files(true_dir)
+        files: dict[str, tuple[Path, Path | None]] = dict(consep_patch_files(true_dir))
+        return files
     return {p.stem: (p, None) for p in sorted(true_dir.glob("*.mat"))}
 
 
-def _fmt(v: float) -> str:
+def _fmt(v: float | None) -> str:
     return "   nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
@@ -127,7 +128,7 @@ def command(
     if pred_unnamed:
         click.echo(
             f"warning: predictions have type id(s) {', '.join(map(str, sorted(pred_unnamed)))} that "
-            f"--types does not name ({len(names)} types): they count as misclassified, not in mPQ",
+            f"--types does not name ({len(names or [])} types): they count as misclassified, not in mPQ",
             err=True,
         )
 

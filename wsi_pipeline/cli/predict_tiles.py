@@ -92,7 +92,11 @@ def command(input_dir: Path, output_dir: Path, config_path: Path | None, checkpo
         model = load_checkpoint(cfg.checkpoint or default_checkpoint_path(), map_location="cpu")
     except CheckpointError as exc:
         raise click.ClickException(str(exc)) from exc
-    model.net = prepare_model(model.net, torch_device, infer.precision, infer.backend)
+    # LoadedModel.net is typed as the training MultiTaskNet; the prepared copy (folded, maybe an
+    # OpenVINO wrapper) is a plain nn.Module with the same call (model/checkpoint.py owns that type).
+    model.net = prepare_model(  # type: ignore[assignment]
+        model.net, torch_device, infer.precision, infer.backend
+    )
     image_mpp = mpp if mpp is not None else model.mpp
     output_dir.mkdir(parents=True, exist_ok=True)
 

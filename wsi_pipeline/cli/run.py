@@ -146,7 +146,7 @@ class _Progress:
     """
 
     def __init__(self) -> None:
-        self.bar = None
+        self.bar: Any = None  # the slides bar (tqdm), once the run is planned
         self.stage_bars: dict[str, Any] = {}  # slide id -> its running stage's bar
         self.running: dict[str, str] = {}  # slide id -> its running stage
         self.finished: set[str] = set()  # late progress events of these slides are dropped
@@ -212,7 +212,7 @@ class _Progress:
         elif kind == "stage_progress" and self.bar is not None:
             slide_id, desc = info["slide_id"], f"{info['slide_id']}: {info['stage']}"
             self.running[slide_id] = info["stage"]
-            bar = self.stage_bars.get(slide_id)
+            bar: Any = self.stage_bars.get(slide_id)
             if bar is not None and (bar.desc != desc or bar.total != info["total"]):
                 self._close_stage(slide_id)
                 bar = None

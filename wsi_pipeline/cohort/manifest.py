@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,6 +17,9 @@ from wsi_pipeline import __version__
 from wsi_pipeline.atomic import write_bytes_atomic
 from wsi_pipeline.cohort.discover import SlideEntry
 from wsi_pipeline.cohort.stages import STAGES, SlideStages
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MANIFEST = "manifest.parquet"
 STATUSES = ("done", "failed", "no_tissue", "pending")
@@ -77,14 +80,15 @@ def slide_row(out_dir: Path, entry: SlideEntry, expected: dict[str, str] | None,
         status = "failed"
     else:
         status = "pending"
+    failed = failure if status == "failed" and failure is not None else {}
     row: dict[str, Any] = {
         "slide_id": entry.slide_id,
         "path": str(entry.path),
         "size_bytes": size,
         "status": status,
-        "failed_stage": failure.get("stage") if status == "failed" else None,
-        "error_type": failure.get("error_type") if status == "failed" else None,
-        "error": failure.get("error") if status == "failed" else None,
+        "failed_stage": failed.get("stage"),
+        "error_type": failed.get("error_type"),
+        "error": failed.get("error"),
         "tissue_mm2": infer_result.get("tissue_mm2"),
         "n_tiles": infer_result.get("n_tiles"),
         "n_nuclei": post_result.get("n_nuclei"),
@@ -101,7 +105,7 @@ def slide_row(out_dir: Path, entry: SlideEntry, expected: dict[str, str] | None,
     return row
 
 
-def _int_dtypes(table: pa.Table):
+def _int_dtypes(table: pa.Table) -> pd.DataFrame:
     """`table` as pandas with nullable integers (Int64): a slide without a count reads <NA>,
     never turning the whole column into float64."""
     import pandas as pd
@@ -122,7 +126,7 @@ def write_manifest(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def read_manifest(out_dir: Path):
+def read_manifest(out_dir: Path) -> pd.DataFrame:
     """The manifest as a pandas DataFrame (integer columns as nullable Int64, also for
     manifests written before they carried pandas metadata)."""
     return _int_dtypes(pq.read_table(Path(out_dir) / MANIFEST))

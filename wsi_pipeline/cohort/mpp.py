@@ -73,16 +73,21 @@ def resolve_mpp(
 ) -> ResolvedMpp:
     """Apply the rules of this module's docstring to one slide."""
     native_value, native_source = native if native is not None else (None, None)
-    common = {"native": native_value, "native_source": native_source, "objective_power": objective_power}
+
+    def resolved(value: float | None, source: str | None) -> ResolvedMpp:
+        return ResolvedMpp(
+            value, source, native=native_value, native_source=native_source, objective_power=objective_power
+        )
+
     if csv is not None:
-        return ResolvedMpp(float(csv), "csv", **common)
+        return resolved(float(csv), "csv")
     if override is not None:
-        return ResolvedMpp(float(override), "override", **common)
+        return resolved(float(override), "override")
     if native_value is not None:
-        return ResolvedMpp(float(native_value), native_source, **common)
+        return resolved(float(native_value), native_source)
     if fallback is not None:
-        return ResolvedMpp(float(fallback), "fallback", **common)
-    return ResolvedMpp(None, None, **common)
+        return resolved(float(fallback), "fallback")
+    return resolved(None, None)
 
 
 def implausible_reason(mpp: float, bounds: tuple[float, float]) -> str | None:

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
@@ -59,8 +60,8 @@ img.thumb { max-width: 220px; max-height: 220px; display: block; }
 def _data_uri(path: Path, max_px: int | None = None) -> str | None:
     """The image as a data URI (shrunk to `max_px`, as PNG); None if it cannot be read."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
+        with Image.open(path) as src:
+            im = src.convert("RGB")
             if max_px is not None:
                 im.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
             buf = io.BytesIO()
@@ -76,7 +77,7 @@ def _href(out_dir: Path, path: Path) -> str:
     return "/".join(quote(part) for part in path.relative_to(out_dir).parts)
 
 
-def _num(value, fmt: str) -> str:
+def _num(value: Any, fmt: str) -> str:
     try:
         if value is None or pd.isna(value):
             return "—"
@@ -92,7 +93,7 @@ def _summary(folder: Path) -> dict:
         return {}
 
 
-def _densities(table: pd.DataFrame | None) -> tuple[list[str], dict[str, dict[str, float]]]:
+def _densities(table: pd.DataFrame | None) -> tuple[list[str], dict[Any, dict[Any, float]]]:
     """Type names in class order and slide_id -> type_name -> nuclei per mm² (cohort summary)."""
     if table is None or table.empty:
         return [], {}
@@ -182,8 +183,8 @@ def write_report(out_dir: Path, table: pd.DataFrame | None = None,
                            "</figcaption></figure>")
     no_figures = ('<p class="small">none (run <code>wsi-pipeline summarize</code> '
                   'without --no-plot)</p>')
-    rules = sorted({((s.get("tissue") or {}).get("holes") or {}).get("rule") for s in summaries.values()}
-                   - {None})
+    rules = sorted({rule for s in summaries.values()
+                    if (rule := ((s.get("tissue") or {}).get("holes") or {}).get("rule")) is not None})
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>wsi-pipeline cohort report: {html.escape(out_dir.name)}</title>

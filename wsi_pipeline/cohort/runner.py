@@ -440,7 +440,7 @@ class CohortRunner:
 
             def submit(chain: _Chain) -> Any:
                 job = self.job(chain.plan, progress=False)
-                prev = None
+                prev: Any = None  # the last stage's Future (a chain has at least one stage)
                 for stage in chain.stages:
                     resources = {self.cfg.cluster.infer_resource: 1} if stage == "infer" else None
                     # Later stages first, earlier slides first: finished slides pile up early.
@@ -486,7 +486,8 @@ class CohortRunner:
 
         job = self.job(chain.plan, progress=False)
         slide = SlideStages(job.slide_dir)
-        stage = chain.stage_of.get(getattr(exc, "task", None))
+        task = getattr(exc, "task", None)
+        stage = chain.stage_of.get(task) if isinstance(task, str) else None
         if stage is None:  # not a KilledWorker: the first stage not done on disk
             stage = next((s for s in chain.stages
                           if not slide.is_done(s, job.expected[s], job.model_sha256)), chain.stages[-1])

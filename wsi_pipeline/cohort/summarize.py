@@ -13,8 +13,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,8 +67,9 @@ def summarize_cohort(out_dir: Path, plot: bool = True, report: bool = True) -> C
                     "to rebuild it)", sid, _folder(out_dir, sid) / NUCLEI)
     finished = finished[~finished["slide_id"].isin(missing)]
     qc = _qc_flags(finished)
+    records: Iterator[Any] = finished.itertuples()  # named tuples of the manifest's columns
     parts = [_slide_table(_folder(out_dir, r.slide_id), r.slide_id, r.tissue_mm2, r.status)
-             .assign(qc=qc[r.slide_id]) for r in finished.itertuples()]
+             .assign(qc=qc[r.slide_id]) for r in records]
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
     table = table[COLUMNS].astype({"count": "int64", "type_id": "int64"})
     buf = io.BytesIO()

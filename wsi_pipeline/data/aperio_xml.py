@@ -51,7 +51,7 @@ def read_aperio_xml(path: Path) -> AperioAnnotations:
     regions = []
     for region in root.iter("Region"):
         try:
-            xy = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
+            xy = [(float(v.get("X", "")), float(v.get("Y", ""))) for v in region.iter("Vertex")]
         except (TypeError, ValueError) as exc:
             raise ValueError(f"region {region.get('Id')}: vertex without numeric X/Y") from exc
         regions.append(np.array(xy, dtype=np.float64).reshape(-1, 2))

@@ -153,7 +153,7 @@ class Augmenter:
             image = _dihedral(image, k, flip)
             inst_map = _dihedral(inst_map, k, flip)
             type_map = None if type_map is None else _dihedral(type_map, k, flip)
-        img = None  # float32 [0,1] once any step has needed it
+        img: np.ndarray | None = None  # float32 [0,1] once any step has needed it
         if rng.random() < cfg.p_affine:
             src_r, src_c = _affine_source(inst_map.shape, random_affine_matrix(rng, cfg))
             img = warp_image(image, src_r, src_c) / 255.0

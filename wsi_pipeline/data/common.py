@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -39,7 +40,7 @@ def write_common(samples: list[Sample], dst: Path, *, source: dict | None = None
     for s in samples:
         with atomic_path(dst / "images" / f"{s.name}.png") as tmp:
             Image.fromarray(s.image).save(tmp, format="PNG")
-        arrays = {"inst_map": s.inst_map.astype(np.int32)}
+        arrays: dict[str, Any] = {"inst_map": s.inst_map.astype(np.int32)}
         if s.type_map is not None:
             arrays["type_map"] = s.type_map.astype(np.int32)
         with atomic_path(dst / "labels" / f"{s.name}.npz") as tmp, open(tmp, "wb") as f:

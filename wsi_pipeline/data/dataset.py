@@ -71,9 +71,10 @@ class NucleusDataset(Dataset):
         if self.augment is not None or (self.patch_size is not None and self.crop == "random"):
             hv = hv_maps(inst)
         else:
-            hv = self._hv_cache.get(index)
-            if hv is None:
-                hv = self._hv_cache[index] = hv_maps(inst)
+            cached = self._hv_cache.get(index)
+            if cached is None:
+                cached = self._hv_cache[index] = hv_maps(inst)
+            hv = cached
         ns = inst > 0
         if typ is not None:
             nc = typ

@@ -36,7 +36,8 @@ def merge_consep_types(type_map: np.ndarray) -> np.ndarray:
     return CONSEP_MERGE[type_map]
 
 
-def _load(path: Path, labels: Path, merge: bool, class_names, mpp: float | None) -> Sample:
+def _load(path: Path, labels: Path, merge: bool, class_names: tuple[str, ...], mpp: float | None
+          ) -> Sample:
     label_path = labels / f"{path.stem}.mat"
     mat = sio.loadmat(label_path)
     if "inst_map" not in mat:

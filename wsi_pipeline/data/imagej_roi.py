@@ -13,11 +13,15 @@ import io
 import logging
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wsi_pipeline.data.polygons import rasterise_polygons
 from wsi_pipeline.data.sample import Sample
+
+if TYPE_CHECKING:
+    from roifile import ImagejRoi
 from wsi_pipeline.data.validate import OnError, load_all
 from wsi_pipeline.labels import relabel
 
@@ -28,7 +32,7 @@ ROISET_NAME = "RoiSet.zip"
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
-def roi_outline(roi) -> np.ndarray:
+def roi_outline(roi: ImagejRoi) -> np.ndarray:
     """(N, 2) float (x, y) outline of one ImageJ ROI."""
     from roifile import ROI_TYPE
 
@@ -66,11 +70,11 @@ def _members(source: Path) -> tuple[bytes, bytes, str]:
         return images[0].read_bytes(), (source / ROISET_NAME).read_bytes(), images[0].name
     with zipfile.ZipFile(source) as z:
         names = z.namelist()
-        images = sorted(n for n in names if Path(n).suffix.lower() in _IMAGE_SUFFIXES)
+        members = sorted(n for n in names if Path(n).suffix.lower() in _IMAGE_SUFFIXES)
         roisets = [n for n in names if Path(n).name == ROISET_NAME]
-        if not images or not roisets:
+        if not members or not roisets:
             raise FileNotFoundError(f"zip holds no image and {ROISET_NAME} ({len(names)} members)")
-        return z.read(images[0]), z.read(roisets[0]), images[0]
+        return z.read(members[0]), z.read(roisets[0]), members[0]
 
 
 def _load(source: Path, mpp: float | None) -> Sample:

@@ -101,6 +101,7 @@ def typed_class_names(samples: list[Sample]) -> tuple[str, ...] | None:
 
 def instance_type_counts(sample: Sample, n_types: int) -> np.ndarray:
     """Nuclei per class in one typed sample (index 0 unused)."""
+    assert sample.type_map is not None, "called for typed samples only"
     ids, first = np.unique(sample.inst_map, return_index=True)
     types = sample.type_map.ravel()[first[ids > 0]]
     return np.bincount(types, minlength=n_types)[:n_types]

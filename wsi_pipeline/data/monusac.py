@@ -41,7 +41,7 @@ def rasterise_monusac_xml(xml_path: Path, shape: tuple[int, int]) -> tuple[np.nd
             raise ValueError(f"unknown MoNuSAC class {cls!r}")
         for region in ann.iter("Region"):
             polygons.append(np.array(
-                [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")],
+                [(float(v.get("X", "")), float(v.get("Y", ""))) for v in region.iter("Vertex")],
                 dtype=np.float64).reshape(-1, 2))
             classes.append(class_id)
     # MoNuSAC outlines are not checked against the image extent (outside_tolerance_px=None).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -67,11 +67,15 @@ def check_sample(sample: Sample) -> None:
     instance_types(inst, typ)
 
 
+def _file_name(item: Any) -> str:
+    return Path(item).name
+
+
 def load_all(
     items: Iterable[T],
     load: Callable[[T], Sample],
     on_error: OnError,
-    name: Callable[[T], str] = lambda item: Path(item).name,
+    name: Callable[[T], str] = _file_name,
 ) -> list[Sample]:
     """Load and check each item; failures name the file (or `name(item)`), and either raise
     `SampleError` or are logged and skipped."""

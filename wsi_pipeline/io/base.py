@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -88,7 +89,7 @@ class Slide(ABC):
         self._levels: tuple[tuple[int, int], ...] = ()
         self._downsamples: tuple[float, ...] = ()
 
-    def _set_levels(self, dimensions, downsamples) -> None:
+    def _set_levels(self, dimensions: Iterable[Sequence[float]], downsamples: Iterable[float]) -> None:
         """Backends call this once they have opened the file."""
         self._levels = tuple((int(w), int(h)) for w, h in dimensions)
         self._downsamples = tuple(float(d) for d in downsamples)

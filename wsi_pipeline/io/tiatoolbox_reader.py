@@ -7,6 +7,7 @@ TIAToolbox pins an older torch and pulls large dependencies, so it is the option
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ INSTALL_HINT = (
 )
 
 
-def _wsireader_class():
+def _wsireader_class() -> Any:  # tiatoolbox is optional: no stubs to type it with
     try:
         from tiatoolbox.wsicore.wsireader import WSIReader
     except ImportError as exc:

@@ -11,6 +11,7 @@ dominate. mPQ is the mean of the per-class PQs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -110,9 +111,10 @@ class DatasetEvaluator:
     _classes: dict[int, _ClassCounts] = field(default_factory=dict)
     _n_typed: int = 0  # images added with types on both sides (F_d needs centroids paired)
 
-    def add(self, name: str, true: Instances, pred: Instances) -> dict[str, float]:
+    def add(self, name: str, true: Instances, pred: Instances) -> dict[str, Any]:
         ov = overlap(true.inst_map, pred.inst_map)
-        row = {"name": name, "n_true": int(ov.true_area.size), "n_pred": int(ov.pred_area.size)}
+        row: dict[str, Any] = {"name": name, "n_true": int(ov.true_area.size),
+                               "n_pred": int(ov.pred_area.size)}
         row.update(instance_scores(true.inst_map, pred.inst_map, ov))
         self.rows.append(row)
         if true.types is not None and pred.types is not None:

@@ -58,7 +58,7 @@ def overlap(true: np.ndarray, pred: np.ndarray) -> Overlap:
     )
 
 
-def _ratio(num: float, den: float) -> float:
+def _ratio(num: float | np.number, den: float | np.number) -> float:
     return float(num / den) if den > 0 else float("nan")
 
 

@@ -169,5 +169,7 @@ def write_instance_mat(
     if extra:
         out.update(extra)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        sio.savemat(fh, out, do_compression=True)  # a file object: savemat would append .mat
+        # A file object: savemat would append .mat to a name. scipy documents file-like objects
+        # here; scipy-stubs 1.17 types only paths.
+        sio.savemat(fh, out, do_compression=True)  # type: ignore[arg-type]
     return path

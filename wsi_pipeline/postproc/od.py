@@ -47,8 +47,10 @@ def slide_pixels(cfg: OpticalDensityConfig, path: str | Path, slide_mpp: float,
                  reader: str = "auto") -> SlidePixels:
     """The chunk tasks' reading and deconvolution settings for one slide."""
     m = stain_matrix(cfg.hematoxylin, cfg.eosin, cfg.residual)
-    return SlidePixels(str(path), float(slide_mpp), reader, tuple(tuple(float(v) for v in row) for row in m),
-                       tuple(float(b) for b in cfg.background))
+    b0, b1, b2 = cfg.background
+    return SlidePixels(str(path), float(slide_mpp), reader,
+                       tuple((float(row[0]), float(row[1]), float(row[2])) for row in m),
+                       (float(b0), float(b1), float(b2)))
 
 
 def window_rgb(px: SlidePixels, r0: int, c0: int, hw: tuple[int, int], mpp: float, scale: float

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dask
 import pyarrow as pa
@@ -75,16 +75,18 @@ def _maps_context(
     maps_zarr: Path, cfg: PostprocConfig, chunking: ChunkingConfig
 ) -> tuple[MapsContext, dict, tuple]:
     group = zarr.open_group(str(maps_zarr), mode="r")
-    attrs = dict(group.attrs)
+    attrs: dict[str, Any] = dict(group.attrs)
     ns = group[ARRAY_NS]
-    map_hw = tuple(int(v) for v in ns.shape)
+    assert isinstance(ns, zarr.Array), f"{maps_zarr}/{ARRAY_NS} is not an array"
+    map_h, map_w = ns.shape
+    origin_x, origin_y = attrs.get("origin", (0.0, 0.0))
     ctx = MapsContext(
         maps_path=str(maps_zarr),
-        map_hw=map_hw,
+        map_hw=(int(map_h), int(map_w)),
         mpp=float(attrs["mpp"]),
         slide_mpp=float(attrs["slide_mpp"]),
         scale=float(attrs["scale"]),
-        origin_xy=tuple(float(v) for v in attrs.get("origin", (0.0, 0.0))),
+        origin_xy=(float(origin_x), float(origin_y)),
         class_names=tuple(attrs["class_names"]),
         simplify_px=chunking.simplify_px,
         postproc=cfg,
@@ -92,7 +94,7 @@ def _maps_context(
     return ctx, attrs, tuple(int(v) for v in ns.chunks)
 
 
-def _provenance(attrs: dict, cfg: PostprocConfig, chunking: ChunkingConfig, chunk_hw,
+def _provenance(attrs: dict, cfg: PostprocConfig, chunking: ChunkingConfig, chunk_hw: tuple[int, ...],
                 od: SlidePixels | None = None) -> dict:
     """The table's `wsi_pipeline` metadata: with the maps' attributes that export needs
     (wsi_pipeline.table_meta), so that export runs without maps.zarr; with optical densities
