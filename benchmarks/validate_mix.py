@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--quality", type=int, nargs=2, default=(30, 90))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    ap.add_argument("--backend", choices=("torch", "openvino"), default="torch",
+                    help="what runs the network (infer.backend; the engine's default on CPUs is openvino)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     ap.add_argument("--postproc-config", type=Path, default=None,
                     help="a run config (YAML) whose postproc: section replaces the training config's")
@@ -58,7 +60,7 @@ def main() -> None:
     postproc = load_run_config(args.postproc_config).postproc if args.postproc_config else cfg.postproc
     _, val = read_mix(cfg.data.datasets, cfg.mpp, "fail")
     model = load_checkpoint(args.checkpoint)
-    net = prepare_model(model.net, model.net.mean.device)
+    net = prepare_model(model.net, model.net.mean.device, backend=args.backend)
     tile, stride = validation_tiling(cfg.patch_size)
     kw = {"n_types": cfg.model.n_types, "mpp": cfg.mpp, "tile": tile, "stride": stride,
           "batch_size": 8, "device": "cpu", "tta": args.tta, "postproc": postproc}
