@@ -24,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -157,8 +158,8 @@ def _create_maps(path: Path, geo: _Geometry, cfg: InferConfig, model: LoadedMode
     n_types = model.config.n_types
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
 
-    def create(name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, shuffle: str,
-               fill: object) -> None:
+    def create(name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str,
+               shuffle: Literal["shuffle", "noshuffle"], fill: object) -> None:
         codec = BloscCodec(cname=cfg.compressor, clevel=cfg.compression_level, shuffle=shuffle)
         group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
                            compressors=[codec])
@@ -266,12 +267,19 @@ def prepared_network(model: LoadedModel, device: torch.device, cfg: InferConfig)
         return _PREPARED[key]
 
 
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    array = group[name]
+    if not isinstance(array, zarr.Array):
+        raise TypeError(f"{name} in {group.store} is not an array")
+    return array
+
+
 class _ChunkWriter:
     """Scatters tile crops into chunk buffers; writes each chunk whole when complete."""
 
     def __init__(self, group: zarr.Group, geo: _Geometry, n_types: int) -> None:
         # buffer keys = array names (ARRAY_NS, ARRAY_HV, ARRAY_NC, ARRAY_INFERRED)
-        self.arrays = {name: group[name] for name in (ARRAY_NS, ARRAY_HV, ARRAY_NC, ARRAY_INFERRED)}
+        self.arrays = {name: _array(group, name) for name in (ARRAY_NS, ARRAY_HV, ARRAY_NC, ARRAY_INFERRED)}
         self.geo = geo
         self.n_types = n_types
         self.remaining = geo.plan.expected.copy()

@@ -41,7 +41,7 @@ class UNetDecoder(nn.Module):
         )
         self.head = nn.Conv2d(d1, out_channels, 1)
 
-    def forward(self, deepest: torch.Tensor, feats: list[torch.Tensor], image: torch.Tensor):
+    def forward(self, deepest: torch.Tensor, feats: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         skips = [feats[3], feats[2], feats[1], feats[0], image]
         x = deepest
         for block, skip in zip(self.blocks, skips, strict=True):

@@ -33,8 +33,10 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
                 if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                     module[i], module[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
         elif isinstance(module, BasicBlock):
-            module.conv1, module.bn1 = fuse_conv_bn_eval(module.conv1, module.bn1), nn.Identity()
-            module.conv2, module.bn2 = fuse_conv_bn_eval(module.conv2, module.bn2), nn.Identity()
+            for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2")):
+                fused = fuse_conv_bn_eval(getattr(module, conv_name), getattr(module, bn_name))
+                module.register_module(conv_name, fused)
+                module.register_module(bn_name, nn.Identity())
     left = [name for name, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)]
     if left:
         raise ValueError(f"fold_batchnorm: no conv to fold into for {', '.join(left)}")

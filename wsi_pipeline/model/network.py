@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -19,10 +21,13 @@ class MultiTaskNet(nn.Module):
     ns/nc and HV maps in [-1, 1], all at full input resolution.
     """
 
+    mean: torch.Tensor  # buffers: ImageNet normalisation constants
+    std: torch.Tensor
+
     def __init__(
         self,
         n_types: int = 5,
-        encoder: str = "resnet34",
+        encoder: Literal["resnet34", "resnet18"] = "resnet34",
         width: int = 64,
         cross_task: bool = True,
         attention_reduction: int = 8,
@@ -38,8 +43,9 @@ class MultiTaskNet(nn.Module):
             recurrence=recurrence,
         )
         out_channels = {"ns": 2, "hv": 2, "nc": n_types}
-        self.encoders = nn.ModuleDict({b: ResNetEncoder(encoder, width) for b in BRANCHES})
-        channels = self.encoders["ns"].channels
+        encoders = {b: ResNetEncoder(encoder, width) for b in BRANCHES}
+        channels = encoders["ns"].channels
+        self.encoders = nn.ModuleDict(encoders)
         self.attention = MultiTaskCorrelationAttention(
             channels[-1], attention_reduction, recurrence, cross_task
         )
@@ -58,7 +64,7 @@ class MultiTaskNet(nn.Module):
     def compute_dtype(self) -> torch.dtype:
         """dtype of the weights: fp32, or bf16 in a CPU inference copy (`predict.prepare_model`),
         which takes the image normalised in fp32 (the normalisation buffers stay fp32)."""
-        return self.encoders[BRANCHES[0]].stem[0].weight.dtype
+        return next(self.encoders[BRANCHES[0]].parameters()).dtype  # its stem conv
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.shape[-1] % 32 or x.shape[-2] % 32:

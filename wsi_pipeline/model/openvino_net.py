@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ class OpenVINONet(nn.Module):
         # more) with every dimension but the channels left free, then reshaped per input shape.
         # (The caller may be under autocast, which must not reach the trace.)
         with torch.no_grad(), torch.autocast("cpu", enabled=False), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
             warnings.simplefilter("ignore", DeprecationWarning)  # its TorchScript tracing
             self._model = ov.convert_model(fold_batchnorm(net).float(),
                                            example_input=torch.rand(1, 3, 64, 64))
@@ -65,7 +65,7 @@ class OpenVINONet(nn.Module):
         self._core = ov.Core()
         self._config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads),
                         "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
-        self._compiled: dict[tuple[int, int, int], object] = {}
+        self._compiled: dict[tuple[int, int, int], Any] = {}  # OpenVINO InferRequest
         self.precision = precision
         self.version = ov.get_version()
         log.info("OpenVINO %s: network converted in %.1f s", self.version, time.perf_counter() - t0)
@@ -75,7 +75,7 @@ class OpenVINONet(nn.Module):
         """(batch, height, width) of every compiled model so far."""
         return sorted(self._compiled)
 
-    def _request(self, batch: int, height: int, width: int) -> tuple[object, int]:
+    def _request(self, batch: int, height: int, width: int) -> tuple[Any, int]:
         """An infer request for at least `batch` tiles of this size, and its batch size."""
         sizes = [b for (b, h, w) in self._compiled if (h, w) == (height, width) and b >= batch]
         if sizes:

@@ -88,15 +88,15 @@ def prepare_model(net: nn.Module, device: torch.device, precision: Precision = "
     training). `backend`: "openvino" compiles it for the CPU (`model.openvino_net`), "auto"
     does so on the CPU where OpenVINO is installed; "torch" is plain PyTorch."""
     if resolve_backend(backend, device) == "openvino":
-        from wsi_pipeline.model.openvino_net import OpenVINONet
+        from wsi_pipeline.model.openvino_net import OpenVINONet, OVPrecision
 
         dtype = autocast_dtype(device, precision)
-        ov_precision = {None: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}[dtype]
+        ov_precision: OVPrecision = "f32" if dtype is None else "bf16" if dtype == torch.bfloat16 else "f16"
         return OpenVINONet(net, ov_precision, torch.get_num_threads())
     net = fold_batchnorm(net).to(device)
     dtype = autocast_dtype(device, precision)
     if dtype is not None:
-        net = net.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stubs
         if device.type == "cpu":
             with torch.no_grad():
                 for p in net.parameters():  # buffers (the normalisation constants) stay fp32

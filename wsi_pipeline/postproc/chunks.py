@@ -115,14 +115,21 @@ def bbox_array(polygons: np.ndarray) -> pa.StructArray:
                                       fields=list(BBOX_TYPE))
 
 
-def _read_window(ctx: MapsContext, win: ChunkWindow):
+def _read_window(ctx: MapsContext, win: ChunkWindow) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(ns, hv, nc) of the window as float32, or None where nothing in it was inferred."""
     group = zarr.open_group(ctx.maps_path, mode="r")
+    arrays = {}
+    for name in (ARRAY_INFERRED, ARRAY_NS, ARRAY_HV, ARRAY_NC):
+        array = group[name]
+        if not isinstance(array, zarr.Array):
+            raise TypeError(f"{name} in {ctx.maps_path} is not an array")
+        arrays[name] = array
     rs, cs = win.window
-    if not np.any(group[ARRAY_INFERRED][rs, cs]):
+    if not np.any(arrays[ARRAY_INFERRED][rs, cs]):
         return None
-    ns = np.asarray(group[ARRAY_NS][rs, cs], dtype=np.float32)
-    hv = np.asarray(group[ARRAY_HV][:, rs, cs], dtype=np.float32)
-    nc = np.asarray(group[ARRAY_NC][:, rs, cs], dtype=np.float32) / np.float32(255.0)
+    ns = np.asarray(arrays[ARRAY_NS][rs, cs], dtype=np.float32)
+    hv = np.asarray(arrays[ARRAY_HV][:, rs, cs], dtype=np.float32)
+    nc = np.asarray(arrays[ARRAY_NC][:, rs, cs], dtype=np.float32) / np.float32(255.0)
     return ns, hv, nc
 
 
@@ -174,7 +181,7 @@ def process_chunk(ctx: MapsContext, win: ChunkWindow) -> ChunkResult:
         return ChunkResult(win.index, ctx.schema().empty_table(), False, 0)
     ns, hv, nc = maps
     box = foreground_box(ns, ctx.postproc, ctx.mpp)
-    inst_map = np.zeros(ns.shape, np.int32)
+    inst_map: np.ndarray = np.zeros(ns.shape, np.int32)
     if box is None:
         return ChunkResult(win.index, ctx.schema().empty_table(), True, 0)
     seg = segment_instances(ns[box], hv[(slice(None), *box)], nc[(slice(None), *box)],
