@@ -45,6 +45,7 @@ from wsi_pipeline.contract import (
 )
 from wsi_pipeline.infer_config import InferConfig
 from wsi_pipeline.io import Slide
+from wsi_pipeline.maps_store import maps_array
 from wsi_pipeline.model import LoadedModel
 from wsi_pipeline.model.predict import (
     backend_record,
@@ -267,19 +268,13 @@ def prepared_network(model: LoadedModel, device: torch.device, cfg: InferConfig)
         return _PREPARED[key]
 
 
-def _array(group: zarr.Group, name: str) -> zarr.Array:
-    array = group[name]
-    if not isinstance(array, zarr.Array):
-        raise TypeError(f"{name} in {group.store} is not an array")
-    return array
-
-
 class _ChunkWriter:
     """Scatters tile crops into chunk buffers; writes each chunk whole when complete."""
 
     def __init__(self, group: zarr.Group, geo: _Geometry, n_types: int) -> None:
         # buffer keys = array names (ARRAY_NS, ARRAY_HV, ARRAY_NC, ARRAY_INFERRED)
-        self.arrays = {name: _array(group, name) for name in (ARRAY_NS, ARRAY_HV, ARRAY_NC, ARRAY_INFERRED)}
+        names = (ARRAY_NS, ARRAY_HV, ARRAY_NC, ARRAY_INFERRED)
+        self.arrays = {name: maps_array(group, name) for name in names}
         self.geo = geo
         self.n_types = n_types
         self.remaining = geo.plan.expected.copy()

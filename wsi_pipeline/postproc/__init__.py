@@ -6,8 +6,9 @@ run's config validates) does not import the segmentation stack (scikit-image, sc
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from wsi_pipeline.lazy import lazy_attributes
 
 #: public name -> the module that defines it
 _LAZY = {
@@ -19,17 +20,7 @@ _LAZY = {
 __all__ = ["PostprocConfig", "SegmentationResult", "segment_instances"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 if TYPE_CHECKING:

@@ -28,6 +28,7 @@ from wsi_pipeline.contract import (
     nuclei_schema,
     prob_column,
 )
+from wsi_pipeline.maps_store import maps_array
 from wsi_pipeline.postproc import PostprocConfig, segment_instances
 from wsi_pipeline.postproc.measure import measure_instances
 from wsi_pipeline.postproc.od import SlidePixels, nucleus_od_stats, window_rgb
@@ -118,12 +119,7 @@ def bbox_array(polygons: np.ndarray) -> pa.StructArray:
 def _read_window(ctx: MapsContext, win: ChunkWindow) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(ns, hv, nc) of the window as float32, or None where nothing in it was inferred."""
     group = zarr.open_group(ctx.maps_path, mode="r")
-    arrays = {}
-    for name in (ARRAY_INFERRED, ARRAY_NS, ARRAY_HV, ARRAY_NC):
-        array = group[name]
-        if not isinstance(array, zarr.Array):
-            raise TypeError(f"{name} in {ctx.maps_path} is not an array")
-        arrays[name] = array
+    arrays = {name: maps_array(group, name) for name in (ARRAY_INFERRED, ARRAY_NS, ARRAY_HV, ARRAY_NC)}
     rs, cs = win.window
     if not np.any(arrays[ARRAY_INFERRED][rs, cs]):
         return None

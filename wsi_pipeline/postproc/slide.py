@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import atomic_path
 from wsi_pipeline.contract import ARRAY_NS
+from wsi_pipeline.maps_store import maps_array
 from wsi_pipeline.postproc.chunks import (
     ChunkResult,
     ChunkWindow,
@@ -76,8 +77,7 @@ def _maps_context(
 ) -> tuple[MapsContext, dict, tuple]:
     group = zarr.open_group(str(maps_zarr), mode="r")
     attrs: dict[str, Any] = dict(group.attrs)
-    ns = group[ARRAY_NS]
-    assert isinstance(ns, zarr.Array), f"{maps_zarr}/{ARRAY_NS} is not an array"
+    ns = maps_array(group, ARRAY_NS)
     map_h, map_w = ns.shape
     origin_x, origin_y = attrs.get("origin", (0.0, 0.0))
     ctx = MapsContext(
