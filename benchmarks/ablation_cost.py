@@ -17,8 +17,8 @@ import json
 import logging
 from pathlib import Path
 
-from wsi_pipeline.train import train
-from wsi_pipeline.train_config import TrainConfig
+from wsi_pipeline.training.config import TrainConfig
+from wsi_pipeline.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TYPES = {1: "other", 2: "inflammatory", 3: "epithelial", 4: "spindle"}

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_pipeline.data import Augmenter, read_consep_patches
-from wsi_pipeline.targets import hv_maps
-from wsi_pipeline.train_config import AugmentConfig
+from wsi_pipeline.datasets import Augmenter, read_consep_patches
+from wsi_pipeline.datasets.targets import hv_maps
+from wsi_pipeline.training.config import AugmentConfig
 
 CASES = {
     "default config": AugmentConfig(),
@@ -37,7 +37,7 @@ def main() -> None:
     for s in samples:
         hv_maps(s.inst_map)
     ms = (time.perf_counter() - t) / len(samples) * 1e3
-    print(f"{'hv_maps (targets.py, for comparison)':45s} {ms:6.2f} ms/patch")
+    print(f"{'hv_maps (datasets/targets.py, for comparison)':45s} {ms:6.2f} ms/patch")
 
 
 if __name__ == "__main__":

@@ -128,10 +128,10 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, cfg: dict) -> dic
     import torch
 
     torch.set_num_threads(cfg["threads"])
-    from wsi_pipeline.export import export_slide
-    from wsi_pipeline.export_config import ExportConfig
-    from wsi_pipeline.infer import infer_slide
-    from wsi_pipeline.infer_config import InferConfig
+    from wsi_pipeline.export.config import ExportConfig
+    from wsi_pipeline.export.stage import export_slide
+    from wsi_pipeline.inference.config import InferConfig
+    from wsi_pipeline.inference.slide import infer_slide
     from wsi_pipeline.io import open_slide
     from wsi_pipeline.model import load_checkpoint
     from wsi_pipeline.model.predict import autocast_dtype, resolve_device
@@ -149,7 +149,7 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, cfg: dict) -> dic
                        reader_threads=cfg["reader_threads"], precision=cfg["precision"],
                        **({"backend": cfg["backend"]} if cfg.get("backend") else {}))
     slide_dir = out_dir / f"{slide_path.stem}_b{cfg['batch_size']}_r{cfg['reader_threads']}"
-    import wsi_pipeline.infer as infer_mod
+    import wsi_pipeline.inference.slide as infer_mod
 
     first: dict[str, float] = {}
     inner = infer_mod.predict_batch_compact

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsi_pipeline.infer import infer_slide
-from wsi_pipeline.infer_config import DEFAULT_MARGIN, InferConfig
+from wsi_pipeline.inference.config import DEFAULT_MARGIN, InferConfig
+from wsi_pipeline.inference.slide import infer_slide
 from wsi_pipeline.io import open_slide
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
 from wsi_pipeline.model.predict import predict_batch_compact, prepare_model

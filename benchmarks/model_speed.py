@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from wsi_pipeline.infer_config import DEFAULT_MARGIN, DEFAULT_TILE_SIZE
+from wsi_pipeline.inference.config import DEFAULT_MARGIN, DEFAULT_TILE_SIZE
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint
 from wsi_pipeline.model.checkpoint import default_checkpoint_path
 from wsi_pipeline.model.openvino_net import openvino_available

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_pipeline.data import read_consep_patches, split_by_group
-from wsi_pipeline.metrics import DatasetEvaluator, Instances
+from wsi_pipeline.datasets import read_consep_patches, split_by_group
+from wsi_pipeline.evaluation import DatasetEvaluator, Instances
 from wsi_pipeline.model import load_checkpoint
 from wsi_pipeline.model.predict import predict_batch, prepare_model
 from wsi_pipeline.postproc import PostprocConfig, segment_instances

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from wsi_pipeline.postproc.oracle import load_consep_truth, score_oracle
+from wsi_pipeline.evaluation.oracle import load_consep_truth, score_oracle
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "consep_patches" / "train"
 

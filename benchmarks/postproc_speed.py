@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_pipeline.metrics import Instances
+from wsi_pipeline.evaluation import Instances
+from wsi_pipeline.evaluation.oracle import degrade, load_consep_truth, oracle_maps
 from wsi_pipeline.postproc import segment_instances
-from wsi_pipeline.postproc.oracle import degrade, load_consep_truth, oracle_maps
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "consep_patches" / "train"
 

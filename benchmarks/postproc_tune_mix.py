@@ -3,7 +3,7 @@
 Runs a checkpoint once over the training side of every dataset of a mix config (at most
 --limit images per dataset, the first by name: never the held-out validation tiles), keeps the
 maps, then scores a grid of `PostprocConfig` settings (NS threshold × HV edge threshold ×
-minimum marker area) with `wsi_pipeline.scoring.score_maps`. The objective is the mean over the
+minimum marker area) with `wsi_pipeline.evaluation.scoring.score_maps`. The objective is the mean over the
 datasets of PQ (each dataset counts once, so CoNSeP's 352 patches do not outvote the other
 sets), with mPQ of the typed set reported beside it. Report the chosen setting once on
 validation with benchmarks/validate_mix.py; never tune there.
@@ -19,12 +19,17 @@ import time
 from pathlib import Path
 
 from wsi_pipeline.config import load_config
-from wsi_pipeline.data.mix import DATASET_KEY, read_mix
+from wsi_pipeline.datasets.mix import DATASET_KEY, read_mix
+from wsi_pipeline.evaluation.scoring import (
+    flatten_scores,
+    predict_maps,
+    score_maps,
+    validation_tiling,
+)
 from wsi_pipeline.model import load_checkpoint
 from wsi_pipeline.model.predict import prepare_model
 from wsi_pipeline.postproc import PostprocConfig
-from wsi_pipeline.scoring import flatten_scores, predict_maps, score_maps, validation_tiling
-from wsi_pipeline.train_config import TrainConfig
+from wsi_pipeline.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ pyramidal tiled TIFF (3 levels, JPEG tiles, resolution tags) that both tools ope
     back end `auto`, OpenVINO on the CPU where installed; `--wsi-precision` / `--wsi-backend`
     change them; the back end and precision that ran are read from maps.zarr), in this Python,
     through the click entry point in a subprocess; the engine's forward passes are timed by
-    wrapping `wsi_pipeline.infer.predict_batch_compact` (the function the engine calls,
+    wrapping `wsi_pipeline.inference.slide.predict_batch_compact` (the function the engine calls,
     unchanged); the first batch, which includes OpenVINO's compilation, is also given apart.
 (b) TIAToolbox 2.1.3 `MultiTaskSegmentor` (the 2.1 API; `NucleusInstanceSegmentor` is its
     deprecated alias) with `HoVerNet(num_types=6, mode="fast")` and the ioconfig of TIAToolbox's
@@ -235,9 +235,9 @@ def wsi_worker(region: Path, out: Path, threads: int, precision: str, backend: s
     import zarr
     from torch.utils.flop_counter import FlopCounterMode
 
-    import wsi_pipeline.infer as infer_mod
+    import wsi_pipeline.inference.slide as infer_mod
     from wsi_pipeline.cli import main as cli_main
-    from wsi_pipeline.infer_config import DEFAULT_TILE_SIZE
+    from wsi_pipeline.inference.config import DEFAULT_TILE_SIZE
     from wsi_pipeline.model import default_checkpoint_path, load_checkpoint
     from wsi_pipeline.model.predict import autocast_dtype, resolve_device
 

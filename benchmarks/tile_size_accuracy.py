@@ -12,7 +12,7 @@ pixel more context than training ever did. Larger tiles with the same margin was
   among pixels either map calls nucleus.
 
 Held-out images of the training mix (`configs/train_mix.yaml`); post-processing defaults. Images
-smaller than a tile are reflect-padded as in `tiled.predict_tiled`, so on PanNuke's 256² patches
+smaller than a tile are reflect-padded as in `inference.image.predict_tiled`, so on PanNuke's 256² patches
 a large tile sees mirrored rather than real context: read the large-image sets (MoNuSeg, CPM-15,
 CoNSeP) for what a slide gets.
 
@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 from wsi_pipeline.config import load_config
-from wsi_pipeline.data.mix import read_mix
-from wsi_pipeline.infer_config import DEFAULT_MARGIN
+from wsi_pipeline.datasets.mix import read_mix
+from wsi_pipeline.evaluation.scoring import predict_maps, score_maps
+from wsi_pipeline.inference.config import DEFAULT_MARGIN
 from wsi_pipeline.model import load_checkpoint
 from wsi_pipeline.model.checkpoint import default_checkpoint_path
 from wsi_pipeline.model.predict import cpu_flags, prepare_model
-from wsi_pipeline.scoring import predict_maps, score_maps
-from wsi_pipeline.train_config import TrainConfig
+from wsi_pipeline.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")

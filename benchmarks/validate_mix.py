@@ -3,7 +3,7 @@
 Reads the held-out images of every dataset of a training mix config (default
 configs/train_mix.yaml: CoNSeP tiles 2/9/13/19/27, 3 MoNuSeg tiles, 2 CPM-15 images, 5 PanNuke
 patches — never trained on), scores the checkpoint through the full prediction path
-(`wsi_pipeline.scoring`, as training validation does) and, with --degrade, again after each image
+(`wsi_pipeline.evaluation.scoring`, as training validation does) and, with --degrade, again after each image
 went through the scan degradation of training (`augment.scan_degrade`: 0.25 -> 0.5 µm/px, JPEG,
 back to 0.25 µm/px as `Slide.read_region_at_mpp` resamples). The JPEG quality of each image is
 drawn from --quality with --seed, so the degraded set is the same for every checkpoint.
@@ -25,12 +25,12 @@ import numpy as np
 
 from wsi_pipeline.cohort.config import load_run_config
 from wsi_pipeline.config import load_config
-from wsi_pipeline.data.augment import scan_degrade
-from wsi_pipeline.data.mix import read_mix
+from wsi_pipeline.datasets.augment import scan_degrade
+from wsi_pipeline.datasets.mix import read_mix
+from wsi_pipeline.evaluation.scoring import score_by_dataset, validation_tiling
 from wsi_pipeline.model import load_checkpoint
 from wsi_pipeline.model.predict import cpu_flags, prepare_model
-from wsi_pipeline.scoring import score_by_dataset, validation_tiling
-from wsi_pipeline.train_config import TrainConfig
+from wsi_pipeline.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

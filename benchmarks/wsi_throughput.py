@@ -184,10 +184,10 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, threads: int) -> 
     import torch
 
     torch.set_num_threads(threads)
-    from wsi_pipeline.export import export_slide
-    from wsi_pipeline.export_config import ExportConfig
-    from wsi_pipeline.infer import infer_slide, prepared_network
-    from wsi_pipeline.infer_config import InferConfig
+    from wsi_pipeline.export.config import ExportConfig
+    from wsi_pipeline.export.stage import export_slide
+    from wsi_pipeline.inference.config import InferConfig
+    from wsi_pipeline.inference.slide import infer_slide, prepared_network
     from wsi_pipeline.io import open_slide
     from wsi_pipeline.model import load_checkpoint
     from wsi_pipeline.model.predict import resolve_device
@@ -243,7 +243,7 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, threads: int) -> 
 def _network_ms_per_tile(model, slide_path: Path, cfg) -> float:
     """The network alone, as the engine calls it (its prepared copy, its batch size, its tile
     size), on real tiles of the slide: the denominator of the engine-to-network ratio."""
-    from wsi_pipeline.infer import prepared_network
+    from wsi_pipeline.inference.slide import prepared_network
     from wsi_pipeline.io import open_slide
     from wsi_pipeline.model.predict import predict_batch_compact, resolve_device
 

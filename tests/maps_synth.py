@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 from PIL import Image
 
-from wsi_pipeline.targets import hv_maps
+from wsi_pipeline.datasets.targets import hv_maps
 
 CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
 COLORS = ("#000000", "#ffa500", "#ff0000", "#00a000", "#0000ff")

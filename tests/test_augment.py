@@ -5,17 +5,17 @@ from pydantic import ValidationError
 from scipy import ndimage as ndi
 from skimage.color import hed2rgb, rgb2hed
 
-from wsi_pipeline.data.augment import (
+from wsi_pipeline.datasets.augment import (
     Augmenter,
     _affine_source,
     color_jitter,
     hed_jitter,
     warp_labels,
 )
-from wsi_pipeline.data.dataset import NucleusDataset
-from wsi_pipeline.data.sample import Sample
+from wsi_pipeline.datasets.dataset import NucleusDataset
+from wsi_pipeline.datasets.sample import Sample
 from wsi_pipeline.labels import relabel
-from wsi_pipeline.train_config import AugmentConfig
+from wsi_pipeline.training.config import AugmentConfig
 
 GEOMETRY_ONLY = {"p_hed": 0.0, "p_color": 0.0, "p_blur": 0.0, "p_scan": 0.0}
 
@@ -122,7 +122,7 @@ def test_config_forbids_unknown_keys() -> None:
 
 
 def test_scan_degradation_is_deterministic_keeps_geometry_and_degrades() -> None:
-    from wsi_pipeline.data.augment import scan_degrade
+    from wsi_pipeline.datasets.augment import scan_degrade
 
     image, inst, typ = _coded(128)
     cfg = AugmentConfig(flip_rot90=False, p_affine=0.0, p_scan=1.0, p_hed=0.0, p_color=0.0,

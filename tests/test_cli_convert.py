@@ -6,7 +6,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from wsi_pipeline.cli import main
-from wsi_pipeline.data.common import read_common
+from wsi_pipeline.datasets.common import read_common
 
 
 def test_convert_cpm15_to_the_model_scale(shared_data: Path, tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsi_pipeline.data.aperio_xml import read_aperio_xml, read_monuseg
-from wsi_pipeline.data.validate import SampleError
+from wsi_pipeline.datasets.aperio_xml import read_aperio_xml, read_monuseg
+from wsi_pipeline.datasets.validate import SampleError
 
 
 def _xml(regions: list[list[tuple[float, float]]], mpp: str = "0.2527") -> str:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsi_pipeline.data.coco import decode_compressed_counts, decode_rle, read_coco
-from wsi_pipeline.data.validate import SampleError
+from wsi_pipeline.datasets.coco import decode_compressed_counts, decode_rle, read_coco
+from wsi_pipeline.datasets.validate import SampleError
 
 
 def _rle(mask: np.ndarray) -> dict:

@@ -6,10 +6,10 @@ import pytest
 from click.testing import CliRunner
 
 from wsi_pipeline.cli.convert import command as convert
-from wsi_pipeline.data.common import read_common, write_common
-from wsi_pipeline.data.cpm15 import read_cpm15
-from wsi_pipeline.data.nucls import read_nucls
-from wsi_pipeline.data.validate import SampleError
+from wsi_pipeline.datasets.common import read_common, write_common
+from wsi_pipeline.datasets.cpm15 import read_cpm15
+from wsi_pipeline.datasets.nucls import read_nucls
+from wsi_pipeline.datasets.validate import SampleError
 
 
 def test_convert_cpm15_untyped_round_trip(shared_data: Path, tmp_path: Path) -> None:

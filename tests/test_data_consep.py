@@ -6,8 +6,8 @@ import scipy.io as sio
 from data_fixtures import disc_labels
 from PIL import Image
 
-from wsi_pipeline.data.consep_patches import CONSEP_CLASSES, read_consep_patches
-from wsi_pipeline.data.validate import SampleError
+from wsi_pipeline.datasets.consep_patches import CONSEP_CLASSES, read_consep_patches
+from wsi_pipeline.datasets.validate import SampleError
 
 
 def test_real_consep_patches(shared_data: Path) -> None:

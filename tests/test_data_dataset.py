@@ -2,9 +2,9 @@ import numpy as np
 import torch
 from data_fixtures import disc_labels
 
-from wsi_pipeline.data.augment import Augmenter
-from wsi_pipeline.data.dataset import NucleusDataset, fit_patch
-from wsi_pipeline.data.sample import Sample
+from wsi_pipeline.datasets.augment import Augmenter
+from wsi_pipeline.datasets.dataset import NucleusDataset, fit_patch
+from wsi_pipeline.datasets.sample import Sample
 from wsi_pipeline.labels import relabel
 
 

@@ -6,9 +6,9 @@ import scipy.io as sio
 from data_fixtures import disc_labels
 from PIL import Image
 
-from wsi_pipeline.data.consep_patches import CONSEP_CLASSES
-from wsi_pipeline.data.hovernet_layout import CONSEP_7_CLASSES, read_hovernet
-from wsi_pipeline.data.validate import SampleError
+from wsi_pipeline.datasets.consep_patches import CONSEP_CLASSES
+from wsi_pipeline.datasets.hovernet_layout import CONSEP_7_CLASSES, read_hovernet
+from wsi_pipeline.datasets.validate import SampleError
 
 
 def _write(root: Path, name: str, image, labels: dict) -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsi_pipeline.data.imagej_roi import read_cryonuseg
-from wsi_pipeline.data.validate import SampleError
+from wsi_pipeline.datasets.imagej_roi import read_cryonuseg
+from wsi_pipeline.datasets.validate import SampleError
 
 
 def _roiset(outlines: list[np.ndarray]) -> bytes:

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsi_pipeline.data.mix import (
+from wsi_pipeline.datasets.mix import (
     DATASET_KEY,
     DatasetSpec,
     draw_weights,
@@ -11,7 +11,7 @@ from wsi_pipeline.data.mix import (
     read_mix,
     typed_class_names,
 )
-from wsi_pipeline.data.sample import Sample
+from wsi_pipeline.datasets.sample import Sample
 
 
 def _s(name: str, ds: str, shape=(64, 64), types: tuple[int, ...] | None = None) -> Sample:

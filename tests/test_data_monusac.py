@@ -6,9 +6,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from wsi_pipeline.cli.convert import command as convert
-from wsi_pipeline.data.common import read_common
-from wsi_pipeline.data.monusac import MONUSAC_CLASSES, read_monusac
-from wsi_pipeline.data.validate import SampleError
+from wsi_pipeline.datasets.common import read_common
+from wsi_pipeline.datasets.monusac import MONUSAC_CLASSES, read_monusac
+from wsi_pipeline.datasets.validate import SampleError
 
 
 def _region(rid: int, cx: float, cy: float, r: float) -> str:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsi_pipeline.data.cpm15 import read_cpm15, read_mask_txt
-from wsi_pipeline.data.nucls import read_nucls
-from wsi_pipeline.data.validate import SampleError
+from wsi_pipeline.datasets.cpm15 import read_cpm15, read_mask_txt
+from wsi_pipeline.datasets.nucls import read_nucls
+from wsi_pipeline.datasets.validate import SampleError
 
 
 def test_real_nucls(shared_data: Path) -> None:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from data_fixtures import disc_labels
 
-from wsi_pipeline.data.pannuke import PANNUKE_CLASSES, pannuke_labels, read_pannuke
-from wsi_pipeline.data.validate import SampleError
+from wsi_pipeline.datasets.pannuke import PANNUKE_CLASSES, pannuke_labels, read_pannuke
+from wsi_pipeline.datasets.validate import SampleError
 
 
 def _fold(tmp_path: Path, n: int = 3, overlap_at: int | None = None) -> Path:

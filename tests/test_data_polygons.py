@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wsi_pipeline.data.polygons import rasterise_polygons
+from wsi_pipeline.datasets.polygons import rasterise_polygons
 
 
 def _square(x0: float, y0: float, side: float) -> np.ndarray:

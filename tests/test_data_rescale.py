@@ -3,9 +3,9 @@ from pathlib import Path
 import numpy as np
 from skimage.draw import disk
 
-from wsi_pipeline.data.cpm15 import read_cpm15
-from wsi_pipeline.data.rescale import to_mpp
-from wsi_pipeline.data.sample import Sample
+from wsi_pipeline.datasets.cpm15 import read_cpm15
+from wsi_pipeline.datasets.rescale import to_mpp
+from wsi_pipeline.datasets.sample import Sample
 
 
 def _sample(mpp: float | None) -> Sample:

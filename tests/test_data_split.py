@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from wsi_pipeline.data.sample import Sample
-from wsi_pipeline.data.split import split_by_group
+from wsi_pipeline.datasets.sample import Sample
+from wsi_pipeline.datasets.split import split_by_group
 
 
 def _samples(groups: dict[str, int]) -> list[Sample]:

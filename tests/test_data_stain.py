@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 from skimage.color import rgb2lab
 
-from wsi_pipeline.data.augment import hed_jitter, to_uint8
-from wsi_pipeline.data.sample import Sample
+from wsi_pipeline.datasets.augment import hed_jitter, to_uint8
+from wsi_pipeline.datasets.sample import Sample
 from wsi_pipeline.stain import (
     MacenkoNormalizer,
     ReinhardNormalizer,
@@ -14,7 +14,7 @@ from wsi_pipeline.stain import (
     normalize_samples,
     normalizer_from_meta,
 )
-from wsi_pipeline.train_config import StainNormConfig
+from wsi_pipeline.training.config import StainNormConfig
 
 H = np.array([0.65, 0.70, 0.29])
 E = np.array([0.07, 0.99, 0.11])

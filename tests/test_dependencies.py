@@ -1,5 +1,6 @@
-"""Dependencies point one way (#13 item 5): runtime modules do not pull in the training-data
-package, and the cohort's stage bookkeeping does not pull in torch."""
+"""Dependencies point one way (#13 items 5 and 6): the pipeline's stages (inference, postproc,
+export, cohort) do not pull in training, its datasets or evaluation; the cohort's stage
+bookkeeping does not pull in torch; a stage package's __init__ imports none of its modules."""
 
 from __future__ import annotations
 
@@ -15,11 +16,28 @@ def _loaded_after(statement: str) -> set[str]:
     return set(out.stdout.split())
 
 
-@pytest.mark.parametrize("module", ["wsi_pipeline.infer", "wsi_pipeline.tile_mode",
+@pytest.mark.parametrize("module", ["wsi_pipeline.inference.slide", "wsi_pipeline.tile_mode.predict",
                                     "wsi_pipeline.stain"])
 def test_inference_does_not_import_the_training_data(module):
     loaded = _loaded_after(f"import {module}")
-    assert not {m for m in loaded if m.startswith("wsi_pipeline.data")}
+    assert not {m for m in loaded if m.startswith("wsi_pipeline.datasets")}
+
+
+@pytest.mark.parametrize("module", ["wsi_pipeline.inference.slide", "wsi_pipeline.postproc.slide",
+                                    "wsi_pipeline.export.stage", "wsi_pipeline.cohort.runner"])
+def test_pipeline_stages_do_not_import_training_or_evaluation(module):
+    loaded = _loaded_after(f"import {module}")
+    beside = ("wsi_pipeline.training", "wsi_pipeline.datasets", "wsi_pipeline.evaluation")
+    assert not {m for m in loaded if m.startswith(beside)}
+
+
+@pytest.mark.parametrize("package", ["inference", "tile_mode", "export", "training"])
+def test_stage_packages_are_light(package):
+    """Importing a stage's package (as `import wsi_pipeline.export.config` does on the way)
+    loads none of its modules, so a light sibling stays light."""
+    loaded = _loaded_after(f"import wsi_pipeline.{package}")
+    assert not {m for m in loaded if m.startswith(f"wsi_pipeline.{package}.")}
+    assert "torch" not in loaded
 
 
 def test_stage_bookkeeping_does_not_import_torch():
@@ -28,12 +46,12 @@ def test_stage_bookkeeping_does_not_import_torch():
 
 
 def test_one_reader_does_not_load_the_others_or_torch():
-    loaded = _loaded_after("from wsi_pipeline.data.sample import Sample")
-    assert "torch" not in loaded and "wsi_pipeline.data.pannuke" not in loaded
+    loaded = _loaded_after("from wsi_pipeline.datasets.sample import Sample")
+    assert "torch" not in loaded and "wsi_pipeline.datasets.pannuke" not in loaded
 
 
 def test_data_package_names_still_resolve():
-    import wsi_pipeline.data as data
+    import wsi_pipeline.datasets as data
     from wsi_pipeline import stain
 
     for name in data.__all__:
@@ -48,5 +66,5 @@ def test_run_config_does_not_import_the_segmentation_stack():
     (ChunkingConfig lives beside PostprocConfig, TissueConfig beside InferConfig)."""
     loaded = _loaded_after("import wsi_pipeline.cohort.config")
     heavy = {"skimage", "torch", "wsi_pipeline.postproc.watershed", "wsi_pipeline.postproc.chunks",
-             "wsi_pipeline.tissue"}
+             "wsi_pipeline.inference.tissue"}
     assert not heavy & loaded

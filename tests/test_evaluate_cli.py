@@ -10,7 +10,7 @@ import scipy.io as sio
 from click.testing import CliRunner
 
 from wsi_pipeline.cli import main
-from wsi_pipeline.metrics.matio import read_consep_patch, read_instance_mat, write_instance_mat
+from wsi_pipeline.evaluation.matio import read_consep_patch, read_instance_mat, write_instance_mat
 
 
 def _maps():

@@ -14,9 +14,14 @@ import shapely
 from maps_synth import CLASSES, COLORS, MPP, disc_instances, oracle_maps, write_maps_zarr
 from PIL import Image
 
-from wsi_pipeline.export import export_slide
-from wsi_pipeline.export_config import ExportConfig
-from wsi_pipeline.geojson import hex_to_rgb, nucleus_uuid, qupath_problems, write_feature_collection
+from wsi_pipeline.export.config import ExportConfig
+from wsi_pipeline.export.geojson import (
+    hex_to_rgb,
+    nucleus_uuid,
+    qupath_problems,
+    write_feature_collection,
+)
+from wsi_pipeline.export.stage import export_slide
 from wsi_pipeline.postproc import PostprocConfig
 from wsi_pipeline.postproc.slide import postprocess_slide
 
@@ -195,7 +200,7 @@ def test_cells_split_the_ring_between_touching_nuclei():
     """QuPath-style cells (#12 item 5): each nucleus expanded by d, the ring shared out between
     neighbours whose expansions meet, so that no two cells overlap and none covers another
     nucleus; a lone nucleus gets its whole ring."""
-    from wsi_pipeline.geojson import CellMaker
+    from wsi_pipeline.export.geojson import CellMaker
 
     nuclei = [shapely.box(0, 0, 10, 10), shapely.box(12, 0, 22, 10), shapely.box(100, 100, 110, 108),
               shapely.Point(40, 40).buffer(4)]

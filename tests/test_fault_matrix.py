@@ -539,9 +539,9 @@ def test_export_of_an_old_table_without_its_maps_names_what_to_do(cohort, tmp_pa
     error naming the file and the way out, not a KeyError."""
     import pyarrow.parquet as pq
 
-    from wsi_pipeline.export import export_slide
-    from wsi_pipeline.export_config import ExportConfig
-    from wsi_pipeline.table_meta import TableMetaError
+    from wsi_pipeline.export.config import ExportConfig
+    from wsi_pipeline.export.stage import export_slide
+    from wsi_pipeline.export.table_meta import TableMetaError
 
     root, ckpt = cohort
     out = tmp_path / "out"
@@ -621,9 +621,9 @@ from unittest import mock
 
 STAGE, FLAG = os.environ["FAULT_PAUSE_STAGE"], Path(os.environ["FAULT_PAUSE_FLAG"])
 WHERE = {
-    "infer": "wsi_pipeline.infer._attributes",  # every map chunk is in maps.zarr.partial
+    "infer": "wsi_pipeline.inference.slide._attributes",  # every map chunk is in maps.zarr.partial
     "postproc": "wsi_pipeline.postproc.slide._OrderedWriter.close",  # the table half-written
-    "export": "wsi_pipeline.export.write_text_atomic",  # overlay.png and qc/ written, not summary.json
+    "export": "wsi_pipeline.export.stage.write_text_atomic",  # overlay.png and qc/ written, not summary.json
 }[STAGE]
 
 
@@ -818,7 +818,7 @@ def _json_write_failing(*names: str):
 #: Where each case meets the full disk, after the stage wrote part of what it writes.
 DISK_FULL_AT = {
     # the maps are all in maps.zarr.partial, tissue.png/json written: the attributes do not fit
-    "infer": lambda: mock.patch("wsi_pipeline.infer._attributes", _raise),
+    "infer": lambda: mock.patch("wsi_pipeline.inference.slide._attributes", _raise),
     # the table's last row group does not fit
     "postproc": lambda: mock.patch("wsi_pipeline.postproc.slide._OrderedWriter.close", _raise),
     # overlay.png and qc/ written, summary.json does not fit (a quota, EDQUOT)
@@ -1038,7 +1038,7 @@ def test_a_real_full_disk_loses_nothing_and_the_rerun_gives_the_same_tables(coho
 
 # -- 12: evaluate --types must name every type the data has ------------------------------------
 def test_evaluate_types_fewer_than_the_data_has_is_refused(tmp_path):
-    from wsi_pipeline.metrics.matio import write_instance_mat
+    from wsi_pipeline.evaluation.matio import write_instance_mat
 
     inst = np.zeros((32, 32), np.int32)
     for i, (r, c) in enumerate([(2, 2), (2, 18), (18, 2), (18, 18)], start=1):

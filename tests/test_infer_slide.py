@@ -11,13 +11,13 @@ import zarr
 from PIL import Image
 
 from wsi_pipeline import contract
-from wsi_pipeline.infer import STAIN_TILES, infer_slide
-from wsi_pipeline.infer_config import InferConfig, TissueConfig
+from wsi_pipeline.inference.config import InferConfig, TissueConfig
+from wsi_pipeline.inference.image import predict_tiled
+from wsi_pipeline.inference.slide import STAIN_TILES, infer_slide
 from wsi_pipeline.io import MissingMppError, open_slide
 from wsi_pipeline.io.plain_image import PlainImageSlide
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
 from wsi_pipeline.stain import ReinhardNormalizer
-from wsi_pipeline.tiled import predict_tiled
 
 CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
 # small tiles, and tissue islands far smaller than real sections still count as tissue
@@ -133,7 +133,7 @@ def test_blank_slide_gives_empty_valid_maps(model, tmp_path):
 
 def test_interrupted_run_leaves_only_partial(model, tissue_canvas, tmp_path, monkeypatch):
     slide = fake_slide(tissue_canvas, 0.25, tmp_path)
-    import wsi_pipeline.infer as infer_mod
+    import wsi_pipeline.inference.slide as infer_mod
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash")
@@ -200,7 +200,7 @@ def test_slide_too_pale_for_an_estimate_runs_unnormalised(stain_model, tmp_path,
     canvas = np.full((448, 576, 3), 245, np.uint8)
     canvas[160:288, 160:416] = (235, 200, 225)  # pale pink: tissue, but no stained pixel
     slide = fake_slide(canvas, 0.25, tmp_path)
-    with caplog.at_level("WARNING", logger="wsi_pipeline.infer"):
+    with caplog.at_level("WARNING", logger="wsi_pipeline.inference.slide"):
         result = infer_slide(slide, tmp_path / "out", InferConfig(**FAST), stain_model,
                              progress=False)
     assert not result.no_tissue and len(calls) == 1 and calls[0][1] is None
@@ -251,7 +251,7 @@ def test_progress_bar_counts_the_tiles_the_log_names(model, tissue_canvas, tmp_p
                                                      caplog):
     """Tiles straddling a chunk-row boundary run twice; the bar still counts tiles, so its total
     is the number in the log line, and it ends full."""
-    import wsi_pipeline.infer as infer_mod
+    import wsi_pipeline.inference.slide as infer_mod
 
     bars = []
 
@@ -268,7 +268,7 @@ def test_progress_bar_counts_the_tiles_the_log_names(model, tissue_canvas, tmp_p
 
     monkeypatch.setattr(infer_mod, "tqdm", Bar)
     slide = fake_slide(tissue_canvas, 0.25, tmp_path)
-    with caplog.at_level("INFO", logger="wsi_pipeline.infer"):
+    with caplog.at_level("INFO", logger="wsi_pipeline.inference.slide"):
         result = infer_slide(slide, tmp_path / "out", InferConfig(chunk_size=96, **FAST), model)
     assert result.n_runs > result.n_tiles  # the case that made bar and log disagree
     assert [(b.total, b.n) for b in bars] == [(result.n_tiles, result.n_tiles)]

@@ -78,8 +78,8 @@ def test_untyped_pixels_leave_the_nc_loss_untouched() -> None:
     logits would change the loss and receive a gradient."""
     import numpy as np
 
-    from wsi_pipeline.data.dataset import NucleusDataset
-    from wsi_pipeline.data.sample import Sample
+    from wsi_pipeline.datasets.dataset import NucleusDataset
+    from wsi_pipeline.datasets.sample import Sample
     from wsi_pipeline.model.losses import IGNORE, cost_sensitive_ce, soft_dice
 
     inst = np.zeros((16, 16), np.int32)

@@ -13,14 +13,14 @@ import pyarrow.parquet as pq
 import torch
 from scipy import ndimage
 
-import wsi_pipeline.infer as infer_mod
-from wsi_pipeline.infer import infer_slide
-from wsi_pipeline.infer_config import InferConfig, TissueConfig
+import wsi_pipeline.inference.slide as infer_mod
+from wsi_pipeline.datasets.targets import hv_maps
+from wsi_pipeline.inference.config import InferConfig, TissueConfig
+from wsi_pipeline.inference.slide import infer_slide
 from wsi_pipeline.io.plain_image import PlainImageSlide
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
 from wsi_pipeline.postproc import PostprocConfig
 from wsi_pipeline.postproc.slide import postprocess_slide
-from wsi_pipeline.targets import hv_maps
 
 SLIDE_MPP, MODEL_MPP = 0.25, 0.5  # 2 level-0 px per map px
 CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")

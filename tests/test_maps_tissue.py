@@ -7,8 +7,8 @@ import torch
 import zarr
 from PIL import Image
 
-from wsi_pipeline.infer import infer_slide
-from wsi_pipeline.infer_config import InferConfig, TissueConfig
+from wsi_pipeline.inference.config import InferConfig, TissueConfig
+from wsi_pipeline.inference.slide import infer_slide
 from wsi_pipeline.io.plain_image import PlainImageSlide
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
 

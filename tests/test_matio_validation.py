@@ -8,7 +8,7 @@ import scipy.io as sio
 from click.testing import CliRunner
 
 from wsi_pipeline.cli import main
-from wsi_pipeline.metrics.matio import (
+from wsi_pipeline.evaluation.matio import (
     MatFileError,
     read_consep_patch,
     read_instance_mat,
@@ -76,7 +76,7 @@ def test_evaluate_turns_a_bad_file_into_a_clear_error(tmp_path):
 
 def test_write_empty_image_with_type_probs(tmp_path):
     """An image without nuclei (21 CoNSeP patches) still gets a valid .mat."""
-    from wsi_pipeline.metrics.matio import read_instance_mat, write_instance_mat
+    from wsi_pipeline.evaluation.matio import read_instance_mat, write_instance_mat
 
     path = write_instance_mat(tmp_path / "empty.mat", np.zeros((8, 8), np.int32), np.zeros(0),
                               inst_type_prob=np.zeros((0, 5), np.float32))

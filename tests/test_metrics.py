@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from wsi_pipeline.labels import relabel
-from wsi_pipeline.metrics import (
+from wsi_pipeline.evaluation import (
     DatasetEvaluator,
     Instances,
     TypeCounts,
@@ -22,6 +21,7 @@ from wsi_pipeline.metrics import (
     panoptic_quality,
     radius_px,
 )
+from wsi_pipeline.labels import relabel
 
 
 def _literal_scores(true, pred):
@@ -182,7 +182,7 @@ def test_dataset_pooling_of_per_class_pq():
 
 
 def test_detection_only_scoring_reports_f_d_without_type_scores() -> None:
-    from wsi_pipeline.metrics import DatasetEvaluator, Instances
+    from wsi_pipeline.evaluation import DatasetEvaluator, Instances
 
     true = np.zeros((40, 40), np.int32)
     true[2:8, 2:8] = 1

@@ -8,7 +8,7 @@ import torch
 from wsi_pipeline.model import MultiTaskNet
 from wsi_pipeline.model.attention import criss_cross
 from wsi_pipeline.model.losses import multitask_loss
-from wsi_pipeline.train_config import LossConfig
+from wsi_pipeline.training.config import LossConfig
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""overlay.py: the quick-look overlay draws nuclei in their class colour, as outlines when they
+"""export/overlay.py: the quick-look overlay draws nuclei in their class colour, as outlines when they
 are big enough to see and as dots otherwise, with the tissue outlined."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import shapely
 from PIL import Image
 
-from wsi_pipeline.overlay import TISSUE_OUTLINE_RGB, render_overlay
+from wsi_pipeline.export.overlay import TISSUE_OUTLINE_RGB, render_overlay
 
 COLORS = ["#000000", "#ff0000", "#00ff00"]
 WHITE = (255, 255, 255)
@@ -70,7 +70,7 @@ def test_tissue_outline_and_batches(tmp_path):
 def test_unreadable_slide_gives_a_white_background_and_a_warning(tmp_path, caplog):
     broken = tmp_path / "broken.svs"
     broken.write_bytes(b"not a slide")
-    with caplog.at_level(logging.WARNING, logger="wsi_pipeline.overlay"):
+    with caplog.at_level(logging.WARNING, logger="wsi_pipeline.export.overlay"):
         _mpp, img = _render(tmp_path, [(40, 40, 6, 1)], slide_path=str(broken))
     assert "without slide background" in caplog.text
     assert (img != 255).any(axis=2).sum() == 1

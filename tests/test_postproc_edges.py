@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from wsi_pipeline.datasets.targets import hv_maps
 from wsi_pipeline.postproc.edges import _smooth_inside, hv_edges
-from wsi_pipeline.targets import hv_maps
 
 
 def _two_touching() -> np.ndarray:

@@ -22,9 +22,9 @@ from PIL import Image
 from wsi_pipeline.cohort.config import RunConfig
 from wsi_pipeline.contract import OD_COLUMNS, OD_QUPATH_NAMES, nuclei_schema
 from wsi_pipeline.deconvolution import deconvolve, stain_matrix
-from wsi_pipeline.export import export_slide
-from wsi_pipeline.export_config import ExportConfig
-from wsi_pipeline.geojson import qupath_problems
+from wsi_pipeline.export.config import ExportConfig
+from wsi_pipeline.export.geojson import qupath_problems
+from wsi_pipeline.export.stage import export_slide
 from wsi_pipeline.postproc.config import ChunkingConfig, OpticalDensityConfig, PostprocConfig
 from wsi_pipeline.postproc.od import nucleus_od_stats, slide_pixels, window_rgb
 from wsi_pipeline.postproc.slide import postprocess_slide
@@ -55,7 +55,7 @@ def _synthetic_slide(d, scale: int):
     rgb[8:-8, 8:-8] = TISSUE
     radius = scale * R + (2.25 if scale > 1 else 0)
     for (r, c), colour in zip(CENTRES, COLOURS, strict=True):
-        # map pixel c's centre is level-0 pixel coordinate c*s + (s - 1)/2 (infer._Geometry.origin)
+        # map pixel c's centre is level-0 pixel coordinate c*s + (s - 1)/2 (inference.slide._Geometry.origin)
         cy, cx = r * scale + (scale - 1) / 2, c * scale + (scale - 1) / 2
         rgb[(rows - cy) ** 2 + (cols - cx) ** 2 <= radius**2] = colour
     png = d / "slide.png"

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from wsi_pipeline.datasets.targets import hv_maps
+from wsi_pipeline.evaluation.oracle import load_consep_truth, score_oracle
 from wsi_pipeline.labels import relabel
 from wsi_pipeline.postproc import PostprocConfig, SegmentationResult, segment_instances
 from wsi_pipeline.postproc.merge import merge_groups
-from wsi_pipeline.postproc.oracle import load_consep_truth, score_oracle
 from wsi_pipeline.postproc.watershed import step1
-from wsi_pipeline.targets import hv_maps
 
 
 def _disk(shape, centre, radius):
@@ -151,7 +151,7 @@ def _degraded_case(seed=0):
 
 def test_degraded_maps_give_sane_instances():
     """Soft, blurred, noisy maps (like a real network's) still yield one instance per nucleus."""
-    from wsi_pipeline.metrics import panoptic_quality
+    from wsi_pipeline.evaluation import panoptic_quality
 
     inst, ns, hv = _degraded_case()
     res = segment_instances(ns.astype(np.float32), hv.astype(np.float32), mpp=0.25)

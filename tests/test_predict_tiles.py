@@ -12,15 +12,20 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from wsi_pipeline import tile_mode
 from wsi_pipeline.cli import main
-from wsi_pipeline.geojson import qupath_problems
-from wsi_pipeline.infer_config import DEFAULT_STRIDE, DEFAULT_TILE_SIZE
+from wsi_pipeline.export.geojson import qupath_problems
+from wsi_pipeline.inference.config import DEFAULT_STRIDE, DEFAULT_TILE_SIZE
+from wsi_pipeline.inference.image import predict_tiled
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
 from wsi_pipeline.postproc import PostprocConfig, SegmentationResult, segment_instances
 from wsi_pipeline.stain import ReinhardNormalizer
-from wsi_pipeline.tile_mode import segment_image, write_geojson, write_mat, write_overlay
-from wsi_pipeline.tiled import predict_tiled
+from wsi_pipeline.tile_mode import predict as tile_predict
+from wsi_pipeline.tile_mode.predict import (
+    segment_image,
+    write_mat,
+    write_overlay,
+    write_tile_geojson,
+)
 
 CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
 
@@ -54,7 +59,7 @@ def _network_inputs(monkeypatch) -> list[np.ndarray]:
         seen.append(image)
         return predict_tiled(net, image, **kw)
 
-    monkeypatch.setattr(tile_mode, "predict_tiled", spy)
+    monkeypatch.setattr(tile_predict, "predict_tiled", spy)
     return seen
 
 
@@ -160,7 +165,7 @@ def test_writers_on_ground_truth(truth, checkpoint, tmp_path):
     overlay = np.asarray(Image.open(tmp_path / "t.png"))
     assert overlay.shape == image.shape and (overlay != image).any()
 
-    write_geojson(tmp_path / "t.geojson.gz", result, model, 0.25)
+    write_tile_geojson(tmp_path / "t.geojson.gz", result, model, 0.25)
     fc = json.loads(gzip.decompress((tmp_path / "t.geojson.gz").read_bytes()))
     assert len(fc["features"]) == result.n
     f0 = fc["features"][0]
@@ -184,14 +189,14 @@ def test_cli_match_selects_images(checkpoint, input_dir, tmp_path):
 
 def test_cli_goes_on_after_any_per_image_error(checkpoint, input_dir, tmp_path, monkeypatch):
     """Not only unreadable files: an image whose processing fails is named and skipped."""
-    real = tile_mode.segment_image
+    real = tile_predict.segment_image
 
     def fail_on_wide(model, image, **kw):
         if image.shape[:2] == (200, 512):
             raise ValueError("simulated failure")
         return real(model, image, **kw)
 
-    monkeypatch.setattr(tile_mode, "segment_image", fail_on_wide)
+    monkeypatch.setattr(tile_predict, "segment_image", fail_on_wide)
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["predict-tiles", str(input_dir), str(out), "--checkpoint",
                                     str(checkpoint), "--device", "cpu"])
@@ -205,7 +210,7 @@ def test_cli_fails_when_every_image_fails(checkpoint, input_dir, tmp_path, monke
     def always_fail(*args, **kw):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(tile_mode, "segment_image", always_fail)
+    monkeypatch.setattr(tile_predict, "segment_image", always_fail)
     res = CliRunner().invoke(main, ["predict-tiles", str(input_dir), str(tmp_path / "o"),
                                     "--checkpoint", str(checkpoint), "--device", "cpu"])
     assert res.exit_code != 0
@@ -261,7 +266,7 @@ def test_image_without_tissue_is_not_normalised_with_a_warning(stain_checkpoint,
                                                                monkeypatch):
     blank = np.full((96, 96, 3), 242, np.uint8)
     seen = _network_inputs(monkeypatch)
-    with caplog.at_level("WARNING", logger="wsi_pipeline.tile_mode"):
+    with caplog.at_level("WARNING", logger="wsi_pipeline.tile_mode.predict"):
         segment_image(load_checkpoint(stain_checkpoint), blank, tile=128, stride=64, name="glass.png")
     assert seen[0] is blank
     assert "glass.png: too little tissue" in caplog.text
@@ -269,13 +274,13 @@ def test_image_without_tissue_is_not_normalised_with_a_warning(stain_checkpoint,
 
 def test_cli_tta_is_on_by_default_and_no_tta_turns_it_off(checkpoint, input_dir, tmp_path, monkeypatch):
     seen: list[bool] = []
-    real = tile_mode.predict_tiled
+    real = tile_predict.predict_tiled
 
     def spy(*args, tta=False, **kw):
         seen.append(tta)
         return real(*args, tta=tta, **kw)
 
-    monkeypatch.setattr(tile_mode, "predict_tiled", spy)
+    monkeypatch.setattr(tile_predict, "predict_tiled", spy)
     for flags, out in (([], "on"), (["--no-tta"], "off")):
         res = CliRunner().invoke(main, ["predict-tiles", str(input_dir), str(tmp_path / out),
                                         "--checkpoint", str(checkpoint), *flags])
@@ -315,13 +320,13 @@ def test_cli_config_postproc_reaches_tile_mode(checkpoint, one_image, tmp_path):
 def test_cli_config_tile_grid_and_batch_and_flags_over_the_file(checkpoint, one_image, tmp_path,
                                                                 monkeypatch):
     seen: list[dict] = []
-    real = tile_mode.predict_tiled
+    real = tile_predict.predict_tiled
 
     def spy(*args, **kw):
         seen.append({k: kw[k] for k in ("tile", "stride", "batch_size", "precision")})
         return real(*args, **kw)
 
-    monkeypatch.setattr(tile_mode, "predict_tiled", spy)
+    monkeypatch.setattr(tile_predict, "predict_tiled", spy)
     config = tmp_path / "grid.yaml"
     config.write_text("infer:\n  tile_size: 128\n  margin: 16\n  batch_size: 3\n  precision: fp32\n")
     _predict(checkpoint, one_image, tmp_path / "plain")

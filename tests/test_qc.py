@@ -21,11 +21,11 @@ from wsi_pipeline.cohort.discover import SlideEntry
 from wsi_pipeline.cohort.manifest import slide_row, write_manifest
 from wsi_pipeline.cohort.stages import STAGES, SlideStages, StageMarker
 from wsi_pipeline.cohort.summarize import summarize_cohort
-from wsi_pipeline.export import export_slide
-from wsi_pipeline.export_config import ExportConfig
+from wsi_pipeline.export.config import ExportConfig
+from wsi_pipeline.export.qc import QCConfig, QCStats, qc_report
+from wsi_pipeline.export.stage import export_slide
 from wsi_pipeline.postproc import PostprocConfig
 from wsi_pipeline.postproc.slide import postprocess_slide
-from wsi_pipeline.qc import QCConfig, QCStats, qc_report
 
 LOOSE = QCConfig(min_tissue_mm2=0.0, min_nuclei=1)  # judge even the tiny synthetic slides
 

@@ -14,10 +14,10 @@ from PIL import Image
 from qc_fixtures import RADIUS, qc_slide_dir
 
 from wsi_pipeline.cohort.stages import STAGE_OUTPUTS, SlideStages, StageMarker
-from wsi_pipeline.export import export_slide
-from wsi_pipeline.export_config import ExportConfig, QCSheetConfig
-from wsi_pipeline.geojson import hex_to_rgb
-from wsi_pipeline.qc_regions import DensityGrid, RegionGrid
+from wsi_pipeline.export.config import ExportConfig, QCSheetConfig
+from wsi_pipeline.export.geojson import hex_to_rgb
+from wsi_pipeline.export.qc_regions import DensityGrid, RegionGrid
+from wsi_pipeline.export.stage import export_slide
 
 # 64 px at 0.25 µm/px = 32 level-0 px: 1-4 nuclei per window where they are sparse
 CFG = ExportConfig(qc_sheet=QCSheetConfig(crop_px=64, n_spread=4, min_nuclei_confidence=3))

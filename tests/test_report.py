@@ -23,8 +23,8 @@ from wsi_pipeline.cli import main
 from wsi_pipeline.cohort.manifest import MANIFEST, write_manifest
 from wsi_pipeline.cohort.report import REPORT
 from wsi_pipeline.cohort.summarize import summarize_cohort
-from wsi_pipeline.export import export_slide
-from wsi_pipeline.export_config import ExportConfig, QCSheetConfig
+from wsi_pipeline.export.config import ExportConfig, QCSheetConfig
+from wsi_pipeline.export.stage import export_slide
 
 CFG = ExportConfig(qc_sheet=QCSheetConfig(crop_px=64, n_spread=2))
 ODD_ID = "slide #2 (re-cut)"  # a space, a hash and brackets: links must be quoted

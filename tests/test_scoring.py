@@ -1,10 +1,10 @@
 import numpy as np
 from skimage.draw import disk
 
-from wsi_pipeline.data.mix import DATASET_KEY
-from wsi_pipeline.data.sample import Sample
-from wsi_pipeline.scoring import flatten_scores, score_maps
-from wsi_pipeline.targets import hv_maps
+from wsi_pipeline.datasets.mix import DATASET_KEY
+from wsi_pipeline.datasets.sample import Sample
+from wsi_pipeline.datasets.targets import hv_maps
+from wsi_pipeline.evaluation.scoring import flatten_scores, score_maps
 
 
 def _pair(typed: bool, dataset: str) -> tuple[Sample, dict]:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_pipeline.data import read_consep_patches, split_by_group
-from wsi_pipeline.metrics import DatasetEvaluator, Instances
+from wsi_pipeline.datasets import read_consep_patches, split_by_group
+from wsi_pipeline.evaluation import DatasetEvaluator, Instances
 from wsi_pipeline.model import default_checkpoint_path, load_checkpoint
-from wsi_pipeline.tile_mode import segment_image
+from wsi_pipeline.tile_mode.predict import segment_image
 
 MODEL_CARD = Path(__file__).resolve().parents[1] / "MODEL_CARD.md"
 
@@ -44,7 +44,7 @@ def test_shipped_model_segments_validation_patches(shared_data):
 def test_shipped_model_segments_a_held_out_monuseg_tile(shared_data):
     """Generalisation floor beyond CoNSeP: a MoNuSeg breast tile held out of training
     (configs/train_mix.yaml val_groups), at its own pixel size (0.2456 µm/px)."""
-    from wsi_pipeline.data.aperio_xml import read_monuseg
+    from wsi_pipeline.datasets.aperio_xml import read_monuseg
 
     (tile,) = [s for s in read_monuseg(shared_data / "monuseg_train")
                if s.name == "TCGA-A7-A13E-01Z-00-DX1"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsi_pipeline.targets import hv_maps
+from wsi_pipeline.datasets.targets import hv_maps
 
 
 def test_hand_built_bar():

@@ -11,11 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from wsi_pipeline import infer_config, tile_mode
-from wsi_pipeline.infer_config import DEFAULT_MARGIN, DEFAULT_STRIDE, DEFAULT_TILE_SIZE, InferConfig
+from wsi_pipeline.inference import config as inference_config
+from wsi_pipeline.inference.config import (
+    DEFAULT_MARGIN,
+    DEFAULT_STRIDE,
+    DEFAULT_TILE_SIZE,
+    InferConfig,
+)
+from wsi_pipeline.inference.image import predict_tiled
 from wsi_pipeline.model import MultiTaskNet
 from wsi_pipeline.model.predict import predict_batch, predict_batch_compact, prepare_model
-from wsi_pipeline.tiled import predict_tiled
+from wsi_pipeline.tile_mode import predict as tile_predict
 
 
 @pytest.fixture(scope="module")
@@ -96,19 +102,19 @@ def test_predict_batch_contract_and_precisions(net):
 
 
 def test_default_tile_geometry_has_one_home():
-    """256/32/192 are stated once, in infer_config; everything else (InferConfig, predict_tiled,
+    """256/32/192 are stated once, in inference/config.py; everything else (InferConfig, predict_tiled,
     tile mode, validation scoring, the benchmarks) takes them from there."""
     assert (DEFAULT_TILE_SIZE, DEFAULT_MARGIN, DEFAULT_STRIDE) == (256, 32, 192)
     cfg = InferConfig()
     assert (cfg.tile_size, cfg.margin, cfg.effective_stride) == (256, 32, 192)
-    for fn in (predict_tiled, tile_mode.segment_image):
+    for fn in (predict_tiled, tile_predict.segment_image):
         params = inspect.signature(fn).parameters
         assert (params["tile"].default, params["stride"].default) == (256, 192), fn.__name__
     root = Path(__file__).resolve().parents[1]
     geometry = re.compile(  # a storage tile (tifffile's tile=(256, 256)) is another fact
         r"\b192\b|patch_size\s*\+\s*64\b|--margin\b.*default=\d"
         r"|\b(tile|tile_size|stride|margin)\b[\"']?\s*[:=]\s*(int\s*=\s*)?(Field\()?[^,()\n]*\b(256|192|32|64)\b")
-    home = Path(infer_config.__file__).resolve()
+    home = Path(inference_config.__file__).resolve()
     found = [f"{p.relative_to(root)}:{i}: {line.strip()}"
              for p in sorted([*(root / "wsi_pipeline").rglob("*.py"), *(root / "benchmarks").glob("*.py")])
              if p.resolve() != home

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsi_pipeline.tiling import (
+from wsi_pipeline.inference.geometry import (
     TileGrid,
     run_pieces,
     schedule,

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from skimage.draw import disk
 
-from wsi_pipeline.infer_config import TissueConfig
+from wsi_pipeline.inference.config import TissueConfig
+from wsi_pipeline.inference.tissue import detect_tissue, save_tissue
 from wsi_pipeline.io import open_slide
-from wsi_pipeline.tissue import detect_tissue, save_tissue
 
 PINK = (215, 120, 170)
 

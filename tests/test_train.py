@@ -8,16 +8,22 @@ import torch
 from PIL import Image
 from skimage.draw import disk
 
-import wsi_pipeline.train as train_module
+import wsi_pipeline.training.loop as train_module
 from wsi_pipeline.config import ConfigError, load_config
-from wsi_pipeline.data import Sample, SampleError, build_normalizer, write_common
-from wsi_pipeline.data.mix import DATASET_KEY
-from wsi_pipeline.infer_config import DEFAULT_MARGIN
+from wsi_pipeline.datasets import Sample, SampleError, build_normalizer, write_common
+from wsi_pipeline.datasets.mix import DATASET_KEY
+from wsi_pipeline.inference.config import DEFAULT_MARGIN
 from wsi_pipeline.model import load_checkpoint
 from wsi_pipeline.postproc.config import PostprocConfig
 from wsi_pipeline.stain import normalizer_from_meta
-from wsi_pipeline.train import class_counts, cost_matrix, load_samples, normalize_stain, train
-from wsi_pipeline.train_config import TrainConfig
+from wsi_pipeline.training.config import TrainConfig
+from wsi_pipeline.training.loop import (
+    class_counts,
+    cost_matrix,
+    load_samples,
+    normalize_stain,
+    train,
+)
 
 NAMES = ("background", "round", "small")
 
@@ -277,7 +283,7 @@ def test_validation_scores_with_the_configured_postproc_and_checkpoints_record_i
         assert PostprocConfig.model_validate(saved) == PostprocConfig(**tuned)
 
     # resuming under other settings scores with those, and says the earlier epochs did not
-    with caplog.at_level("WARNING", logger="wsi_pipeline.train"):
+    with caplog.at_level("WARNING", logger="wsi_pipeline.training.loop"):
         train(_cfg(tmp_path, epochs=2, max_steps_per_epoch=1, val_every=1), samples=data,
               progress=False)
     assert seen[-1]["postproc"] == PostprocConfig()

@@ -37,7 +37,7 @@ ARRAY_TISSUE = "tissue"  #: the dilated tissue mask that chose the tiles, at its
 #: Attribute of the tissue array: its pixel size (µm).
 TISSUE_MPP_ATTR = "tissue_mpp"
 
-# -- maps.zarr: group attributes (written by infer._attributes) ----------------------------------
+# -- maps.zarr: group attributes (written by inference.slide._attributes) ----------------------------------
 MAPS_ATTRIBUTES: tuple[str, ...] = (
     "mpp",  # the maps' (model's) pixel size, µm
     "slide_mpp",  # level-0 pixel size, µm

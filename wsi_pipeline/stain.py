@@ -30,8 +30,8 @@ from PIL import Image
 from skimage.color import lab2rgb, rgb2lab
 
 if TYPE_CHECKING:  # runtime (inference) code imports this module without the training data
-    from wsi_pipeline.data.sample import Sample
-    from wsi_pipeline.train_config import StainNormConfig
+    from wsi_pipeline.datasets.sample import Sample
+    from wsi_pipeline.training.config import StainNormConfig
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from wsi_pipeline.data.readers import READERS
+from wsi_pipeline.datasets.readers import READERS
 
 FORMATS = tuple(name for name in READERS if name != "common")
 
@@ -27,9 +27,9 @@ FORMATS = tuple(name for name in READERS if name != "common")
 def command(fmt: str, merge_consep: bool, mpp: float | None, target_mpp: float | None, typed: bool,
             on_error: str, src: Path, dst: Path) -> None:
     """Convert SRC (a dataset in --format) to DST/images/*.png, DST/labels/*.npz, DST/classes.json."""
-    from wsi_pipeline.data import readers
-    from wsi_pipeline.data.common import write_common
-    from wsi_pipeline.data.validate import SampleError
+    from wsi_pipeline.datasets import readers
+    from wsi_pipeline.datasets.common import write_common
+    from wsi_pipeline.datasets.validate import SampleError
 
     kwargs: dict = {"on_error": on_error}
     if mpp is not None:
@@ -51,7 +51,7 @@ def command(fmt: str, merge_consep: bool, mpp: float | None, target_mpp: float |
     if not samples:
         raise click.ClickException(f"no usable samples in {src}")
     if target_mpp is not None:
-        from wsi_pipeline.data.rescale import to_mpp
+        from wsi_pipeline.datasets.rescale import to_mpp
 
         unknown = [s.name for s in samples if s.mpp is None]
         if unknown:

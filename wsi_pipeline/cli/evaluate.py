@@ -16,7 +16,7 @@ from wsi_pipeline.atomic import write_text_atomic
 
 def _truth_files(true_dir: Path) -> dict[str, tuple[Path, Path | None]]:
     """stem → (instance file, type file or None) for the CoNSeP patch layout or HoVer-Net .mat."""
-    from wsi_pipeline.metrics.matio import consep_patch_files, is_consep_layout
+    from wsi_pipeline.evaluation.matio import consep_patch_files, is_consep_layout
 
     if is_consep_layout(true_dir):
         files: dict[str, tuple[Path, Path | None]] = dict(consep_patch_files(true_dir))
@@ -86,8 +86,8 @@ def _check_types(names: list[str], truth: Any, truth_path: Path, pred: Any,
 def command(
     pred_dir: Path, true_dir: Path, type_names: str | None, mpp: float, out_prefix: Path | None
 ) -> None:
-    from wsi_pipeline.metrics import DatasetEvaluator
-    from wsi_pipeline.metrics.matio import MatFileError, read_consep_patch, read_instance_mat
+    from wsi_pipeline.evaluation import DatasetEvaluator
+    from wsi_pipeline.evaluation.matio import MatFileError, read_consep_patch, read_instance_mat
 
     names = [n.strip() for n in type_names.split(",")] if type_names else None
     truths = _truth_files(true_dir)

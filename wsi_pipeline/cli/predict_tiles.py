@@ -57,8 +57,13 @@ def command(input_dir: Path, output_dir: Path, config_path: Path | None, checkpo
     from wsi_pipeline.io.plain_image import IMAGE_SUFFIXES, read_rgb
     from wsi_pipeline.model import CheckpointError, default_checkpoint_path, load_checkpoint
     from wsi_pipeline.model.predict import prepare_model, resolve_device
-    from wsi_pipeline.tile_mode import segment_image, write_geojson, write_mat, write_overlay
-    from wsi_pipeline.tile_outputs import OutputClash, plan_outputs
+    from wsi_pipeline.tile_mode.outputs import OutputClash, plan_outputs
+    from wsi_pipeline.tile_mode.predict import (
+        segment_image,
+        write_mat,
+        write_overlay,
+        write_tile_geojson,
+    )
 
     all_images = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     images = all_images
@@ -111,7 +116,7 @@ def command(input_dir: Path, output_dir: Path, config_path: Path | None, checkpo
         if out.overlay is not None:
             write_overlay(out.overlay, image, result, model.class_colors)
         if out.geojson is not None:
-            write_geojson(out.geojson, result, model, image_mpp)
+            write_tile_geojson(out.geojson, result, model, image_mpp)
 
     # One bad image (unreadable, odd shape, a writer failing on its result) must not cost the
     # rest of a folder: report it by name and go on; fail only when nothing was written.

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from wsi_pipeline.config import ConfigError, load_config
-from wsi_pipeline.train_config import TrainConfig
+from wsi_pipeline.training.config import TrainConfig
 
 
 @click.command(name="train")
@@ -23,7 +23,7 @@ from wsi_pipeline.train_config import TrainConfig
 def command(config_path: Path, out_dir: Path | None, epochs: int | None, device: str | None,
             max_steps_per_epoch: int | None, no_resume: bool) -> None:
     """Train, validate each epoch, keep best.pt and last.pt; resumes from last.pt."""
-    from wsi_pipeline.train import train
+    from wsi_pipeline.training.loop import train
 
     overrides = {k: v for k, v in {"out_dir": out_dir and str(out_dir), "epochs": epochs,
                                     "device": device,

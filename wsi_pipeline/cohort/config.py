@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from wsi_pipeline.cohort.discover import SLIDE_EXTENSIONS
 from wsi_pipeline.config import ConfigError, load_config
-from wsi_pipeline.export_config import ExportConfig
-from wsi_pipeline.infer_config import InferConfig
+from wsi_pipeline.export.config import ExportConfig
+from wsi_pipeline.inference.config import InferConfig
 from wsi_pipeline.io import Backend
 from wsi_pipeline.postproc.config import ChunkingConfig, PostprocConfig
 

@@ -39,7 +39,7 @@ SCHEMA = pa.schema(
         ("n_nuclei", pa.int64()),
         ("mpp", pa.float64()),  # level-0 µm/px the slide was (or will be) processed at
         ("mpp_source", pa.string()),  # metadata, objective_power, fallback, override, csv
-        ("qc", pa.string()),  # plausibility flags joined with ";" ("" = none; wsi_pipeline.qc)
+        ("qc", pa.string()),  # plausibility flags joined with ";" ("" = none; wsi_pipeline.export.qc)
         ("model_sha256", pa.string()),
         ("config_hash", pa.string()),
         ("wsi_pipeline_version", pa.string()),

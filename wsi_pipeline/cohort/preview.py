@@ -79,8 +79,8 @@ _PROBLEM_LABEL = {"unreadable": "unreadable", "missing_mpp": "missing mpp",
 
 
 def _inspect(item: SlidePreview, runner: CohortRunner, check: Any) -> None:
+    from wsi_pipeline.inference.tissue import detect_tissue
     from wsi_pipeline.io import open_slide
-    from wsi_pipeline.tissue import detect_tissue
 
     if check is not None and check.problem is not None:
         reason = check.message or ""

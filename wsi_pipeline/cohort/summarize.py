@@ -43,7 +43,7 @@ class CohortSummary:
     plot_path: Path | None
     #: Finished slides left out because their nuclei.parquet is missing.
     missing: list[str] = field(default_factory=list)
-    #: slide_id -> its QC flags ("a;b"), for the slides that have any (wsi_pipeline.qc).
+    #: slide_id -> its QC flags ("a;b"), for the slides that have any (wsi_pipeline.export.qc).
     qc_flagged: dict[str, str] = field(default_factory=dict)
     #: OUT/report.html (wsi_pipeline.cohort.report), None when not asked for.
     report_path: Path | None = None

@@ -253,7 +253,7 @@ def _progress_callback(job: SlideJob, stage: str, unit: str) -> Any:
 
 # -- the stages ------------------------------------------------------------------------------
 def _infer(job: SlideJob) -> dict[str, Any]:
-    from wsi_pipeline.infer import infer_slide
+    from wsi_pipeline.inference.slide import infer_slide
     from wsi_pipeline.io import open_slide
 
     if job.path.is_dir():
@@ -299,7 +299,7 @@ def _postproc(job: SlideJob) -> dict[str, Any]:
 
 
 def _export(job: SlideJob) -> dict[str, Any]:
-    from wsi_pipeline.export import export_slide
+    from wsi_pipeline.export.stage import export_slide
 
     summary = export_slide(job.slide_dir, job.cfg.export)
     return {"n_nuclei": summary.get("n_nuclei"), "qc": ";".join(summary["qc"]["flags"])}

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from wsi_pipeline.train_config import LossConfig
+    from wsi_pipeline.training.config import LossConfig
 
 IGNORE = -100  # NC target of pixels without a type label (torch's default ignore_index)
 

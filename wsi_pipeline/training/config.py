@@ -1,0 +1,194 @@
+"""Configuration of a training run (configs/train_*.yaml), every section's model included:
+stain normalisation (applied by `stain`), augmentation (`data.augment`), loss weights
+(`model.losses`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from wsi_pipeline.datasets.mix import DatasetSpec
+from wsi_pipeline.model.config import ModelConfig
+from wsi_pipeline.postproc.config import PostprocConfig
+
+#: side of the training crops (`TrainConfig.patch_size`): the training patch, not the inference
+#: tile (`inference.config.DEFAULT_TILE_SIZE`), though both are 256 by default
+TRAIN_PATCH_SIZE = 256
+
+
+class StainNormConfig(BaseModel):
+    """Which normaliser to build and what to fit its target on.
+
+    Use it when the training data come from one lab (one stain protocol, one scanner) and the
+    model will see slides from others: every training image is mapped onto the reference
+    appearance, and the fitted target is stored in the checkpoint so that inference maps every
+    image (tile mode) or slide (one estimate per slide) onto the same appearance. Reinhard
+    (Lab mean/std) is robust on small, nucleus-dense patches; Macenko (H/E stain vectors) is
+    more faithful on large fields of view but its per-patch estimate is unstable on 256² CoNSeP
+    patches (see `wsi_pipeline.stain`). "none" keeps the images as they are (the shipped model).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["none", "macenko", "reinhard"] = Field("none", description="normaliser")
+    reference_images: list[Path] = Field(
+        default_factory=list,
+        description="RGB images whose appearance is the target; empty = Macenko's published "
+        "reference (Reinhard needs at least one image)",
+    )
+    light_intensity: float = Field(240.0, gt=0, le=255, description="Macenko I_0 (bright glass)")
+    od_threshold: float = Field(0.15, gt=0, description="Macenko: pixels with any OD below are glass")
+    angle_percentile: float = Field(1.0, gt=0, lt=50, description="Macenko robust extreme angle")
+
+
+
+class AugmentConfig(BaseModel):
+    """Probabilities (`p_*`) and magnitudes of each augmentation. Defaults suit 256² H&E patches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flip_rot90: bool = Field(True, description="random element of the dihedral group (flips, 90° turns)")
+    p_affine: float = Field(0.3, ge=0, le=1, description="probability of a small affine warp")
+    rotate_deg: float = Field(15.0, ge=0, le=45, description="affine rotation drawn from ±this")
+    scale: tuple[float, float] = Field(
+        (0.85, 1.15), description="isotropic zoom range (scanners' stated mpp differ by ~±10 %)"
+    )
+    shear_deg: float = Field(5.0, ge=0, le=20, description="shear angle drawn from ±this")
+    p_hed: float = Field(0.8, ge=0, le=1, description="probability of HED stain jitter")
+    hed_alpha: float = Field(0.05, ge=0, le=0.5, description="each stain scaled by 1 ± this")
+    hed_beta: float = Field(
+        0.005, ge=0, le=0.05,
+        description="each stain shifted by ± this, in skimage rgb2hed units (H is ~0.02 in CoNSeP)",
+    )
+    p_color: float = Field(0.8, ge=0, le=1, description="probability of brightness/contrast/saturation")
+    brightness: float = Field(0.08, ge=0, le=0.5, description="additive shift on [0,1] intensities")
+    contrast: float = Field(0.15, ge=0, le=0.9, description="contrast factor 1 ± this")
+    saturation: float = Field(0.15, ge=0, le=0.9, description="saturation factor 1 ± this")
+    p_scan: float = Field(0.3, ge=0, le=1, description="probability of 20×-scan degradation")
+    scan_factor: float = Field(2.0, ge=1, le=4, description="shrink factor (0.25 -> 0.5 µm/px)")
+    scan_jpeg_quality: tuple[int, int] = Field((30, 90), description="JPEG quality range")
+    p_blur: float = Field(0.1, ge=0, le=1, description="probability of Gaussian blur")
+    blur_sigma: tuple[float, float] = Field((0.3, 1.2), description="blur sigma range in pixels")
+
+
+
+class LossConfig(BaseModel):
+    """Weights of the loss terms (HoVer-Net's defaults for NS/HV) and the cost-sensitive λ."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ns_ce: float = 1.0
+    ns_dice: float = 1.0
+    hv_mse: float = 1.0
+    hv_msge: float = 1.0
+    nc_ce: float = 1.0
+    nc_dice: float = 1.0
+    lam: float = Field(0.2, ge=0, description="Weight of the expected misclassification cost.")
+
+
+
+class DataConfig(BaseModel):
+    """Training data: one dataset (`format`, `root`, `val_fraction`, `split_seed`), or a mix
+    (`datasets`, which then replaces those four)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    datasets: list[DatasetSpec] = Field(
+        default_factory=list,
+        description="Mix of datasets, each with its reader, sampling weight and held-out groups. "
+        "Untyped datasets train NS and HV only (ignored by the NC losses).",
+    )
+    format: Literal["consep_patches", "common"] = "consep_patches"
+    root: Path = Path("../shared/data/consep_patches/train")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of source tiles held out.")
+    split_seed: int = 0
+    on_error: Literal["fail", "skip"] = "fail"
+    stain: StainNormConfig = Field(
+        default_factory=StainNormConfig,
+        description="Stain normalisation of train and val images at load time; the fitted target "
+        "is stored in the checkpoints and applied at inference (see StainNormConfig).",
+    )
+
+
+class SamplingConfig(BaseModel):
+    """How training crops are drawn each epoch (see `datasets.mix`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples_per_epoch: int | None = Field(
+        None, ge=1, description="Crops per epoch (default: one per training image)."
+    )
+    rare_class_strength: float = Field(
+        0.0, ge=0,
+        description="Draw a patch 1 + strength × (its nuclei's mean rarity weight w_c / max w) "
+        "times as often: patches rich in rare types are seen more. 0 = off.",
+    )
+
+
+class CostConfig(BaseModel):
+    """Penalty matrix W of the cost-sensitive loss: given, or from training-set class counts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    matrix: list[list[float]] | None = Field(None, description="Explicit W (n_types × n_types).")
+    counts: Literal["pixels", "instances"] = "pixels"
+    power: float = Field(0.5, gt=0, description="w_c = (n_max / n_c)^power.")
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    step_epochs: int = Field(25, ge=1, description="Step schedule: LR × 0.1 every this many epochs.")
+    min_lr: float = Field(1e-5, ge=0)
+    freeze_encoder_epochs: int = Field(
+        0, ge=0, description="Paper's phase 1 (frozen encoders); useful only with pretrained encoders."
+    )
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    out_dir: Path = Path("runs/train")
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    num_workers: int = Field(1, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="bf16 autocast on capable CPUs, fp16/bf16 on CUDA.")
+    channels_last: bool = True
+    mpp: float = Field(
+        0.25, gt=0,
+        description="Pixel size of the training data (µm/px); samples more than 5 % off are refused.",
+    )
+    patch_size: int = Field(
+        TRAIN_PATCH_SIZE, ge=32, multiple_of=32,
+        description="Training crops are patch_size² (random crop; smaller images padded). "
+        "Validation scores use whole images, tiled; the validation loss uses centre crops.",
+    )
+    init_from: Path | None = Field(
+        None,
+        description="Start from the weights of this checkpoint (shipped default, best.pt, last.pt) "
+        "with a fresh optimizer and schedule: fine-tuning on own data, or continuing a run under a "
+        "new learning-rate schedule. Its architecture and classes must match model and data. "
+        "Ignored when out_dir/last.pt exists (that run resumes instead).",
+    )
+    val_every: int = Field(1, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="For smoke tests.")
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    cost: CostConfig = CostConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    optim: OptimConfig = OptimConfig()
+    augment: AugmentConfig = AugmentConfig()
+    data: DataConfig = DataConfig()
+    postproc: PostprocConfig = Field(
+        default_factory=PostprocConfig,
+        description="Post-processing of the validation scores (PQ, mPQ, F_d, F_c), and so of the "
+        "best-epoch choice: the `postproc:` section of a run config; recorded in the checkpoints' "
+        "train_config.",
+    )
