@@ -23,3 +23,26 @@ def test_convert_row_lists_every_format_of_convert_help():
     row = next(line for line in README.splitlines() if line.startswith("| `wsi-pipeline convert"))
     listed = re.search(r"--format (\S+) SRC", row).group(1).split("\\|")
     assert sorted(listed) == sorted(offered)
+
+
+def test_module_table_matches_the_package_tree():
+    """Every package and root module of wsi_pipeline/ has its row, every module of a package is
+    named in its row, and nothing named is missing from the tree."""
+    root = Path(__file__).resolve().parents[1] / "wsi_pipeline"
+    arch = README[README.index("## Architecture"):README.index("### The network")]
+    rows = [line for line in arch.splitlines() if line.startswith("| `wsi_pipeline/")]
+    packages, root_modules = {}, set()
+    for row in rows:
+        what, job = row.strip("|").split("|", 1)
+        names = re.findall(r"`([^`]+)`", what)
+        if names[0].endswith("/"):
+            package = names[0].removeprefix("wsi_pipeline/").rstrip("/")
+            packages[package] = set(re.findall(r"`(\w+)\.py`", job))
+        else:
+            root_modules |= {n.removeprefix("wsi_pipeline/") for n in names}
+    tree_packages = {p.parent.name for p in root.glob("*/__init__.py")}
+    assert set(packages) == tree_packages
+    assert root_modules == {p.name for p in root.glob("*.py") if p.name != "__init__.py"}
+    for package, named in packages.items():
+        modules = {p.stem for p in (root / package).glob("*.py") if p.name != "__init__.py"}
+        assert named == modules, package
