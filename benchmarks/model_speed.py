@@ -4,7 +4,8 @@
 
 For each tile side × batch size: the shipped network prepared as `infer_slide` prepares it
 (`model.predict.prepare_model`) and run through `predict_batch_compact` (uint8 in, maps.zarr
-storage types out), by each back end: OpenVINO (the default on CPUs where it is installed) and
+storage types out), by each back end: OpenVINO (the default on CPUs where it is installed; and its
+int8 network where the checkpoint has one, `model.quantize`) and
 PyTorch (BatchNorm folded, bf16 weights where the CPU has native bf16), beside the previous path
 (unfolded network under bf16 autocast; fp32 where there is no native bf16) and PyTorch in fp32.
 Columns: ms per tile, ms per megapixel of *output* (the tile's central
@@ -36,6 +37,7 @@ from wsi_pipeline.model.predict import (
     predict_batch_compact,
     prepare_model,
 )
+from wsi_pipeline.model.quantize import int8_model_path, load_int8_model
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 CONFIGS = {
@@ -123,7 +125,9 @@ def main() -> None:
     base = model.net.eval()
     previous = base.to(memory_format=torch.channels_last) if auto is not None else base
     engine, engine32 = prepare_model(base, cpu), prepare_model(base, cpu, "fp32")
-    print(f"# checkpoint sha256 {model.sha256[:12]}")
+    int8_file = int8_model_path(model.path)
+    print(f"# checkpoint sha256 {model.sha256[:12]}; int8 network: "
+          + (int8_file.name if int8_file.is_file() else "none (wsi-pipeline quantize-model makes one)"))
     print("| path | tile × batch | ms/tile | ms per output Mpx | GFLOP/tile | GFLOP/s |")
     print("|---|---|---|---|---|---|")
     for shape in args.shapes:
@@ -141,6 +145,10 @@ def main() -> None:
             openvino = prepare_model(base, cpu, backend="openvino")
             runs["engine, OpenVINO " + ("bf16" if auto else "fp32")] = (
                 lambda t=tiles, net=openvino: predict_batch_compact(net, t, cpu))
+            if int8_file.is_file():
+                int8 = prepare_model(base, cpu, "int8", "openvino", load_int8_model(int8_file, model.sha256))
+                runs["engine, OpenVINO int8"] = (
+                    lambda t=tiles, net=int8: predict_batch_compact(net, t, cpu, "int8"))
         if auto is not None:
             runs["engine fp32 (folded)"] = lambda t=tiles: predict_batch_compact(engine32, t, cpu, "fp32")
         for name, fn in runs.items():

@@ -11,6 +11,8 @@ Post-processing: the training config's `postproc:` section (defaults without one
 --postproc-config the `postproc:` section of a `wsi-pipeline run` config.
 
     python benchmarks/validate_mix.py --checkpoint wsi_pipeline/weights/default.pt --degrade
+    python benchmarks/validate_mix.py --checkpoint wsi_pipeline/weights/default.pt \
+        --backend openvino --precision int8   # its int8 network (wsi-pipeline quantize-model)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from wsi_pipeline.datasets.mix import read_mix
 from wsi_pipeline.evaluation.scoring import score_by_dataset, validation_tiling
 from wsi_pipeline.model import load_checkpoint
 from wsi_pipeline.model.predict import cpu_flags, prepare_model
+from wsi_pipeline.model.quantize import int8_model_path, load_int8_model
 from wsi_pipeline.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +54,8 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     ap.add_argument("--backend", choices=("torch", "openvino"), default="torch",
                     help="what runs the network (infer.backend; the engine's default on CPUs is openvino)")
+    ap.add_argument("--precision", choices=("auto", "int8"), default="auto",
+                    help="int8: the checkpoint's quantised network (model.quantize; openvino back end)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     ap.add_argument("--postproc-config", type=Path, default=None,
                     help="a run config (YAML) whose postproc: section replaces the training config's")
@@ -60,7 +65,8 @@ def main() -> None:
     postproc = load_run_config(args.postproc_config).postproc if args.postproc_config else cfg.postproc
     _, val = read_mix(cfg.data.datasets, cfg.mpp, "fail")
     model = load_checkpoint(args.checkpoint)
-    net = prepare_model(model.net, model.net.mean.device, backend=args.backend)
+    int8 = load_int8_model(int8_model_path(model.path), model.sha256) if args.precision == "int8" else None
+    net = prepare_model(model.net, model.net.mean.device, args.precision, args.backend, int8)
     tile, stride = validation_tiling(cfg.patch_size)
     kw = {"n_types": cfg.model.n_types, "mpp": cfg.mpp, "tile": tile, "stride": stride,
           "batch_size": 8, "device": "cpu", "tta": args.tta, "postproc": postproc}

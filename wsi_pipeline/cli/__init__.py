@@ -21,6 +21,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("wsi_pipeline.cli.train", "Train the multi-task network."),
     "convert": ("wsi_pipeline.cli.convert", "Convert annotated datasets to the common layout."),
     "export-model": ("wsi_pipeline.cli.export_model", "Write a lean (fp16) copy of a checkpoint."),
+    "quantize-model": ("wsi_pipeline.cli.quantize_model", "Write a checkpoint's int8 network (OpenVINO)."),
     "summarize": ("wsi_pipeline.cli.summarize", "Cohort-level statistics from finished runs."),
 }
 

@@ -61,8 +61,9 @@ class InferConfig(BaseModel):
                             description="spatial zarr chunk side (px at model mpp)")
     reader_threads: int = Field(4, ge=1, description="threads reading and resampling tiles")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto = bf16 autocast on CPUs with native bf16, fp16/bf16 on CUDA")
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+        "auto", description="auto = bf16 autocast on CPUs with native bf16, fp16/bf16 on CUDA; int8 = "
+        "the checkpoint's quantised network (wsi-pipeline quantize-model), OpenVINO only, ~2x bf16")
     backend: Literal["auto", "torch", "openvino"] = Field(
         "auto", description="auto = OpenVINO on the CPU where installed (about 2x PyTorch), PyTorch on CUDA")
     compressor: Literal["lz4", "zstd"] = Field(

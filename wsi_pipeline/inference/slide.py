@@ -264,7 +264,12 @@ def prepared_network(model: LoadedModel, device: torch.device, cfg: InferConfig)
     with _PREPARED_LOCK:
         if key not in _PREPARED:
             _PREPARED.clear()
-            _PREPARED[key] = prepare_model(model.net, device, cfg.precision, cfg.backend)
+            int8 = None
+            if cfg.precision == "int8":
+                from wsi_pipeline.model.quantize import int8_model_path, load_int8_model
+
+                int8 = load_int8_model(int8_model_path(model.path), model.sha256)
+            _PREPARED[key] = prepare_model(model.net, device, cfg.precision, cfg.backend, int8)
         return _PREPARED[key]
 
 

@@ -41,34 +41,45 @@ def openvino_available() -> bool:
     return True
 
 
-class OpenVINONet(nn.Module):
-    """`net`'s forward (dict of ns/hv/nc) through OpenVINO on the CPU; see the module docstring.
+def convert_network(net: nn.Module) -> Any:
+    """`net` (BatchNorm folded first) as an `openvino.Model` whose batch and spatial size are
+    free; each `OpenVINONet` compiles it per input shape."""
+    import openvino as ov
 
-    `precision`: OpenVINO's inference precision (its "INFERENCE_PRECISION_HINT"); `threads`:
-    its thread count (the engine's torch thread count, so both back ends use the same cores).
+    t0 = time.perf_counter()
+    # Traced once on a small input (tracing runs the network; a full batch costs seconds
+    # more) with every dimension but the channels left free, then reshaped per input shape.
+    # (The caller may be under autocast, which must not reach the trace.)
+    with torch.no_grad(), torch.autocast("cpu", enabled=False), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
+        warnings.simplefilter("ignore", DeprecationWarning)  # its TorchScript tracing
+        model = ov.convert_model(fold_batchnorm(net).float(), example_input=torch.rand(1, 3, 64, 64))
+    model.reshape({model.inputs[0]: ov.PartialShape([-1, 3, -1, -1])})
+    log.info("OpenVINO %s: network converted in %.1f s", ov.get_version(), time.perf_counter() - t0)
+    return model
+
+
+class OpenVINONet(nn.Module):
+    """The network's forward (dict of ns/hv/nc) through OpenVINO on the CPU; see the module
+    docstring. `model`: the `openvino.Model` of `convert_network`, or its int8 quantisation
+    (`model.quantize`).
+
+    `precision`: OpenVINO's inference precision (its "INFERENCE_PRECISION_HINT"; of an int8
+    model, that of the layers left in floating point); `threads`: its thread count (the
+    engine's torch thread count, so both back ends use the same cores).
     """
 
-    def __init__(self, net: nn.Module, precision: OVPrecision, threads: int) -> None:
+    def __init__(self, model: Any, precision: OVPrecision, threads: int) -> None:
         super().__init__()
         import openvino as ov
 
-        t0 = time.perf_counter()
-        # Traced once on a small input (tracing runs the network; a full batch costs seconds
-        # more) with every dimension but the channels left free, then reshaped per input shape.
-        # (The caller may be under autocast, which must not reach the trace.)
-        with torch.no_grad(), torch.autocast("cpu", enabled=False), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
-            warnings.simplefilter("ignore", DeprecationWarning)  # its TorchScript tracing
-            self._model = ov.convert_model(fold_batchnorm(net).float(),
-                                           example_input=torch.rand(1, 3, 64, 64))
-        self._model.reshape({self._model.inputs[0]: ov.PartialShape([-1, 3, -1, -1])})
+        self._model = model  # an openvino.Model with a free batch and spatial size
         self._core = ov.Core()
         self._config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads),
                         "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
         self._compiled: dict[tuple[int, int, int], Any] = {}  # OpenVINO InferRequest
         self.precision = precision
         self.version = ov.get_version()
-        log.info("OpenVINO %s: network converted in %.1f s", self.version, time.perf_counter() - t0)
 
     @property
     def compiled_shapes(self) -> list[tuple[int, int, int]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 
 from wsi_pipeline.model.fold import fold_batchnorm
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 Backend = Literal["auto", "torch", "openvino"]
 
 
@@ -59,7 +59,8 @@ def cpu_supports_bf16() -> bool:
 
 
 def autocast_dtype(device: torch.device, precision: Precision = "auto") -> torch.dtype | None:
-    """The autocast dtype for `device`, or None for plain fp32."""
+    """The autocast dtype for `device`, or None for plain fp32. "int8" (the OpenVINO int8
+    network, `model.quantize`) answers as "auto" does, for the layers it leaves in float."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -81,18 +82,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def prepare_model(net: nn.Module, device: torch.device, precision: Precision = "auto",
-                  backend: Backend = "torch") -> nn.Module:
+                  backend: Backend = "torch", int8_model: Any = None) -> nn.Module:
     """The inference copy of `net` (module docstring); `net` itself is left as it was, so a
     training network can be prepared for validation and go on training. Call once, before
     inference, outside `torch.inference_mode()` (memory-format changes inside it break
     training). `backend`: "openvino" compiles it for the CPU (`model.openvino_net`), "auto"
-    does so on the CPU where OpenVINO is installed; "torch" is plain PyTorch."""
-    if resolve_backend(backend, device) == "openvino":
-        from wsi_pipeline.model.openvino_net import OpenVINONet, OVPrecision
+    does so on the CPU where OpenVINO is installed; "torch" is plain PyTorch. Precision "int8"
+    runs `int8_model` (`model.quantize.load_int8_model`) instead of `net`, on OpenVINO only."""
+    name = resolve_backend(backend, device)
+    if precision == "int8" and (name != "openvino" or int8_model is None):
+        raise ValueError("precision int8 runs a quantised network (wsi-pipeline quantize-model) on the "
+                         f"openvino back end; here the back end is {name}"
+                         + ("" if name != "openvino" else " but no int8 network was given"))
+    if name == "openvino":
+        from wsi_pipeline.model.openvino_net import OpenVINONet, OVPrecision, convert_network
 
         dtype = autocast_dtype(device, precision)
         ov_precision: OVPrecision = "f32" if dtype is None else "bf16" if dtype == torch.bfloat16 else "f16"
-        return OpenVINONet(net, ov_precision, torch.get_num_threads())
+        model = int8_model if precision == "int8" else convert_network(net)
+        return OpenVINONet(model, ov_precision, torch.get_num_threads())
     net = fold_batchnorm(net).to(device)
     dtype = autocast_dtype(device, precision)
     if dtype is not None:
@@ -124,8 +132,9 @@ def backend_record(device: torch.device, backend: Backend = "auto", precision: P
         import openvino
 
         version = openvino.get_version()
+    float_precision = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
     return {"backend": name, "version": version, "device": str(device),
-            "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch.")}
+            "precision": f"int8 (float layers {float_precision})" if precision == "int8" else float_precision}
 
 
 def _weight_dtype(net: nn.Module) -> torch.dtype:
