@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import shapely
+from scipy import ndimage as ndi
 
-from wsi_pipeline.postproc.measure import measure_instances
+from wsi_pipeline.postproc.measure import measure_instances, measure_shapes
 
 
 def test_measurements_offset_scale_and_units():
@@ -46,3 +48,15 @@ def test_no_mpp_gives_nan_microns_and_empty_map_gives_empty_frame():
     assert np.isnan(df.loc[0, "area_um2"]) and df.loc[0, "type_id"] == 0
     empty = measure_instances(np.zeros((10, 10), np.int32))
     assert len(empty) == 0 and "polygon" in empty.columns
+
+
+def test_measure_shapes_are_measure_instances_columns():
+    """The slide chunks' lean measurement gives the very values of the full table's columns."""
+    rng = np.random.default_rng(3)
+    inst, _ = ndi.label(ndi.gaussian_filter(rng.random((120, 140)), 2) > 0.52)
+    full = measure_instances(inst, mpp=0.25, offset_xy=(640, 1280))
+    lean = measure_shapes(inst, mpp=0.25, offset_xy=(640, 1280))
+    assert len(full) == len(lean["polygon"]) > 5
+    for col in ("perimeter_um", "eccentricity", "solidity"):
+        assert full[col].to_numpy().tobytes() == lean[col].tobytes()
+    assert list(shapely.to_wkb(full["polygon"].to_numpy())) == list(shapely.to_wkb(lean["polygon"]))

@@ -30,32 +30,10 @@ from wsi_pipeline.contract import (
 )
 from wsi_pipeline.maps_store import maps_array
 from wsi_pipeline.postproc import PostprocConfig, segment_instances
-from wsi_pipeline.postproc.measure import measure_instances
+from wsi_pipeline.postproc.measure import measure_shapes
 from wsi_pipeline.postproc.od import SlidePixels, nucleus_od_stats, window_rgb
 from wsi_pipeline.postproc.seams import nucleus_ids, owned_nuclei
-
-
-@dataclass(frozen=True)
-class ChunkWindow:
-    """One unit of post-processing work, in map pixels (rows, cols), half-open intervals."""
-
-    index: int  # row-major position in the chunk grid; fixes the output row order
-    core_r0: int
-    core_r1: int
-    core_c0: int
-    core_c1: int
-    win_r0: int
-    win_r1: int
-    win_c0: int
-    win_c1: int
-
-    @property
-    def window(self) -> tuple[slice, slice]:
-        return slice(self.win_r0, self.win_r1), slice(self.win_c0, self.win_c1)
-
-    @property
-    def core(self) -> tuple[slice, slice]:
-        return slice(self.core_r0, self.core_r1), slice(self.core_c0, self.core_c1)
+from wsi_pipeline.postproc.window import ChunkWindow
 
 
 def chunk_windows(
@@ -196,11 +174,11 @@ def process_chunk(ctx: MapsContext, win: ChunkWindow) -> ChunkResult:
     # Outlines in global map pixels first: window offsets are integers, so every chunk that
     # sees a nucleus computes bit-identical vertices, and simplification (whose tolerance ties
     # on pixel-staircase outlines) decides the same way whatever the chunking. Only then to level 0.
-    m = measure_instances(lut[inst_map], mpp=ctx.mpp, offset_xy=(win.win_c0, win.win_r0))
+    m = measure_shapes(lut[inst_map], mpp=ctx.mpp, offset_xy=(win.win_c0, win.win_r0))
     # The exact integer centroid (the one ownership used) for x, y.
     x = ox + owned.centroid_rc[:, 1] * ctx.scale
     y = oy + owned.centroid_rc[:, 0] * ctx.scale
-    polys = shapely.simplify(np.asarray(m["polygon"], dtype=object), ctx.simplify_px)
+    polys = shapely.simplify(m["polygon"], ctx.simplify_px)
     bad = ~(shapely.is_valid(polys) & (shapely.get_type_id(polys) == 3))
     polys[bad] = [_largest_polygon(shapely.make_valid(p)) for p in polys[bad]]
     polys = shapely.transform(polys, lambda xy: xy * ctx.scale + (ox, oy))
@@ -211,9 +189,9 @@ def process_chunk(ctx: MapsContext, win: ChunkWindow) -> ChunkResult:
         "x_um": x * ctx.slide_mpp,
         "y_um": y * ctx.slide_mpp,
         "area_um2": (owned.n_px * ctx.mpp**2).astype(np.float32),
-        "perimeter_um": m["perimeter_um"].to_numpy(np.float32),
-        "eccentricity": m["eccentricity"].to_numpy(np.float32),
-        "solidity": m["solidity"].to_numpy(np.float32),
+        "perimeter_um": m["perimeter_um"].astype(np.float32),
+        "eccentricity": m["eccentricity"].astype(np.float32),
+        "solidity": m["solidity"].astype(np.float32),
         "type_id": types,
         "type_name": np.asarray(ctx.class_names, dtype=object)[types],
         "type_prob": type_probs[np.arange(lab.size), types],

@@ -14,20 +14,25 @@ from scipy import ndimage as ndi
 
 
 def _masked_derivative(f: np.ndarray, mask: np.ndarray, axis: int) -> np.ndarray:
-    """Central difference along ``axis`` using only foreground neighbours (one-sided at the rim)."""
-    d = np.diff(f, axis=axis)
-    valid = np.logical_and(
-        np.take(mask, range(f.shape[axis] - 1), axis), np.take(mask, range(1, f.shape[axis]), axis)
-    )
-    d = np.where(valid, d, 0.0)
-    pad_before = [(0, 0)] * f.ndim
-    pad_after = [(0, 0)] * f.ndim
-    pad_before[axis] = (1, 0)
-    pad_after[axis] = (0, 1)
-    fwd, fwd_n = np.pad(d, pad_after), np.pad(valid, pad_after)
-    bwd, bwd_n = np.pad(d, pad_before), np.pad(valid, pad_before)
-    count = fwd_n.astype(np.float32) + bwd_n
-    return (fwd + bwd) / np.maximum(count, 1.0)
+    """Central difference along ``axis`` using only foreground neighbours (one-sided at the rim).
+
+    Written with slices and preallocated zero arrays rather than ``np.take``/``np.pad``
+    (which copy through fancy indexing): the same float32 operations in the same order, so
+    the same bits, at a fraction of the memory traffic.
+    """
+    f = np.moveaxis(f, axis, -1)
+    mask = np.moveaxis(mask, axis, -1)
+    valid = mask[..., :-1] & mask[..., 1:]
+    d = np.where(valid, f[..., 1:] - f[..., :-1], 0.0)
+    fwd = np.zeros(f.shape, d.dtype)
+    bwd = np.zeros(f.shape, d.dtype)
+    fwd[..., :-1] = d
+    bwd[..., 1:] = d
+    count = np.zeros(f.shape, np.float32)
+    count[..., :-1] = valid
+    count[..., 1:] += valid
+    out = (fwd + bwd) / np.maximum(count, 1.0)
+    return np.moveaxis(out, -1, axis)
 
 
 def _smooth_inside(f: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:

@@ -14,12 +14,10 @@ size, the worker count or the order in which chunks finish.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from wsi_pipeline.postproc.chunks import ChunkWindow
+from wsi_pipeline.postproc.window import ChunkWindow
 
 ID_SUBPIXEL = 4  # centroid grid of the ids: 1/4 map pixel
 

@@ -30,15 +30,10 @@ from wsi_pipeline import __version__
 from wsi_pipeline.atomic import atomic_path
 from wsi_pipeline.contract import ARRAY_NS
 from wsi_pipeline.maps_store import maps_array
-from wsi_pipeline.postproc.chunks import (
-    ChunkResult,
-    ChunkWindow,
-    MapsContext,
-    chunk_windows,
-    process_chunk,
-)
+from wsi_pipeline.postproc.chunks import ChunkResult, MapsContext, chunk_windows, process_chunk
 from wsi_pipeline.postproc.config import ChunkingConfig, PostprocConfig
 from wsi_pipeline.postproc.od import SlidePixels, slide_pixels
+from wsi_pipeline.postproc.window import ChunkWindow
 
 if TYPE_CHECKING:
     from distributed import Client

@@ -53,8 +53,28 @@ def drop_small(labels: np.ndarray, min_px: int) -> np.ndarray:
     return np.where(keep[labels], labels, 0)
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_fill_holes(mask)`` (4-connected background), computed with one labelling.
+
+    scipy fills holes by dilating the image border into the background until nothing
+    changes, one pass over the whole image per step of the longest background path: on a
+    slide window with glass, most of the foreground's cost. The result is by definition the
+    background not 4-connected to the border, so labelling the background and keeping the
+    components that touch the border gives the same pixels.
+    """
+    if mask.size == 0:
+        return mask.copy()
+    background, _ = ndi.label(~mask, structure=_CROSS)
+    outside = np.unique(np.concatenate(
+        [background[0], background[-1], background[:, 0], background[:, -1]]))
+    reaches_border = np.zeros(int(background.max()) + 1, dtype=bool)
+    reaches_border[outside] = True
+    reaches_border[0] = False
+    return ~reaches_border[background]
+
+
 def foreground(ns_prob: np.ndarray, cfg: PostprocConfig, mpp: float) -> np.ndarray:
-    mask = ndi.binary_fill_holes(ns_prob >= cfg.ns_threshold)
+    mask = fill_holes(ns_prob >= cfg.ns_threshold)
     return remove_small_objects(mask, max_size=max(cfg.px2(cfg.min_object_area_um2, mpp) - 1, 0))
 
 
