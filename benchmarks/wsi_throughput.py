@@ -10,6 +10,7 @@ differ in extent, not in content. Each slide then runs the whole engine in its o
     python benchmarks/wsi_throughput.py --sizes 10000            # quick
     python benchmarks/wsi_throughput.py --sizes 10000 40000      # the README figures
     python benchmarks/wsi_throughput.py --random-compact ...     # no trained weights needed
+    python benchmarks/wsi_throughput.py --precision int8 ...     # the int8 network (model.quantize)
 
 A random network's maps are noise, so its post-processing time is not representative;
 with the shipped checkpoint it is.
@@ -179,7 +180,7 @@ def _random_compact_checkpoint(path: Path) -> Path:
     return path
 
 
-def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, threads: int) -> dict:
+def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, threads: int, precision: str) -> dict:
     """The engine on one slide, timed per stage; prints nothing, returns the figures."""
     import torch
 
@@ -194,6 +195,7 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, threads: int) -> 
     from wsi_pipeline.postproc.config import ChunkingConfig, PostprocConfig
     from wsi_pipeline.postproc.slide import postprocess_slide
 
+    cfg = InferConfig(device="cpu", precision=precision)
     sampler = RssSampler()
     sampler.start()
     model = load_checkpoint(checkpoint)
@@ -202,13 +204,13 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, threads: int) -> 
     # The network's one-off preparation (OpenVINO: conversion, ~9 s) apart, so that the engine's
     # time per tile is its steady state; end to end includes it.
     t0 = time.perf_counter()
-    prepared_network(model, resolve_device("cpu"), InferConfig(device="cpu"))
+    prepared_network(model, resolve_device("cpu"), cfg)
     t_prepare = time.perf_counter() - t0
     t0 = time.perf_counter()
     with open_slide(slide_path) as slide:
-        inf = infer_slide(slide, slide_dir, InferConfig(device="cpu"), model, progress=False)
+        inf = infer_slide(slide, slide_dir, cfg, model, progress=False)
     t_infer = time.perf_counter() - t0
-    network_ms = _network_ms_per_tile(model, slide_path, InferConfig(device="cpu"))
+    network_ms = _network_ms_per_tile(model, slide_path, cfg)
     sampler.stage = "postproc"
     t0 = time.perf_counter()
     post = postprocess_slide(inf.maps, slide_dir / "nuclei.parquet", PostprocConfig(),
@@ -280,12 +282,14 @@ def main() -> None:
                          "the whole slide (keep such slides small: ~4096)")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--precision", choices=("auto", "int8"), default="auto",
+                    help="infer.precision (int8: the checkpoint's int8 network, model.quantize)")
     ap.add_argument("--run-one", nargs=3, metavar=("SLIDE", "OUT", "CKPT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.run_one:
         slide, out, ckpt = map(Path, args.run_one)
-        print(json.dumps(run_one(slide, out, ckpt, args.threads)))
+        print(json.dumps(run_one(slide, out, ckpt, args.threads, args.precision)))
         return
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="wsi_throughput_"))
@@ -309,7 +313,8 @@ def main() -> None:
         build_s = time.perf_counter() - t0
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         proc = subprocess.run(
-            [sys.executable, __file__, "--threads", str(args.threads), "--run-one", str(slide),
+            [sys.executable, __file__, "--threads", str(args.threads), "--precision", args.precision,
+             "--run-one", str(slide),
              str(work / "out"), str(ckpt)],
             capture_output=True, text=True, env=env, check=False,
         )

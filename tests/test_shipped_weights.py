@@ -1,4 +1,5 @@
-"""The default weights inside the package: they load, match the model card, and still segment."""
+"""The default weights inside the package: they load, match the model card, still segment, and
+their int8 network beside them comes from them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from wsi_pipeline.datasets import read_consep_patches, split_by_group
 from wsi_pipeline.evaluation import DatasetEvaluator, Instances
 from wsi_pipeline.model import default_checkpoint_path, load_checkpoint
+from wsi_pipeline.model.quantize import int8_model_path, load_int8_model
 from wsi_pipeline.tile_mode.predict import segment_image
 
 MODEL_CARD = Path(__file__).resolve().parents[1] / "MODEL_CARD.md"
@@ -22,6 +24,13 @@ def test_shipped_checkpoint_loads_and_matches_model_card():
     assert model.mpp == 0.25
     card = MODEL_CARD.read_text()
     assert f"`{model.sha256}`" in card, "MODEL_CARD.md names another file"
+
+
+def test_shipped_int8_network_is_quantised_from_the_shipped_weights():
+    path = default_checkpoint_path()
+    xml = int8_model_path(path)
+    assert xml.stat().st_size + xml.with_suffix(".bin").stat().st_size < 50e6
+    load_int8_model(xml, load_checkpoint(path).sha256)  # raises if stamped with other weights
 
 
 def test_shipped_model_segments_validation_patches(shared_data):
