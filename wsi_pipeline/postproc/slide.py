@@ -92,7 +92,7 @@ def _maps_context(
 def _provenance(attrs: dict, cfg: PostprocConfig, chunking: ChunkingConfig, chunk_hw: tuple[int, ...],
                 od: SlidePixels | None = None) -> dict:
     """The table's `wsi_pipeline` metadata: with the maps' attributes that export needs
-    (wsi_pipeline.table_meta), so that export runs without maps.zarr; with optical densities
+    (wsi_pipeline.export.table_meta), so that export runs without maps.zarr; with optical densities
     on, how they were measured (absent when off, so the table is as before)."""
     extra = {} if od is None else {"optical_density": {
         "stains": ["hematoxylin", "eosin", "residual"], "stain_matrix": [list(r) for r in od.matrix],
