@@ -1,6 +1,6 @@
 """A full disk recognised in every shape it arrives in, named and said in one line (#11 item 11).
 The cohort-level cases (a slide failed cleanly, the run stopped, a real tmpfs) are in
-test_fault_matrix.py."""
+tests/cohort/test_fault_matrix.py."""
 
 from __future__ import annotations
 

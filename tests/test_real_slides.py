@@ -14,7 +14,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import shapely
-from cohort_fixtures import CMU, CMU_CROPS, cmu_crop, run_cli, tiny_checkpoint
+
+from tests.helpers.cohort_fixtures import CMU, CMU_CROPS, cmu_crop, run_cli, tiny_checkpoint
 
 TCGA = "slides/tcga-cr-7395-01a-01-ts1.svs"
 

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +107,7 @@ def run_stage(job: SlideJob, stage: str, upstream: Outcome | None = None) -> Out
             if key:
                 stages.record_attempt(key)
             stages.begin(stage)
-            result = _STAGE_FUNCTIONS[stage](job)
+            result = STAGE_FUNCTIONS[stage](job)
             seconds = time.perf_counter() - t0
             if not job.still_locked():
                 return _lock_lost(job, stage)
@@ -305,7 +305,13 @@ def _export(job: SlideJob) -> dict[str, Any]:
     return {"n_nuclei": summary.get("n_nuclei"), "qc": ";".join(summary["qc"]["flags"])}
 
 
-_STAGE_FUNCTIONS = {"infer": _infer, "postproc": _postproc, "export": _export}
+#: The function `run_stage` calls for each stage, looked up by name at every call: the seam where a
+#: test (or a worker preload) puts a stage that fails, pauses or dies in its place, e.g.
+#: ``monkeypatch.setitem(tasks.STAGE_FUNCTIONS, "infer", broken)``. Each takes the SlideJob and
+#: returns the result its marker records.
+STAGE_FUNCTIONS: dict[str, Callable[[SlideJob], dict[str, Any]]] = {
+    "infer": _infer, "postproc": _postproc, "export": _export,
+}
 
 
 def _model(job: SlideJob) -> Any:

@@ -16,7 +16,7 @@ DEFAULT_MARGIN = 32
 DEFAULT_STRIDE = DEFAULT_TILE_SIZE - 2 * DEFAULT_MARGIN
 #: Map chunk side: a whole number of strides, so that no tile's crop straddles two chunk rows
 #: (such a tile runs once per row, `tiling`): with 2048 = 10.7 strides, 8 % of a slide's tiles
-#: ran twice. Tables do not depend on the chunk size (exact seams, tests/test_seams.py).
+#: ran twice. Tables do not depend on the chunk size (exact seams, tests/postproc/test_seams.py).
 DEFAULT_CHUNK_SIZE = 10 * DEFAULT_STRIDE
 
 

@@ -117,7 +117,7 @@ def foreground_box(ns: np.ndarray, cfg: PostprocConfig, mpp: float) -> tuple[sli
     edges from differences between foreground pixels (Gaussian smoothing of radius 4 sigma
     weighted by the foreground, then a 3-tap filter, both replicating the box's border, which
     the margin keeps background), markers, watersheds and merges inside the foreground — and
-    labels are numbered in raster order, which a box keeps. tests/test_postproc_slide.py pins
+    labels are numbered in raster order, which a box keeps. tests/postproc/test_slide.py pins
     the equality on real maps.
     """
     rows = np.flatnonzero((ns >= cfg.ns_threshold).any(axis=1))

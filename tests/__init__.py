@@ -1,0 +1,1 @@
+"""The test suite, a package mirroring wsi_pipeline/: tests/<package>/test_<module>.py."""
