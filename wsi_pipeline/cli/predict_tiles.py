@@ -57,11 +57,7 @@ def command(input_dir: Path, output_dir: Path, config_path: Path | None, checkpo
     from wsi_pipeline.io.plain_image import IMAGE_SUFFIXES, read_rgb
     from wsi_pipeline.model import CheckpointError, default_checkpoint_path, load_checkpoint
     from wsi_pipeline.model.predict import prepare_model, resolve_device
-    from wsi_pipeline.model.quantize import (
-        Int8ModelError,
-        int8_model_path,
-        load_int8_model,
-    )
+    from wsi_pipeline.model.quantize import Int8ModelError, int8_network_for
     from wsi_pipeline.tile_mode.outputs import OutputClash, plan_outputs
     from wsi_pipeline.tile_mode.predict import (
         segment_image,
@@ -104,10 +100,8 @@ def command(input_dir: Path, output_dir: Path, config_path: Path | None, checkpo
         raise click.ClickException(str(exc)) from exc
     # LoadedModel.net is typed as the training MultiTaskNet; the prepared copy (folded, maybe an
     # OpenVINO wrapper) is a plain nn.Module with the same call (model/checkpoint.py owns that type).
-    int8 = None
-    try:  # precision int8: the checkpoint's int8 network, beside it
-        if infer.precision == "int8":
-            int8 = load_int8_model(int8_model_path(model.path), model.sha256)
+    try:
+        int8 = int8_network_for(model.path, model.sha256, infer.precision)
     except Int8ModelError as exc:
         raise click.ClickException(str(exc)) from exc
     model.net = prepare_model(  # type: ignore[assignment]

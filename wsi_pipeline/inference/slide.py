@@ -62,7 +62,7 @@ from wsi_pipeline.model.predict import (
     prepare_model,
     resolve_device,
 )
-from wsi_pipeline.model.quantize import int8_model_path, load_int8_model
+from wsi_pipeline.model.quantize import int8_network_for
 from wsi_pipeline.stain import Normalizer, normalizer_from_meta
 
 log = logging.getLogger(__name__)
@@ -265,9 +265,7 @@ def prepared_network(model: LoadedModel, device: torch.device, cfg: InferConfig)
     with _PREPARED_LOCK:
         if key not in _PREPARED:
             _PREPARED.clear()
-            int8 = None
-            if cfg.precision == "int8":  # the checkpoint's int8 network, beside it
-                int8 = load_int8_model(int8_model_path(model.path), model.sha256)
+            int8 = int8_network_for(model.path, model.sha256, cfg.precision)
             _PREPARED[key] = prepare_model(model.net, device, cfg.precision, cfg.backend, int8)
         return _PREPARED[key]
 
