@@ -225,7 +225,8 @@ def test_without_stain_config_checkpoints_carry_no_stain(tmp_path):
 
 @pytest.mark.parametrize("name", ["train_compact.yaml", "train_compact_continue.yaml", "train_full.yaml",
                                   "train_mix.yaml", "train_mix_consep.yaml",
-                                  "train_full_mix.yaml"])
+                                  "train_full_mix.yaml", "train_mix_stage4.yaml",
+                                  "train_mix_stage5.yaml"])
 def test_shipped_training_configs_load(name):
     from pathlib import Path
 
@@ -289,3 +290,42 @@ def test_validation_scores_with_the_configured_postproc_and_checkpoints_record_i
     assert seen[-1]["postproc"] == PostprocConfig()
     assert "postproc settings changed since the earlier epochs (edge_threshold, ns_threshold)" \
         in caplog.text
+
+
+def _float_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in net.state_dict().items() if v.is_floating_point()}
+
+
+def test_ema_checkpoints_hold_the_average_and_resume_reproduces_it(tmp_path):
+    data = ([_sample(i) for i in range(4)], [_sample(9)])
+    kw = {"optim": {"lr": 3e-3, "schedule": "constant", "ema_decay": 0.9}, "max_steps_per_epoch": 2}
+    train(_cfg(tmp_path / "a", epochs=3, **kw), samples=data, progress=False)
+    train(_cfg(tmp_path / "b", epochs=2, **kw), samples=data, progress=False)
+    train(_cfg(tmp_path / "b", epochs=3, **kw), samples=data, progress=False)
+    straight = torch.load(tmp_path / "a" / "run" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "b" / "run" / "last.pt", weights_only=True)
+    assert straight["train_state"]["ema_updates"] == resumed["train_state"]["ema_updates"] == 6
+    for name, value in straight["state_dict"].items():
+        if value.is_floating_point():
+            assert torch.allclose(value, resumed["state_dict"][name], atol=1e-5), name
+    # The saved weights are the average, not the last step's weights kept beside them.
+    raw = straight["train_state"]["train_weights"]
+    moved = [n for n, v in straight["state_dict"].items()
+             if v.is_floating_point() and not torch.allclose(v, raw[n], atol=1e-6)]
+    assert moved, "the checkpoint holds the optimised weights, not their average"
+    assert "train_weights" not in torch.load(tmp_path / "a" / "run" / "best.pt",
+                                             weights_only=True).get("train_state", {})
+
+
+def test_ema_decay_near_zero_keeps_the_optimised_weights(tmp_path):
+    data = ([_sample(i) for i in range(4)], [])
+    cfg = _cfg(tmp_path, epochs=1, max_steps_per_epoch=3,
+               optim={"lr": 3e-3, "schedule": "constant", "ema_decay": 1e-9})
+    train(cfg, samples=data, progress=False)
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    raw = state["train_state"]["train_weights"]
+    for name, value in state["state_dict"].items():
+        if value.is_floating_point():
+            assert torch.allclose(value, raw[name], atol=1e-6), name
+    net = load_checkpoint(tmp_path / "run" / "last.pt").net
+    assert set(_float_state(net)) == {k for k, v in raw.items() if v.is_floating_point()}

@@ -2,7 +2,9 @@
 
 A run directory holds `last.pt` (weights + optimizer + scheduler + RNG + history: everything
 to continue), `best.pt` (weights of the best validation epoch), `history.csv` and
-`curves.png`. Both .pt files are ordinary checkpoints (`load_checkpoint` reads them).
+`curves.png`. Both .pt files are ordinary checkpoints (`load_checkpoint` reads them). With
+`optim.ema_decay`, the weights they hold (and validation scores) are the moving average;
+last.pt keeps the optimised weights beside it (`train_state["train_weights"]`) to continue.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from wsi_pipeline.atomic import atomic_path, write_text_atomic
@@ -306,11 +309,21 @@ class _Data:
 
 @dataclass
 class _Model:
-    """The network and what trains it."""
+    """The network, what trains it, and its moving average (None without `optim.ema_decay`)."""
 
     net: MultiTaskNet
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LambdaLR
+    ema: AveragedModel | None = None
+
+    @property
+    def kept(self) -> MultiTaskNet:
+        """The weights that are validated and saved: the average where there is one."""
+        if self.ema is None:
+            return self.net
+        kept = self.ema.module
+        assert isinstance(kept, MultiTaskNet)
+        return kept
 
 
 @dataclass
@@ -358,7 +371,7 @@ def train(
         gen.manual_seed(cfg.seed * 100003 + epoch)
         row = _run_epoch(cfg, model, train_loader, epoch, device, amp, cw, progress)
         if val_loader is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            row.update(_validate(model.net, val_loader, device, amp, cw, cfg, data.val))
+            row.update(_validate(model.kept, val_loader, device, amp, cw, cfg, data.val))
         model.sched.step()
         row["seconds"] = time.time() - t0
         state.history.append(row)
@@ -389,14 +402,21 @@ def _prepare_data(cfg: TrainConfig, samples: tuple[list[Sample], list[Sample]] |
 
 
 def _build_model(cfg: TrainConfig, device: torch.device) -> _Model:
-    """A freshly initialised network on `device` (from torch's seeded RNG), Adam and the schedule."""
+    """A freshly initialised network on `device` (from torch's seeded RNG), Adam, the schedule
+    and, with `optim.ema_decay`, the average (BatchNorm statistics averaged too, since the
+    averaged weights are evaluated with them). Its first update copies the weights after the
+    first step, so a fine-tune averages from (nearly) `init_from`'s weights."""
     net = MultiTaskNet.from_config(cfg.model).to(device)
     if cfg.channels_last:
         # torch's stubs lack Module.to's memory_format keyword, which torch accepts.
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: _lr_factor(cfg, e))
-    return _Model(net, opt, sched)
+    ema = None
+    if cfg.optim.ema_decay > 0:
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay),
+                            use_buffers=True)
+    return _Model(net, opt, sched, ema)
 
 
 def _resume_or_init(cfg: TrainConfig, model: _Model, last_path: Path | None,
@@ -405,7 +425,11 @@ def _resume_or_init(cfg: TrainConfig, model: _Model, last_path: Path | None,
     best epoch); otherwise start at epoch 0, from `cfg.init_from`'s weights if set."""
     if last_path is not None and last_path.is_file():
         state = torch.load(last_path, map_location=device, weights_only=True)
-        model.net.load_state_dict(state["state_dict"])
+        ts = state["train_state"]
+        model.net.load_state_dict(ts.get("train_weights", state["state_dict"]))
+        if model.ema is not None and "train_weights" in ts:
+            model.ema.module.load_state_dict(state["state_dict"])
+            model.ema.n_averaged.fill_(int(ts["ema_updates"]))
         model.opt.load_state_dict(state["train_state"]["optimizer"])
         model.sched.load_state_dict(state["train_state"]["scheduler"])
         torch.set_rng_state(state["train_state"]["rng"]["torch"])
@@ -463,6 +487,8 @@ def _run_epoch(cfg: TrainConfig, model: _Model, loader: DataLoader, epoch: int, 
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
+        if model.ema is not None:
+            model.ema.update_parameters(net)
         for name, value in {"loss": float(total.detach()), **terms}.items():
             sums[name] = sums.get(name, 0.0) + value
         steps += 1
@@ -476,13 +502,18 @@ def _run_epoch(cfg: TrainConfig, model: _Model, loader: DataLoader, epoch: int, 
 def _save_checkpoints(cfg: TrainConfig, run_dir: Path, model: _Model, state: _Progress, epoch: int,
                       class_names: tuple[str, ...], meta: dict) -> None:
     """best.pt when this epoch's selection score beats the best so far (`state.best` updated),
-    then last.pt with everything a resumed run needs."""
+    then last.pt with everything a resumed run needs (with an average: the optimised weights
+    and the number of updates beside the averaged ones it holds)."""
     score = _selection_score(state.history[-1])
     if score > state.best[0]:
         state.best = (score, epoch + 1)
-        save_checkpoint(run_dir / "best.pt", model.net, class_names=class_names, mpp=cfg.mpp, meta=meta)
+        save_checkpoint(run_dir / "best.pt", model.kept, class_names=class_names, mpp=cfg.mpp, meta=meta)
     train_state = {"optimizer": model.opt.state_dict(), "scheduler": model.sched.state_dict(),
                    "rng": {"torch": torch.get_rng_state()}, "epoch": epoch + 1,
                    "history": state.history, "best": list(state.best)}
-    save_checkpoint(run_dir / "last.pt", model.net, class_names=class_names, mpp=cfg.mpp, meta=meta,
+    if model.ema is not None:
+        train_state["train_weights"] = {k: v.detach().cpu().clone()
+                                        for k, v in model.net.state_dict().items()}
+        train_state["ema_updates"] = int(model.ema.n_averaged)
+    save_checkpoint(run_dir / "last.pt", model.kept, class_names=class_names, mpp=cfg.mpp, meta=meta,
                     train_state=train_state)
