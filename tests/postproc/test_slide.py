@@ -118,19 +118,22 @@ def test_empty_slide_gives_empty_table_with_the_schema(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["nuclei.parquet"]  # no temp left
 
 
-def test_dask_client_gives_the_same_table_as_local_threads(shared_data, tmp_path):
+def test_dask_client_worker_processes_and_one_process_give_the_same_table(shared_data, tmp_path):
     distributed = pytest.importorskip("distributed")
     inst, types = consep_mosaic(shared_data / "consep_patches" / "train", 2, start=40)
     maps_path = write_maps_zarr(tmp_path / "maps.zarr", oracle_maps(inst, types), 128)
-    chunking = ChunkingConfig(row_group_rows=1024)
-    local = postprocess_slide(maps_path, tmp_path / "a.parquet", PostprocConfig(),
-                              progress=False, chunking=chunking)
+    local = postprocess_slide(maps_path, tmp_path / "a.parquet", PostprocConfig(), progress=False,
+                              chunking=ChunkingConfig(row_group_rows=1024, workers=2))
+    serial = postprocess_slide(maps_path, tmp_path / "c.parquet", PostprocConfig(), progress=False,
+                               chunking=ChunkingConfig(row_group_rows=1024, workers=1))
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
                             dashboard_address=None) as client:
         remote = postprocess_slide(maps_path, tmp_path / "b.parquet", PostprocConfig(),
-                                   client=client, progress=False, chunking=chunking)
-    assert remote.n_nuclei == local.n_nuclei > 0
+                                   client=client, progress=False,
+                                   chunking=ChunkingConfig(row_group_rows=1024))
+    assert remote.n_nuclei == local.n_nuclei == serial.n_nuclei > 0 and local.n_chunks > 1
     assert pq.read_table(remote.out_path).equals(pq.read_table(local.out_path))
+    assert pq.read_table(serial.out_path).equals(pq.read_table(local.out_path))
 
 
 def test_bbox_covering_column_filters_row_groups(shared_data, tmp_path):

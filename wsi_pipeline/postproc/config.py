@@ -4,6 +4,7 @@ of cutting the slide maps into chunks (`postproc.chunks`, `postproc.slide`)."""
 from __future__ import annotations
 
 import math
+import os
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -153,8 +154,19 @@ class ChunkingConfig(BaseModel):
         description="Context around each chunk. Must exceed the largest nucleus (plus a neighbour "
         "it may merge with in watershed step 2) so owned nuclei are segmented as on the full map.",
     )
-    workers: int = Field(2, ge=1, description="Threads when no Dask client is given.")
+    workers: int | None = Field(
+        None, ge=1,
+        description="Worker processes when no Dask cluster is given (a single slide run in this "
+        "process); None = one per core this process may use, at most 8 (each holds one chunk "
+        "window, ~0.5 GB at the default chunk size); 1 = chunk after chunk in this process.",
+    )
     row_group_rows: int = Field(65536, ge=1024, description="Parquet row-group size (rows).")
     simplify_px: float = Field(
         0.5, ge=0, description="Polygon simplification tolerance in map pixels (0 = exact outline)."
     )
+
+    def local_workers(self) -> int:
+        """`workers`, or the default: one per core this process may use, at most 8."""
+        if self.workers is not None:
+            return self.workers
+        return max(1, min(8, len(os.sched_getaffinity(0))))

@@ -1,6 +1,7 @@
 """Slide-level post-processing: maps.zarr → nuclei.parquet, one chunk at a time.
 
-Each zarr chunk plus a halo is segmented as an independent Dask task; every task returns
+Each zarr chunk plus a halo is segmented as an independent task (on the run's Dask cluster,
+or on this machine's worker processes, `postproc.pool`); every task returns
 only the table rows of the nuclei its core owns (see `seams`), never a label image, so
 memory depends on the chunk size, not on the slide. Rows are written in chunk order as
 results arrive, so the file is identical whatever the scheduler or the number of workers.
@@ -19,7 +20,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import dask
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -33,6 +33,7 @@ from wsi_pipeline.maps_store import maps_array
 from wsi_pipeline.postproc.chunks import ChunkResult, MapsContext, chunk_windows, process_chunk
 from wsi_pipeline.postproc.config import ChunkingConfig, PostprocConfig
 from wsi_pipeline.postproc.od import SlidePixels, slide_pixels
+from wsi_pipeline.postproc.pool import ordered_map
 from wsi_pipeline.postproc.window import ChunkWindow
 
 if TYPE_CHECKING:
@@ -140,12 +141,8 @@ def _slide_pixels(attrs: dict, cfg: PostprocConfig, slide_path: str | Path | Non
 def _results_local(
     ctx: MapsContext, windows: list[ChunkWindow], workers: int
 ) -> Iterator[ChunkResult]:
-    """Dask's threaded scheduler, a few tasks at a time so results never pile up."""
-    task = dask.delayed(process_chunk, pure=True)
-    batch = 4 * workers
-    for start in range(0, len(windows), batch):
-        parts = [task(ctx, w) for w in windows[start : start + batch]]
-        yield from dask.compute(*parts, scheduler="threads", num_workers=workers)
+    """This machine's worker processes (`postproc.pool`), in chunk order."""
+    return ordered_map(partial(process_chunk, ctx), windows, workers)
 
 
 def _results_client(
@@ -228,7 +225,7 @@ def postprocess_slide(
         maps_zarr, ctx.map_hw, len(windows), chunk_hw, halo_px,
     )
     if client is None:
-        results = _results_local(ctx, windows, chunking.workers)
+        results = _results_local(ctx, windows, chunking.local_workers())
     else:
         results = _results_client(ctx, windows, client)
 
