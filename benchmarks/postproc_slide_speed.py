@@ -1,7 +1,8 @@
 """Slide post-processing speed (maps.zarr -> nuclei.parquet), one checkout against another.
 
 Times only `postproc.slide.postprocess_slide` (the cohort's postproc stage) on an existing
-maps.zarr, default settings, local threaded scheduler with `--workers` threads, and reports
+maps.zarr, default settings, no Dask cluster, `--workers` workers (the checkout's own local
+execution: worker processes since `postproc.pool`, threads before), and reports
 s/mm² of tissue (maps.zarr's `tissue_mm2`). Each checkout given with `--checkout` runs in its
 own subprocess (its own PYTHONPATH), alternately, `--repeats` times, so that a shared machine
 disturbs every checkout alike: compare the ratio, not the absolute figures. Then one serial
@@ -158,7 +159,7 @@ def main() -> None:
                     help="a checkout to time (its root goes on PYTHONPATH); repeatable, the first "
                          "is the reference of the ratios (default: this checkout alone)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2, help="threads of the local scheduler")
+    ap.add_argument("--workers", type=int, default=2, help="chunking.workers: local workers (processes; threads in older checkouts)")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the serial per-step pass")
     ap.add_argument("--child", choices=("run", "breakdown"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -173,7 +174,7 @@ def main() -> None:
         ("this", Path(__file__).resolve().parents[1])]
     mm2 = float(zarr.open_group(str(args.maps), mode="r").attrs["tissue_mm2"])
     print(f"# CPU: {_cpu()}")
-    print(f"# maps {args.maps}: {mm2:.3f} mm² of tissue; {args.workers} worker threads")
+    print(f"# maps {args.maps}: {mm2:.3f} mm² of tissue; {args.workers} local workers")
     work = Path(tempfile.mkdtemp(prefix="postproc_slide_speed_"))
     times: dict[str, list[float]] = {name: [] for name, _ in checkouts}
     for rep in range(args.repeats):
