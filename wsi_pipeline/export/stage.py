@@ -31,6 +31,7 @@ from wsi_pipeline.contract import (
     SUMMARY,
     TISSUE_JSON,
     TISSUE_PNG,
+    MapsAttrs,
 )
 from wsi_pipeline.export.config import ExportConfig
 from wsi_pipeline.export.geojson import write_geojson
@@ -55,9 +56,9 @@ def _stage_timings(slide_dir: Path) -> dict[str, float]:
     return out
 
 
-def _tissue_mm2(slide_dir: Path, attrs: dict) -> float:
-    if attrs.get("tissue_mm2") is not None:
-        return float(attrs["tissue_mm2"])
+def _tissue_mm2(slide_dir: Path, attrs: MapsAttrs) -> float:
+    if attrs.tissue_mm2 is not None:
+        return float(attrs.tissue_mm2)
     tissue_json = slide_dir / TISSUE_JSON
     if tissue_json.is_file():
         return float(json.loads(tissue_json.read_text(encoding="utf-8")).get("mm2", 0.0))
@@ -120,8 +121,8 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
     parquet_path = slide_dir / NUCLEI
     table_prov = table_provenance(parquet_path)
     attrs = slide_attributes(slide_dir, table_prov)  # maps.zarr's attributes, from the table
-    class_names = list(attrs["class_names"])
-    class_colors = list(attrs["class_colors"])
+    class_names = list(attrs.class_names)
+    class_colors = list(attrs.class_colors)
     tissue_mm2 = _tissue_mm2(slide_dir, attrs)
 
     types = _summarize_types(slide_dir, parquet_path, class_names, tissue_mm2, cfg)
@@ -158,7 +159,7 @@ def _summarize_types(slide_dir: Path, parquet_path: Path, class_names: list[str]
     return _TypeSummary(n_total, per_type, qc)
 
 
-def _write_pictures(slide_dir: Path, attrs: dict, class_names: list[str], class_colors: list[str],
+def _write_pictures(slide_dir: Path, attrs: MapsAttrs, class_names: list[str], class_colors: list[str],
                     tissue_mm2: float, cfg: ExportConfig) -> _Written:
     """overlay.png, then (if enabled) the QC sheet in qc/, each timed."""
     parquet_path = slide_dir / NUCLEI
@@ -167,9 +168,9 @@ def _write_pictures(slide_dir: Path, attrs: dict, class_names: list[str], class_
     overlay_mpp = render_overlay(
         parquet_path,
         slide_dir / OVERLAY,
-        level0_wh=tuple(attrs["level0_size"]),
-        slide_mpp=float(attrs["slide_mpp"]),
-        slide_path=(attrs.get("slide") or {}).get("path"),
+        level0_wh=attrs.level0_size,
+        slide_mpp=float(attrs.slide_mpp),
+        slide_path=(attrs.slide or {}).get("path"),
         tissue_png=slide_dir / TISSUE_PNG,
         class_colors=class_colors,
         max_px=cfg.overlay_max_px,
@@ -183,9 +184,8 @@ def _write_pictures(slide_dir: Path, attrs: dict, class_names: list[str], class_
         qc_sheet = render_qc_sheet(
             parquet_path,
             slide_dir / QC_DIR,
-            geo=SlideGeometry(level0_wh=tuple(attrs["level0_size"]), slide_mpp=float(attrs["slide_mpp"]),
-                              model_mpp=float(attrs["mpp"]),
-                              slide_path=(attrs.get("slide") or {}).get("path")),
+            geo=SlideGeometry(level0_wh=attrs.level0_size, slide_mpp=float(attrs.slide_mpp),
+                              model_mpp=float(attrs.mpp), slide_path=(attrs.slide or {}).get("path")),
             class_names=class_names,
             class_colors=class_colors,
             tissue_png=slide_dir / TISSUE_PNG,
@@ -199,7 +199,7 @@ def _write_pictures(slide_dir: Path, attrs: dict, class_names: list[str], class_
     return _Written(overlay_mpp, qc_sheet, outputs, export_timings)
 
 
-def _write_geojson(slide_dir: Path, attrs: dict, class_names: list[str], class_colors: list[str],
+def _write_geojson(slide_dir: Path, attrs: MapsAttrs, class_names: list[str], class_colors: list[str],
                    cfg: ExportConfig, written: _Written) -> None:
     """nuclei.geojson.gz (cell outlines too if configured), timed and listed in `written`."""
     t_geo = time.perf_counter()
@@ -210,14 +210,14 @@ def _write_geojson(slide_dir: Path, attrs: dict, class_names: list[str], class_c
         class_colors,
         decimals=cfg.geojson_decimals,
         batch_rows=cfg.batch_rows,
-        cell_expansion_px=(cfg.cell_expansion_um / float(attrs["slide_mpp"])
+        cell_expansion_px=(cfg.cell_expansion_um / float(attrs.slide_mpp)
                            if cfg.geojson_cells else None),
     )
     written.timings["geojson"] = time.perf_counter() - t_geo
     written.outputs.insert(1, GEOJSON)
 
 
-def _summary(slide_dir: Path, cfg: ExportConfig, attrs: dict, table_prov: dict, tissue_mm2: float,
+def _summary(slide_dir: Path, cfg: ExportConfig, attrs: MapsAttrs, table_prov: dict, tissue_mm2: float,
              types: _TypeSummary, timings: dict[str, float], written: _Written) -> dict:
     """summary.json's content: figures, QC, timings, what was written and where it came from."""
     return {
@@ -230,22 +230,22 @@ def _summary(slide_dir: Path, cfg: ExportConfig, attrs: dict, table_prov: dict, 
         "per_type": types.per_type,
         "timings_s": timings,
         "export_timings_s": written.timings,
-        "slide_mpp": attrs.get("slide_mpp"),
-        "slide_mpp_source": attrs.get("slide_mpp_source"),
-        "model_mpp": attrs.get("mpp"),
-        "level0_size": attrs.get("level0_size"),
+        "slide_mpp": attrs.slide_mpp,
+        "slide_mpp_source": attrs.slide_mpp_source,
+        "model_mpp": attrs.mpp,
+        "level0_size": list(attrs.level0_size),
         "overlay_mpp": written.overlay_mpp,
         "tissue": {"holes": _tissue_json(slide_dir).get("holes")},
         "qc_sheet": written.qc_sheet,
         "outputs": written.outputs,
         "provenance": {
-            "model_sha256": attrs.get("model_sha256"),
+            "model_sha256": attrs.model_sha256,
             "wsi_pipeline_version": __version__,
-            "maps_wsi_pipeline_version": attrs.get("wsi_pipeline_version"),
-            "input": attrs.get("slide"),
-            "stain_normalization": attrs.get("stain"),
+            "maps_wsi_pipeline_version": attrs.wsi_pipeline_version,
+            "input": attrs.slide,
+            "stain_normalization": attrs.stain,
             "config": {
-                "infer": attrs.get("config"),
+                "infer": attrs.config,
                 "postproc": table_prov.get("postproc_config"),
                 "chunking": table_prov.get("chunking_config"),
                 "export": cfg.settings(),

@@ -16,26 +16,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from wsi_pipeline.contract import MAPS, NUCLEI
-
-#: Attribute names (as in maps.zarr) export needs, with their key in the table's metadata.
-REQUIRED: dict[str, str] = {
-    "class_names": "class_names",
-    "class_colors": "class_colors",
-    "level0_size": "level0_size",
-    "slide_mpp": "slide_mpp",
-    "mpp": "mpp",
-}
-#: Attributes export records when known (None otherwise).
-OPTIONAL: dict[str, str] = {
-    "slide": "slide",
-    "tissue_mm2": "tissue_mm2",
-    "model_sha256": "model_sha256",
-    "config": "infer_config",
-    "slide_mpp_source": "slide_mpp_source",
-    "stain": "stain",
-    "wsi_pipeline_version": "maps_wsi_pipeline_version",
-}
+from wsi_pipeline.contract import MAPS, MAPS_REQUIRED, NUCLEI, TABLE_KEYS, MapsAttrs
 
 
 class TableMetaError(ValueError):
@@ -48,27 +29,24 @@ def table_provenance(parquet_path: Path) -> dict[str, Any]:
     return json.loads(meta.get(b"wsi_pipeline", b"{}"))
 
 
-def slide_attributes(slide_dir: Path, prov: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The slide's attributes under maps.zarr's names, from nuclei.parquet's metadata `prov`
-    (read when not given); keys the table lacks come from maps.zarr when it exists."""
+def slide_attributes(slide_dir: Path, prov: dict[str, Any] | None = None) -> MapsAttrs:
+    """The slide's maps attributes, from nuclei.parquet's metadata `prov` (read when not given);
+    keys the table lacks come from maps.zarr when it exists."""
     slide_dir = Path(slide_dir)
     table = slide_dir / NUCLEI
     prov = table_provenance(table) if prov is None else prov
-    keys = {**REQUIRED, **OPTIONAL}
-    attrs = {name: prov.get(key) for name, key in keys.items()}
-    lacking = [name for name, key in keys.items() if key not in prov]
+    attrs = {name: prov[key] for name, key in TABLE_KEYS.items() if key in prov}
+    lacking = [name for name in TABLE_KEYS if name not in attrs]
     if lacking:
         maps = _maps_attributes(slide_dir)
-        for name in lacking:
-            if name in maps:
-                attrs[name] = maps[name]
-    missing = [name for name in REQUIRED if attrs.get(name) is None]
+        attrs.update({name: maps[name] for name in lacking if name in maps})
+    missing = [name for name in MAPS_REQUIRED if attrs.get(name) is None]
     if missing:
         raise TableMetaError(
             f"{table}: its metadata lacks {', '.join(missing)} (a table written by an older "
             f"wsi-pipeline) and {slide_dir / MAPS} is gone: delete {table.name} and rerun "
             "to rebuild it (inference is redone)")
-    return attrs
+    return MapsAttrs.from_attrs(attrs, table)
 
 
 def _maps_attributes(slide_dir: Path) -> dict[str, Any]:
@@ -79,6 +57,6 @@ def _maps_attributes(slide_dir: Path) -> dict[str, Any]:
     import zarr
 
     try:
-        return dict(zarr.open_group(str(maps), mode="r").attrs)
+        return zarr.open_group(str(maps), mode="r").attrs.asdict()
     except Exception:  # noqa: BLE001 - damaged maps: the table's metadata is all there is
         return {}

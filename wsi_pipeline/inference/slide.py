@@ -42,6 +42,7 @@ from wsi_pipeline.contract import (
     MAPS,
     MAPS_PARTIAL,
     TISSUE_MPP_ATTR,
+    MapsAttrs,
 )
 from wsi_pipeline.inference.config import InferConfig
 from wsi_pipeline.inference.geometry import (
@@ -143,7 +144,7 @@ def infer_slide(slide: Slide, out_dir: Path, cfg: InferConfig, model: LoadedMode
     _write_tissue(group, tissue.mask, tissue.mpp, cfg)
     if len(plan):
         timings.update(_run_pipeline(slide, group, geo, cfg, model, progress, stain, on_tiles))
-    group.attrs.update(_attributes(slide, geo, cfg, model, tissue.mm2, stain_record))
+    group.attrs.update(_attributes(slide, geo, cfg, model, tissue.mm2, stain_record).to_attrs())
 
     final = out_dir / MAPS
     if final.exists():
@@ -184,28 +185,28 @@ def _write_tissue(group: zarr.Group, mask: np.ndarray, mpp: float, cfg: InferCon
 
 
 def _attributes(slide: Slide, geo: _Geometry, cfg: InferConfig, model: LoadedModel,
-                tissue_mm2: float, stain: dict | None) -> dict:
+                tissue_mm2: float, stain: dict | None) -> MapsAttrs:
     stat = slide.path.stat()
-    return {
-        "mpp": geo.model_mpp,
-        "slide_mpp": geo.slide_mpp,
-        "slide_mpp_source": slide.mpp_source,  # metadata, objective_power, fallback, override, csv
-        "scale": geo.scale,
-        "origin": [geo.origin, geo.origin],
-        "level0_size": list(slide.dimensions),
-        "map_size": [geo.grid.width, geo.grid.height],
-        "class_names": list(model.class_names),
-        "class_colors": list(model.class_colors),
-        "model_sha256": model.sha256,
-        "backend": backend_record(resolve_device(cfg.device), cfg.backend, cfg.precision),
-        "model_config": model.config.model_dump(),
-        "config": cfg.model_dump(mode="json"),
-        "wsi_pipeline_version": __version__,
-        "slide": {"path": str(slide.path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime},
-        "tissue_mm2": tissue_mm2,
-        "tile_grid": {"tile": geo.grid.tile, "stride": geo.grid.stride, "margin": geo.grid.offset},
-        "stain": stain,  # None: the model was trained without stain normalisation
-    }
+    return MapsAttrs(
+        mpp=geo.model_mpp,
+        slide_mpp=geo.slide_mpp,
+        slide_mpp_source=slide.mpp_source,
+        scale=geo.scale,
+        origin=(geo.origin, geo.origin),
+        level0_size=slide.dimensions,
+        map_size=(geo.grid.width, geo.grid.height),
+        class_names=tuple(model.class_names),
+        class_colors=tuple(model.class_colors),
+        model_sha256=model.sha256,
+        backend=backend_record(resolve_device(cfg.device), cfg.backend, cfg.precision),
+        model_config=model.config.model_dump(),
+        config=cfg.model_dump(mode="json"),
+        wsi_pipeline_version=__version__,
+        slide={"path": str(slide.path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime},
+        tissue_mm2=tissue_mm2,
+        tile_grid={"tile": geo.grid.tile, "stride": geo.grid.stride, "margin": geo.grid.offset},
+        stain=stain,
+    )
 
 
 def _read_tile(slide: Slide, geo: _Geometry, row: int, col: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import atomic_path
-from wsi_pipeline.contract import ARRAY_NS
+from wsi_pipeline.contract import ARRAY_NS, MapsAttrs
 from wsi_pipeline.maps_store import maps_array
 from wsi_pipeline.postproc.chunks import ChunkResult, MapsContext, chunk_windows, process_chunk
 from wsi_pipeline.postproc.config import ChunkingConfig, PostprocConfig
@@ -70,49 +70,37 @@ class PostprocResult:
 
 def _maps_context(
     maps_zarr: Path, cfg: PostprocConfig, chunking: ChunkingConfig
-) -> tuple[MapsContext, dict, tuple]:
+) -> tuple[MapsContext, MapsAttrs, tuple]:
     group = zarr.open_group(str(maps_zarr), mode="r")
-    attrs: dict[str, Any] = dict(group.attrs)
+    attrs = MapsAttrs.from_attrs(group.attrs.asdict(), maps_zarr)
     ns = maps_array(group, ARRAY_NS)
     map_h, map_w = ns.shape
-    origin_x, origin_y = attrs.get("origin", (0.0, 0.0))
     ctx = MapsContext(
         maps_path=str(maps_zarr),
         map_hw=(int(map_h), int(map_w)),
-        mpp=float(attrs["mpp"]),
-        slide_mpp=float(attrs["slide_mpp"]),
-        scale=float(attrs["scale"]),
-        origin_xy=(float(origin_x), float(origin_y)),
-        class_names=tuple(attrs["class_names"]),
+        mpp=float(attrs.mpp),
+        slide_mpp=float(attrs.slide_mpp),
+        scale=float(attrs.scale),
+        origin_xy=(float(attrs.origin[0]), float(attrs.origin[1])),
+        class_names=attrs.class_names,
         simplify_px=chunking.simplify_px,
         postproc=cfg,
     )
     return ctx, attrs, tuple(int(v) for v in ns.chunks)
 
 
-def _provenance(attrs: dict, cfg: PostprocConfig, chunking: ChunkingConfig, chunk_hw: tuple[int, ...],
-                od: SlidePixels | None = None) -> dict:
+def _provenance(attrs: MapsAttrs, cfg: PostprocConfig, chunking: ChunkingConfig,
+                chunk_hw: tuple[int, ...], od: SlidePixels | None = None) -> dict:
     """The table's `wsi_pipeline` metadata: with the maps' attributes that export needs
-    (wsi_pipeline.export.table_meta), so that export runs without maps.zarr; with optical densities
-    on, how they were measured (absent when off, so the table is as before)."""
+    (contract.TABLE_KEYS, read back by wsi_pipeline.export.table_meta), so that export runs
+    without maps.zarr; with optical densities on, how they were measured (absent when off, so
+    the table is as before)."""
     extra = {} if od is None else {"optical_density": {
         "stains": ["hematoxylin", "eosin", "residual"], "stain_matrix": [list(r) for r in od.matrix],
         "background": list(od.background), "od": "log10", "slide": od.path}}
     return {
         "wsi_pipeline_version": __version__,
-        "maps_wsi_pipeline_version": attrs.get("wsi_pipeline_version"),
-        "model_sha256": attrs.get("model_sha256"),
-        "slide": attrs.get("slide"),
-        "mpp": attrs.get("mpp"),
-        "slide_mpp": attrs.get("slide_mpp"),
-        "slide_mpp_source": attrs.get("slide_mpp_source"),
-        "stain": attrs.get("stain"),
-        "scale": attrs.get("scale"),
-        "level0_size": attrs.get("level0_size"),
-        "class_names": attrs.get("class_names"),
-        "class_colors": attrs.get("class_colors"),
-        "tissue_mm2": attrs.get("tissue_mm2"),
-        "infer_config": attrs.get("config"),
+        **attrs.table_metadata(),
         "postproc_config": cfg.settings(),
         "chunking_config": chunking.model_dump(mode="json"),
         "chunk_hw": list(chunk_hw),
@@ -121,11 +109,11 @@ def _provenance(attrs: dict, cfg: PostprocConfig, chunking: ChunkingConfig, chun
     }
 
 
-def _slide_pixels(attrs: dict, cfg: PostprocConfig, slide_path: str | Path | None,
+def _slide_pixels(attrs: MapsAttrs, cfg: PostprocConfig, slide_path: str | Path | None,
                   reader: str) -> SlidePixels:
     """Where the chunk tasks read the slide for the optical densities: checked here, once,
     so that a moved or replaced slide is one clear error rather than one per chunk."""
-    recorded = attrs.get("slide") or {}
+    recorded = attrs.slide or {}
     path = Path(slide_path if slide_path is not None else recorded.get("path", ""))
     if not path.is_file():
         raise FileNotFoundError(
@@ -135,7 +123,7 @@ def _slide_pixels(attrs: dict, cfg: PostprocConfig, slide_path: str | Path | Non
     if size and path.stat().st_size != size:
         raise ValueError(f"{path}: {path.stat().st_size} bytes, not the {size} that inference read: "
                          "the slide changed since its maps were made; rerun inference")
-    return slide_pixels(cfg.optical_density, path.resolve(), float(attrs["slide_mpp"]), reader)
+    return slide_pixels(cfg.optical_density, path.resolve(), float(attrs.slide_mpp), reader)
 
 
 def _results_local(
