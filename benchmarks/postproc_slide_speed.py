@@ -159,7 +159,8 @@ def main() -> None:
                     help="a checkout to time (its root goes on PYTHONPATH); repeatable, the first "
                          "is the reference of the ratios (default: this checkout alone)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2, help="chunking.workers: local workers (processes; threads in older checkouts)")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="chunking.workers: local workers (processes; threads in older checkouts)")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the serial per-step pass")
     ap.add_argument("--child", choices=("run", "breakdown"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
