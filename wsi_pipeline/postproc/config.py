@@ -158,7 +158,7 @@ class ChunkingConfig(BaseModel):
         None, ge=1,
         description="Worker processes when no Dask cluster is given (a single slide run in this "
         "process); None = one per core this process may use, at most 8 (each holds one chunk "
-        "window, ~0.5 GB at the default chunk size); 1 = chunk after chunk in this process.",
+        "window with its halo and label images at a time); 1 = chunk after chunk in this process.",
     )
     row_group_rows: int = Field(65536, ge=1024, description="Parquet row-group size (rows).")
     simplify_px: float = Field(
