@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_pipeline.cohort.config import ClusterConfig
+from wsi_pipeline.postproc.pool import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def start_local_cluster(cfg: ClusterConfig, device: str) -> ClusterHandle:
     gpus = _visible_gpus() if device != "cpu" else 0
     if device == "cuda" and gpus == 0:
         raise ClusterError("--device cuda, but no GPU is visible on this machine")
-    plan = plan_local_cluster(cfg, _cpu_count(), MEMORY_LIMIT, gpus)
+    plan = plan_local_cluster(cfg, usable_cpus(), MEMORY_LIMIT, gpus)
     has_bokeh = importlib.util.find_spec("bokeh") is not None
     note = None
     if not cfg.dashboard:
@@ -138,11 +139,6 @@ def start_local_cluster(cfg: ClusterConfig, device: str) -> ClusterHandle:
                          infer_slots=plan.infer_workers, dashboard_note=note)
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _gpu_ids() -> list[str]:

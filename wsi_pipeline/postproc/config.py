@@ -4,7 +4,6 @@ of cutting the slide maps into chunks (`postproc.chunks`, `postproc.slide`)."""
 from __future__ import annotations
 
 import math
-import os
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -169,4 +168,6 @@ class ChunkingConfig(BaseModel):
         """`workers`, or the default: one per core this process may use, at most 8."""
         if self.workers is not None:
             return self.workers
-        return max(1, min(8, len(os.sched_getaffinity(0))))
+        from wsi_pipeline.postproc.pool import usable_cpus
+
+        return max(1, min(8, usable_cpus()))

@@ -30,6 +30,14 @@ PARENT_POLL_S = 1.0
 _pools: dict[int, ProcessPoolExecutor] = {}
 
 
+def usable_cpus() -> int:
+    """Cores this process may use (its CPU affinity where the OS has one, e.g. under SLURM)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _exit_with_parent(parent_pid: int) -> None:
     """Worker initialiser: a daemon thread that ends the worker once its parent is gone (the
     worker is then re-parented, so its parent pid changes). A worker blocked on its task
