@@ -30,7 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-#: (module, function) wrapped for the per-step breakdown, where the checkout has them.
+#: (module, function) wrapped for the per-step breakdown, where the checkout has them (older
+#: checkouts measured in chunks.py, newer ones in measure.nucleus_table).
 STEPS = (
     ("wsi_pipeline.postproc.chunks", "_read_window"),
     ("wsi_pipeline.postproc.chunks", "foreground_box"),
@@ -44,9 +45,13 @@ STEPS = (
     ("wsi_pipeline.postproc.chunks", "owned_nuclei"),
     ("wsi_pipeline.postproc.chunks", "measure_instances"),
     ("wsi_pipeline.postproc.chunks", "measure_shapes"),
+    ("wsi_pipeline.postproc.chunks", "nucleus_table"),
+    ("wsi_pipeline.postproc.measure", "measure_shapes"),
     ("wsi_pipeline.postproc.measure", "_polygons"),
     ("wsi_pipeline.postproc.chunks", "shapely"),  # simplify, validity, transform, WKB
+    ("wsi_pipeline.postproc.measure", "shapely"),  # the same, since measure.nucleus_table
     ("wsi_pipeline.postproc.chunks", "bbox_array"),
+    ("wsi_pipeline.postproc.measure", "bbox_array"),
 )
 
 

@@ -54,7 +54,7 @@ from tests.helpers.cohort_fixtures import (
     write_pyramid_tiff,
 )
 from wsi_pipeline.cli import ConsoleHandler, main
-from wsi_pipeline.cohort import locks
+from wsi_pipeline.cohort import locks, tasks
 from wsi_pipeline.cohort.config import load_run_config
 from wsi_pipeline.cohort.discover import discover
 from wsi_pipeline.cohort.layout import RESERVED_NAMES, UnsafeSlideId, safe_id, slide_dir
@@ -621,12 +621,9 @@ import time
 from pathlib import Path
 from unittest import mock
 
+from wsi_pipeline.cohort import tasks
+
 STAGE, FLAG = os.environ["FAULT_PAUSE_STAGE"], Path(os.environ["FAULT_PAUSE_FLAG"])
-WHERE = {
-    "infer": "wsi_pipeline.inference.slide._attributes",  # every map chunk is in maps.zarr.partial
-    "postproc": "wsi_pipeline.postproc.slide._OrderedWriter.close",  # the table half-written
-    "export": "wsi_pipeline.export.stage.write_text_atomic",  # overlay.png and qc/ written, not summary.json
-}[STAGE]
 
 
 def pause(*args, **kwargs):
@@ -634,7 +631,16 @@ def pause(*args, **kwargs):
     time.sleep(600)
 
 
-mock.patch(WHERE, pause).start()
+def pause_when_done(slide_id, stage, done, total):
+    # infer: every map chunk is in maps.zarr.partial; postproc: the table half-written
+    if stage == STAGE and done == total:
+        pause()
+
+
+if STAGE == "export":  # export reports no progress: overlay.png and qc/ written, not summary.json
+    mock.patch("wsi_pipeline.export.stage.write_text_atomic", pause).start()
+else:
+    tasks.STAGE_PROGRESS.append(pause_when_done)
 from wsi_pipeline.cli import main  # noqa: E402
 
 main()
@@ -817,12 +823,22 @@ def _json_write_failing(*names: str):
     return write
 
 
+def _full_when_done():
+    """A full disk at a stage's last progress step (tasks.STAGE_PROGRESS): the stage wrote all
+    but the commit of its output."""
+    def observer(_slide_id, _stage, done, total):
+        if done == total:
+            _raise()
+
+    return mock.patch.object(tasks, "STAGE_PROGRESS", [observer])
+
+
 #: Where each case meets the full disk, after the stage wrote part of what it writes.
 DISK_FULL_AT = {
     # the maps are all in maps.zarr.partial, tissue.png/json written: the attributes do not fit
-    "infer": lambda: mock.patch("wsi_pipeline.inference.slide._attributes", _raise),
-    # the table's last row group does not fit
-    "postproc": lambda: mock.patch("wsi_pipeline.postproc.slide._OrderedWriter.close", _raise),
+    "infer": _full_when_done,
+    # the last chunk's rows (the table's last row group) do not fit
+    "postproc": _full_when_done,
     # overlay.png and qc/ written, summary.json does not fit (a quota, EDQUOT)
     "export": lambda: mock.patch.object(Path, "write_text",
                                         _write_text_filling_on("summary.json", errno.EDQUOT)),

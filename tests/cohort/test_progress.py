@@ -103,3 +103,32 @@ def test_a_cluster_run_reports_stages_and_tiles_to_the_driver(cohort, tmp_path):
         assert tiles[r["slide_id"]] == r["n_tiles"]
     order = [k for k, i in events if i.get("slide_id", i.get("row", {}).get("slide_id")) == "cmu_a"]
     assert order.index("stage_started") < order.index("stage_progress") < order.index("slide_done")
+
+
+def test_stage_progress_observers_watch_a_run_in_this_process(cohort, tmp_path, monkeypatch):
+    """tasks.STAGE_PROGRESS: every step of infer and postproc, in the run's own process too
+    (no Dask worker), ending at done == total; an observer's error is the stage's failure."""
+    from wsi_pipeline.cohort import tasks
+
+    root, ckpt = cohort
+    seen: list[tuple[str, str, int, int]] = []
+    monkeypatch.setattr(tasks, "STAGE_PROGRESS", [lambda *step: seen.append(step)])
+    cfg = load_run_config(None, {"checkpoint": str(ckpt), "cluster": {"workers": 0}})
+    report = CohortRunner(root / "slides", tmp_path / "out", cfg).run()
+    assert report.ok, report.failure_lines()
+    last = {(s, st): (d, t) for s, st, d, t in seen}
+    slides = {r["slide_id"] for r in report.rows}
+    assert set(last) == {(s, st) for s in slides for st in ("infer", "postproc")}
+    assert all(done == total > 0 for done, total in last.values())
+    tiles = {s: t for (s, st), (_, t) in last.items() if st == "infer"}
+    assert tiles == {r["slide_id"]: r["n_tiles"] for r in report.rows}
+
+    def refuse(slide_id, stage, done, total):
+        if stage == "postproc":
+            raise RuntimeError("observer says no")
+
+    monkeypatch.setattr(tasks, "STAGE_PROGRESS", [refuse])
+    report = CohortRunner(root / "slides", tmp_path / "out2", cfg).run()
+    assert not report.ok
+    assert {r["failed_stage"] for r in report.rows} == {"postproc"}
+    assert all("observer says no" in r["error"] for r in report.rows)

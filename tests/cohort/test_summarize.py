@@ -15,20 +15,31 @@ from wsi_pipeline.cli import main
 from wsi_pipeline.cohort.discover import SlideEntry
 from wsi_pipeline.cohort.manifest import write_manifest
 from wsi_pipeline.cohort.summarize import summarize_cohort
+from wsi_pipeline.contract import MapsAttrs
 
 NAMES = ["background", "inflammatory", "epithelial", "stromal"]
+COLORS = ["#000000", "#ff0000", "#00ff00", "#0000ff"]
+ATTRS = MapsAttrs(mpp=0.5, slide_mpp=0.25, scale=2.0, level0_size=(4000, 3000),
+                  class_names=tuple(NAMES), class_colors=tuple(COLORS))
 
 
-def _slide(out, slide_id, types, areas, probs):
+def _slide(out, slide_id, types, areas, probs, *, maps=True, table_meta=False):
+    """A finished slide folder: nuclei.parquet, with maps.zarr's attributes in maps.zarr
+    (`maps`) and/or in the table's metadata as post-processing copies them (`table_meta`)."""
     d = out / slide_id
-    (d / "maps.zarr").mkdir(parents=True)
-    (d / "maps.zarr" / "zarr.json").write_text(json.dumps(
-        {"zarr_format": 3, "node_type": "group",
-         "attributes": {"class_names": NAMES, "class_colors": ["#000000", "#ff0000", "#00ff00", "#0000ff"]}}))
-    pq.write_table(pa.table({"type_id": pa.array(types, pa.int64()),
-                             "type_name": [NAMES[t] for t in types],
-                             "area_um2": pa.array(areas, pa.float64()),
-                             "type_prob": pa.array(probs, pa.float64())}), d / "nuclei.parquet")
+    d.mkdir(parents=True)
+    if maps:
+        (d / "maps.zarr").mkdir()
+        (d / "maps.zarr" / "zarr.json").write_text(json.dumps(
+            {"zarr_format": 3, "node_type": "group", "attributes": ATTRS.to_attrs()}))
+    table = pa.table({"type_id": pa.array(types, pa.int64()),
+                      "type_name": [NAMES[t] for t in types],
+                      "area_um2": pa.array(areas, pa.float64()),
+                      "type_prob": pa.array(probs, pa.float64())})
+    if table_meta:
+        table = table.replace_schema_metadata(
+            {"wsi_pipeline": json.dumps(ATTRS.table_metadata())})
+    pq.write_table(table, d / "nuclei.parquet")
 
 
 def _row(slide_id, status, tissue):
@@ -59,6 +70,27 @@ def test_counts_density_means(out):
     back = pd.read_parquet(out / "cohort_summary.parquet")
     pd.testing.assert_frame_equal(back, res.table)
     assert res.plot_path.stat().st_size > 1000
+
+
+def test_class_list_from_the_table_when_the_maps_are_gone(tmp_path):
+    _slide(tmp_path, "s1", [1, 2], [10.0, 20.0], [0.9, 0.7], maps=False, table_meta=True)
+    write_manifest(tmp_path, [_row("s1", "done", 0.5)])
+    res = summarize_cohort(tmp_path, report=False)
+    assert res.table["type_name"].tolist() == NAMES[1:]  # stromal too, with no nuclei
+
+
+def test_without_readable_attributes_the_types_found_are_the_classes(tmp_path):
+    """No table metadata and no maps (or maps whose attributes do not read): the slide's
+    classes are the type names its table holds, as for tables older than the metadata."""
+    _slide(tmp_path, "s1", [1, 2], [10.0, 20.0], [0.9, 0.7], maps=False)
+    _slide(tmp_path, "s2", [3], [5.0], [0.5])
+    (tmp_path / "s2" / "maps.zarr" / "zarr.json").write_text(json.dumps(
+        {"zarr_format": 3, "node_type": "group", "attributes": {"class_names": NAMES}}))
+    write_manifest(tmp_path, [_row("s1", "done", 0.5), _row("s2", "done", 0.5)])
+    res = summarize_cohort(tmp_path, report=False)
+    by_slide = res.table.groupby("slide_id")["type_name"].apply(list).to_dict()
+    assert by_slide == {"s1": ["epithelial", "inflammatory"], "s2": ["stromal"]}
+    assert res.plot_path.is_file()  # drawn in matplotlib's default colours
 
 
 def test_cli(out):

@@ -12,6 +12,7 @@ import numpy as np
 import zarr
 from PIL import Image
 
+from wsi_pipeline.contract import MapsAttrs
 from wsi_pipeline.datasets.targets import hv_maps
 
 CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
@@ -67,29 +68,27 @@ def write_maps_zarr(
     scale: float = 0.5,
     slide: dict | None = None,
 ) -> Path:
-    """Write a maps.zarr group in the layout of the WSI contract (/tmp/CONTRACT_WSI.md)."""
+    """Write a maps.zarr group in the layout of the stage contract (`contract.MapsAttrs`)."""
     h, w = maps["ns"].shape
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     group.create_array("ns", data=maps["ns"], chunks=(chunk, chunk))
     group.create_array("hv", data=maps["hv"], chunks=(2, chunk, chunk))
     group.create_array("nc", data=maps["nc"], chunks=(len(CLASSES), chunk, chunk))
     group.create_array("inferred", data=maps["inferred"], chunks=(chunk, chunk))
-    group.attrs.update(
-        {
-            "mpp": MPP,
-            "slide_mpp": MPP / scale,
-            "scale": scale,
-            "level0_size": [round(w * scale), round(h * scale)],
-            "map_size": [w, h],
-            "class_names": list(CLASSES),
-            "class_colors": list(COLORS),
-            "model_sha256": "0" * 64,
-            "config": {"oracle": True},
-            "wsi_pipeline_version": "test",
-            "slide": slide or {"path": "/nonexistent/slide.svs", "size": 0, "mtime": 0.0},
-            "tissue_mm2": float(maps["inferred"].sum()) * MPP**2 / 1e6,
-        }
-    )
+    group.attrs.update(MapsAttrs(
+        mpp=MPP,
+        slide_mpp=MPP / scale,
+        scale=scale,
+        level0_size=(round(w * scale), round(h * scale)),
+        map_size=(w, h),
+        class_names=CLASSES,
+        class_colors=COLORS,
+        model_sha256="0" * 64,
+        config={"oracle": True},
+        wsi_pipeline_version="test",
+        slide=slide or {"path": "/nonexistent/slide.svs", "size": 0, "mtime": 0.0},
+        tissue_mm2=float(maps["inferred"].sum()) * MPP**2 / 1e6,
+    ).to_attrs())
     return path
 
 

@@ -1,4 +1,4 @@
-"""Per-nucleus measurements: values, units, level-0 offset/scale, polygons."""
+"""The nucleus table builder: values, units, level-0 offset/scale, polygons, schema."""
 
 from __future__ import annotations
 
@@ -7,56 +7,71 @@ import pytest
 import shapely
 from scipy import ndimage as ndi
 
-from wsi_pipeline.postproc.measure import measure_instances, measure_shapes
+from wsi_pipeline.contract import nuclei_schema
+from wsi_pipeline.postproc.measure import nucleus_table, pixel_moments
+
+NAMES = ("bg", "a", "B c")
 
 
-def test_measurements_offset_scale_and_units():
+def _two_nuclei() -> np.ndarray:
     inst = np.zeros((20, 30), np.int32)
     inst[2:8, 3:10] = 1
     inst[10:18, 12:25] = 2
-    df = measure_instances(
-        inst,
-        [1, 2],
-        [[0, 0.9, 0.1], [0, 0.2, 0.8]],
-        mpp=0.5,
-        offset_xy=(100, 200),
-        scale=2.0,
-        class_names=["bg", "a", "b"],
+    return inst
+
+
+def test_rows_offset_scale_and_units():
+    table = nucleus_table(
+        _two_nuclei(), [1, 2], [[0, 0.9, 0.1], [0, 0.2, 0.8]], class_names=NAMES, mpp=0.5,
+        origin_xy=(100, 200), scale=2.0, offset_rc=(40, 30),
     )
-    assert df["id"].tolist() == [1, 2]
-    # centroid of rows 2..7, cols 3..9 is (x=6, y=4.5) in map pixels → level 0
-    assert df.loc[0, "x"] == pytest.approx(100 + 2 * 6) and df.loc[0, "y"] == pytest.approx(
-        200 + 2 * 4.5
-    )
-    assert df.loc[0, "x_um"] == pytest.approx(
-        df.loc[0, "x"] * 0.25
-    )  # 0.5 µm per map px = 0.25 per level-0 px
-    assert df.loc[0, "area_px"] == 42 and df.loc[0, "area_um2"] == pytest.approx(42 * 0.25)
-    assert (df.loc[0, "bbox_x0"], df.loc[0, "bbox_y1"]) == (106, 216)
-    assert df["type_name"].tolist() == ["a", "b"] and df.loc[1, "prob_b"] == pytest.approx(0.8)
-    for poly, area in zip(df["polygon"], df["area_px"], strict=True):
-        assert poly.is_valid
-        assert poly.area == pytest.approx(area * 4, rel=0.25)  # contour at half-pixel, scale² = 4
-    assert df.loc[1, "major_axis_um"] > df.loc[1, "minor_axis_um"]
-    assert 0 < df.loc[1, "eccentricity"] < 1 and df.loc[1, "solidity"] == pytest.approx(1.0)
+    assert table.schema == nuclei_schema(NAMES)
+    row = table.slice(0, 1).to_pylist()[0]
+    assert table.column("nucleus_id").to_pylist() == [1, 2]
+    # centroid of rows 2..7, cols 3..9 is (x=6, y=4.5) in the window, + (30, 40) in the map
+    assert (row["x"], row["y"]) == pytest.approx((100 + 2 * 36, 200 + 2 * 44.5))
+    assert row["x_um"] == pytest.approx(row["x"] * 0.25)  # default level0_mpp: mpp / scale
+    assert row["area_um2"] == pytest.approx(42 * 0.25)
+    assert table.column("type_name").to_pylist() == ["a", "B c"]
+    assert row["type_prob"] == pytest.approx(0.9)
+    assert table.column("prob_b_c").to_pylist() == pytest.approx([0.1, 0.8])  # prob_column names
+    polys = shapely.from_wkb(table.column("geometry").to_numpy(False))
+    assert all(shapely.is_valid(polys)) and all(shapely.get_type_id(polys) == 3)
+    # contour at half-pixel; scale² = 4; the window offset is in map px
+    assert shapely.area(polys[0]) == pytest.approx(42 * 4, rel=0.25)
+    xmin, ymin, _, _ = shapely.bounds(polys[0])
+    assert (xmin, ymin) == pytest.approx((100 + 2 * (30 + 2.5), 200 + 2 * (40 + 1.5)))
+    bbox = table.column("bbox").to_pylist()[0]
+    assert bbox["xmin"] <= xmin and bbox["ymin"] <= ymin
+    assert 0 < row["eccentricity"] < 1 and row["solidity"] == pytest.approx(1.0)
 
 
-def test_no_mpp_gives_nan_microns_and_empty_map_gives_empty_frame():
-    inst = np.zeros((10, 10), np.int32)
-    inst[2:5, 2:5] = 1
-    df = measure_instances(inst)
-    assert np.isnan(df.loc[0, "area_um2"]) and df.loc[0, "type_id"] == 0
-    empty = measure_instances(np.zeros((10, 10), np.int32))
-    assert len(empty) == 0 and "polygon" in empty.columns
+def test_ids_sort_the_rows_and_given_moments_are_used():
+    inst = _two_nuclei()
+    moments = pixel_moments(inst)
+    table = nucleus_table(inst, [1, 2], [[0, 1, 0], [0, 0, 1]], class_names=NAMES, mpp=0.5,
+                          level0_mpp=0.3, moments=moments, nucleus_ids=np.array([9, 4]))
+    assert table.column("nucleus_id").to_pylist() == [4, 9]
+    assert table.column("type_id").to_pylist() == [2, 1]
+    assert table.column("x_um").to_pylist()[1] == pytest.approx(6 * 0.3)
 
 
-def test_measure_shapes_are_measure_instances_columns():
-    """The slide chunks' lean measurement gives the very values of the full table's columns."""
+def test_no_type_probabilities_and_no_instances():
+    table = nucleus_table(_two_nuclei(), [0, 0], np.zeros((2, 0), np.float32),
+                          class_names=NAMES, mpp=0.25)
+    assert np.isnan(table.column("type_prob").to_numpy()).all()
+    assert np.isnan(table.column("prob_a").to_numpy()).all()
+    empty = nucleus_table(np.zeros((10, 10), np.int32), np.zeros(0), np.zeros((0, 3)),
+                          class_names=NAMES, mpp=0.25)
+    assert empty.num_rows == 0 and empty.schema == nuclei_schema(NAMES)
+
+
+def test_simplification_keeps_single_valid_polygons():
     rng = np.random.default_rng(3)
-    inst, _ = ndi.label(ndi.gaussian_filter(rng.random((120, 140)), 2) > 0.52)
-    full = measure_instances(inst, mpp=0.25, offset_xy=(640, 1280))
-    lean = measure_shapes(inst, mpp=0.25, offset_xy=(640, 1280))
-    assert len(full) == len(lean["polygon"]) > 5
-    for col in ("perimeter_um", "eccentricity", "solidity"):
-        assert full[col].to_numpy().tobytes() == lean[col].tobytes()
-    assert list(shapely.to_wkb(full["polygon"].to_numpy())) == list(shapely.to_wkb(lean["polygon"]))
+    inst, n = ndi.label(ndi.gaussian_filter(rng.random((120, 140)), 2) > 0.52)
+    kept = nucleus_table(inst, np.zeros(n), np.zeros((n, 3)), class_names=NAMES, mpp=0.25)
+    simple = nucleus_table(inst, np.zeros(n), np.zeros((n, 3)), class_names=NAMES, mpp=0.25,
+                           simplify_px=0.8)
+    a, b = (shapely.from_wkb(t.column("geometry").to_numpy(False)) for t in (kept, simple))
+    assert n > 5 and all(shapely.get_type_id(b) == 3) and all(shapely.is_valid(b))
+    assert shapely.get_num_coordinates(b).sum() < shapely.get_num_coordinates(a).sum()

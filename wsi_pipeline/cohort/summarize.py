@@ -11,7 +11,6 @@ counted as a slide with no nuclei; `wsi-pipeline run` on the same OUT rebuilds i
 from __future__ import annotations
 
 import io
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,12 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import zarr
 
 from wsi_pipeline.atomic import write_bytes_atomic
 from wsi_pipeline.cohort.layout import slide_dir
 from wsi_pipeline.cohort.manifest import MANIFEST, read_manifest
-from wsi_pipeline.contract import MAPS, NUCLEI
+from wsi_pipeline.contract import NUCLEI, MapsAttrs
+from wsi_pipeline.export.table_meta import slide_attributes
 
 log = logging.getLogger(__name__)
 
@@ -121,38 +120,27 @@ def _slide_table(slide_dir: Path, slide_id: str, tissue_mm2: float | None, statu
     return table
 
 
-def _slide_attrs(slide_dir: Path) -> dict:
-    """The class list and colours of a slide: from nuclei.parquet's provenance, which
-    post-processing copies from maps.zarr, so that a slide whose maps were deleted to save space
-    summarises the same; maps.zarr's attributes for older tables; {} when neither is readable."""
+def _slide_attrs(slide_dir: Path) -> MapsAttrs | None:
+    """The slide's maps attributes (`export.table_meta.slide_attributes`: nuclei.parquet's
+    metadata, which post-processing copies from maps.zarr, so that a slide whose maps were
+    deleted to save space summarises the same; maps.zarr's attributes for keys an older table
+    lacks), or None when neither holds them readably: the slide then gets no class list."""
     try:
-        meta = pq.read_schema(slide_dir / NUCLEI).metadata or {}
-        prov = json.loads(meta.get(b"wsi_pipeline", b"{}"))
-        if prov.get("class_names"):
-            return prov
-    except (OSError, ValueError):
-        pass
-    return _zarr_attrs(slide_dir)
-
-
-def _zarr_attrs(slide_dir: Path) -> dict:
-    """maps.zarr's attributes; {} when the slide has no readable maps (it then gets no class list)."""
-    try:
-        return dict(zarr.open_group(str(slide_dir / MAPS), mode="r").attrs)
-    except (OSError, ValueError):  # zarr's not-found and bad-metadata errors are both of these
-        return {}
+        return slide_attributes(slide_dir)
+    except (OSError, ValueError):  # TableMetaError, MapsAttrsError; unreadable table or maps
+        return None
 
 
 def _class_names(slide_dir: Path) -> list[str] | None:
-    names = _slide_attrs(slide_dir).get("class_names")
-    return list(names) if names else None
+    attrs = _slide_attrs(slide_dir)
+    return None if attrs is None else list(attrs.class_names)
 
 
 def _colors(out_dir: Path, finished: pd.DataFrame) -> dict[str, str]:
     for slide_id in finished["slide_id"]:
         attrs = _slide_attrs(_folder(out_dir, slide_id))
-        if attrs.get("class_names") and attrs.get("class_colors"):
-            return dict(zip(attrs["class_names"], attrs["class_colors"], strict=False))
+        if attrs is not None:
+            return dict(zip(attrs.class_names, attrs.class_colors, strict=False))
     return {}
 
 

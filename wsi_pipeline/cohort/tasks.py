@@ -232,17 +232,22 @@ def _report(msg: dict[str, Any], worker: Any = None) -> None:
 
 
 def _progress_callback(job: SlideJob, stage: str, unit: str) -> Any:
-    """A (done, total) callback that reports a stage's progress to the driver at most every
-    PROGRESS_INTERVAL_S seconds (and always when done == total); None outside a Dask task.
+    """A (done, total) callback for a stage: it calls the STAGE_PROGRESS observers registered
+    now on every step, and in a Dask task reports the progress to the driver at most every
+    PROGRESS_INTERVAL_S seconds (and always when done == total); None when neither applies.
     It may be called from any thread (infer counts tiles in its writer thread)."""
     worker = _worker()
-    if worker is None or not _task_key():
+    to_driver = worker is not None and bool(_task_key())
+    observers = tuple(STAGE_PROGRESS)
+    if not to_driver and not observers:
         return None
     last = [0.0]
 
     def report(done: int, total: int) -> None:
+        for observer in observers:
+            observer(job.slide_id, stage, int(done), int(total))
         now = time.monotonic()
-        if done < total and now - last[0] < PROGRESS_INTERVAL_S:
+        if not to_driver or (done < total and now - last[0] < PROGRESS_INTERVAL_S):
             return
         last[0] = now
         _report({"kind": "stage_progress", "slide_id": job.slide_id, "stage": stage,
@@ -312,6 +317,22 @@ def _export(job: SlideJob) -> dict[str, Any]:
 STAGE_FUNCTIONS: dict[str, Callable[[SlideJob], dict[str, Any]]] = {
     "infer": _infer, "postproc": _postproc, "export": _export,
 }
+
+#: Observers of the stages that report progress (infer: tiles, postproc: chunks), called as
+#: ``observer(slide_id, stage, done, total)`` on every step, in the process and thread that
+#: runs the stage (a Dask worker's, or the run's own with ``--workers 0``; infer calls from its
+#: writer thread); those in the list when a stage starts are the ones it calls. This is how a
+#: program that embeds the runner watches its slides without a Dask dashboard. The last call
+#: (done == total) comes when the stage has written its bulk output but not yet committed it
+#: (`inference.slide.infer_slide`'s `on_tiles`, `postproc.slide.postprocess_slide`'s
+#: `on_chunks` promise it): every tile is in maps.zarr.partial, whose attributes are not yet
+#: written nor the folder renamed; every chunk but the last has gone to the table writer (its
+#: full row groups in the table's temporary file), which is neither closed nor renamed.
+#: An observer's exception is the stage's own (it fails there, as a write error would), so
+#: the fault tests pause or fail a stage mid-way through this seam, as they replace a stage
+#: through STAGE_FUNCTIONS: ``monkeypatch.setattr(tasks, "STAGE_PROGRESS", [fail_when_done])``.
+#: Export reports no progress and calls none.
+STAGE_PROGRESS: list[Callable[[str, str, int, int], None]] = []
 
 
 def _model(job: SlideJob) -> Any:

@@ -107,7 +107,10 @@ def infer_slide(slide: Slide, out_dir: Path, cfg: InferConfig, model: LoadedMode
     """Write OUT/maps.zarr (via maps.zarr.partial) and tissue.png/json for one slide.
 
     `on_tiles(done, total)` is called as tiles are written (a cohort run on Dask reports them
-    to the driver's console this way)."""
+    to the driver's console this way), in the thread that writes them, after their map chunks
+    are in maps.zarr.partial; the last call (done == total) comes before the attributes are
+    written and the folder renamed, and an exception it raises fails the slide there
+    (`cohort.tasks.STAGE_PROGRESS` relies on both)."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

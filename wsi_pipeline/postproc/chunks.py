@@ -5,8 +5,8 @@ window is its zarr chunk (the *core*) widened by a halo on every side, clipped t
 The halo must exceed the largest nucleus plus the reach of the watershed, so that a nucleus
 whose centroid lies in the core is segmented as a whole-map segmentation would segment it
 (up to the watershed's tie-breaking between equal-energy pixels, which can move single
-boundary pixels). Nuclei are measured and outlined here (`measure.measure_instances`), so only small tables
-leave a task.
+boundary pixels). Nuclei are measured and outlined here (`measure.nucleus_table`, the one
+builder of the table's rows), so only small tables leave a task.
 """
 
 from __future__ import annotations
@@ -16,21 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import shapely
 import zarr
 
-from wsi_pipeline.contract import (
-    ARRAY_HV,
-    ARRAY_INFERRED,
-    ARRAY_NC,
-    ARRAY_NS,
-    BBOX_TYPE,
-    nuclei_schema,
-    prob_column,
-)
+from wsi_pipeline.contract import ARRAY_HV, ARRAY_INFERRED, ARRAY_NC, ARRAY_NS, nuclei_schema
 from wsi_pipeline.maps_store import maps_array
 from wsi_pipeline.postproc import PostprocConfig, segment_instances
-from wsi_pipeline.postproc.measure import measure_shapes
+from wsi_pipeline.postproc.measure import nucleus_table
 from wsi_pipeline.postproc.od import SlidePixels, nucleus_od_stats, window_rgb
 from wsi_pipeline.postproc.seams import nucleus_ids, owned_nuclei
 from wsi_pipeline.postproc.window import ChunkWindow
@@ -83,17 +74,6 @@ class MapsContext:
         return nuclei_schema(self.class_names, optical_density=self.od is not None)
 
 
-def bbox_array(polygons: np.ndarray) -> pa.StructArray:
-    """The `bbox` column of `polygons` (float32, xmin/ymin rounded down, xmax/ymax up)."""
-    bounds = shapely.bounds(polygons).reshape(-1, 4)
-    b32 = bounds.astype(np.float32)
-    low, high = b32[:, :2], b32[:, 2:]
-    low[:] = np.where(low > bounds[:, :2], np.nextafter(low, np.float32(-np.inf)), low)
-    high[:] = np.where(high < bounds[:, 2:], np.nextafter(high, np.float32(np.inf)), high)
-    return pa.StructArray.from_arrays([pa.array(b32[:, k]) for k in range(4)],
-                                      fields=list(BBOX_TYPE))
-
-
 def _read_window(ctx: MapsContext, win: ChunkWindow) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(ns, hv, nc) of the window as float32, or None where nothing in it was inferred."""
     group = zarr.open_group(ctx.maps_path, mode="r")
@@ -130,16 +110,6 @@ def foreground_box(ns: np.ndarray, cfg: PostprocConfig, mpp: float) -> tuple[sli
             slice(max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, w)))
 
 
-def _largest_polygon(geom: shapely.Geometry) -> shapely.Polygon:
-    """make_valid may split a pinched outline into parts; the nucleus is the largest."""
-    parts = [g for g in shapely.get_parts(geom) if isinstance(g, shapely.Polygon)]
-    return max(parts, key=lambda g: g.area) if parts else shapely.Polygon()
-
-
-def empty_table(class_names: tuple[str, ...]) -> pa.Table:
-    return nuclei_schema(class_names).empty_table()
-
-
 @dataclass(frozen=True)
 class ChunkResult:
     index: int
@@ -168,41 +138,22 @@ def process_chunk(ctx: MapsContext, win: ChunkWindow) -> ChunkResult:
     # Measure only the owned nuclei: relabel them 1..K (in id order), everything else 0.
     lut = np.zeros(int(inst_map.max()) + 1, dtype=np.int32)
     lut[lab] = np.arange(1, lab.size + 1, dtype=np.int32)
-    types = np.asarray(seg.types)[lab - 1].astype(np.int16)
-    type_probs = np.asarray(seg.type_probs, dtype=np.float32)[lab - 1]
-    ox, oy = ctx.origin_xy
-    # Outlines in global map pixels first: window offsets are integers, so every chunk that
-    # sees a nucleus computes bit-identical vertices, and simplification (whose tolerance ties
-    # on pixel-staircase outlines) decides the same way whatever the chunking. Only then to level 0.
-    m = measure_shapes(lut[inst_map], mpp=ctx.mpp, offset_xy=(win.win_c0, win.win_r0))
-    # The exact integer centroid (the one ownership used) for x, y.
-    x = ox + owned.centroid_rc[:, 1] * ctx.scale
-    y = oy + owned.centroid_rc[:, 0] * ctx.scale
-    polys = shapely.simplify(m["polygon"], ctx.simplify_px)
-    bad = ~(shapely.is_valid(polys) & (shapely.get_type_id(polys) == 3))
-    polys[bad] = [_largest_polygon(shapely.make_valid(p)) for p in polys[bad]]
-    polys = shapely.transform(polys, lambda xy: xy * ctx.scale + (ox, oy))
-    cols = {
-        "nucleus_id": nucleus_ids(owned, ctx.map_hw[1]),
-        "x": x,
-        "y": y,
-        "x_um": x * ctx.slide_mpp,
-        "y_um": y * ctx.slide_mpp,
-        "area_um2": (owned.n_px * ctx.mpp**2).astype(np.float32),
-        "perimeter_um": m["perimeter_um"].astype(np.float32),
-        "eccentricity": m["eccentricity"].astype(np.float32),
-        "solidity": m["solidity"].astype(np.float32),
-        "type_id": types,
-        "type_name": np.asarray(ctx.class_names, dtype=object)[types],
-        "type_prob": type_probs[np.arange(lab.size), types],
-    }
-    for k, name in enumerate(ctx.class_names):
-        cols[prob_column(name)] = type_probs[:, k]
-    cols["geometry"] = shapely.to_wkb(polys)
-    cols["bbox"] = bbox_array(polys)
+    owned_map = lut[inst_map]
+    od = None
     if ctx.od is not None:
         rgb = window_rgb(ctx.od, win.win_r0, win.win_c0, inst_map.shape, ctx.mpp, ctx.scale)
-        cols.update(nucleus_od_stats(lut[inst_map], rgb, lab.size, ctx.od))
-    order = np.argsort(cols["nucleus_id"], kind="stable")
-    table = pa.table(cols, schema=ctx.schema()).take(order)
+        od = nucleus_od_stats(owned_map, rgb, lab.size, ctx.od)
+    # Outlines are traced in global map pixels (window offsets are integers), so every chunk
+    # that sees a nucleus computes bit-identical vertices and simplification (whose tolerance
+    # ties on pixel-staircase outlines) decides the same way whatever the chunking; x, y are
+    # the exact integer-sum centroids ownership used.
+    table = nucleus_table(
+        owned_map,
+        np.asarray(seg.types)[lab - 1],
+        np.asarray(seg.type_probs, dtype=np.float32)[lab - 1],
+        class_names=ctx.class_names, mpp=ctx.mpp, level0_mpp=ctx.slide_mpp, scale=ctx.scale,
+        origin_xy=ctx.origin_xy, offset_rc=(win.win_r0, win.win_c0), moments=owned,
+        nucleus_ids=nucleus_ids(owned, ctx.map_hw[1]), simplify_px=ctx.simplify_px,
+        optical_density=od,
+    )
     return ChunkResult(win.index, table, True, owned.n_edge_cut)

@@ -1,37 +1,58 @@
-"""Per-nucleus measurements: position, size and shape, contour polygon, type.
+"""The nucleus table: instance map + types + type probabilities → rows of nuclei.parquet.
+
+`nucleus_table` is the one builder of those rows (`contract.nuclei_schema`): the slide path
+(`chunks.process_chunk`, one chunk's owned nuclei) and tile mode (`tile_mode.predict`, one
+image) both call it, so a nucleus has the same columns, units and outline rules wherever it
+was found.
 
 Coordinates follow the project convention: points are (x, y) = (column, row). Map pixel
 indices (pixel centres at integers) are converted to level-0 slide pixels by
-``level0 = offset + scale * map_px``, so the WSI engine can pass a chunk's origin and the
-level-0/map pixel ratio; µm columns use ``mpp`` (µm per *map* pixel) and are NaN when
-``mpp`` is unknown.
+``level0 = origin + scale * map_px``; ``mpp`` is µm per *map* pixel, ``level0_mpp`` µm per
+level-0 pixel (tile mode: the image's own pixels, scale 1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 import shapely
 from skimage import measure
 
-from wsi_pipeline.contract import PROB_PREFIX
+from wsi_pipeline.contract import BBOX_TYPE, nuclei_schema, prob_column
 
-_PROPS = (
-    "label",
-    "centroid",
-    "bbox",
-    "area",
-    "perimeter",
-    "equivalent_diameter_area",
-    "axis_major_length",
-    "axis_minor_length",
-    "eccentricity",
-    "solidity",
-    "orientation",
-    "image",
-)
+
+@dataclass(frozen=True)
+class PixelMoments:
+    """Pixel count and sums of global map row and column indices per label, exact in int64,
+    so that every window that sees a nucleus's pixels computes the same centroid bit for bit."""
+
+    n_px: np.ndarray  # (K,) int64 pixel counts
+    sum_r: np.ndarray  # (K,) int64 sum of global map rows
+    sum_c: np.ndarray  # (K,) int64 sum of global map cols
+
+    @property
+    def centroid_rc(self) -> np.ndarray:
+        """(K, 2) float64 centroid in map pixels (row, col)."""
+        return np.stack([self.sum_r / self.n_px, self.sum_c / self.n_px], axis=1)
+
+
+def pixel_moments(inst_map: np.ndarray, offset_rc: tuple[int, int] = (0, 0)) -> PixelMoments:
+    """The moments of labels 1..max(inst_map) (an absent label: count 0); `offset_rc` is the
+    global map position of `inst_map`'s pixel (0, 0)."""
+    n_lab = int(inst_map.max(initial=0))
+    fg = np.flatnonzero(inst_map)
+    lab = inst_map.ravel()[fg]
+    rows, cols = np.divmod(fg, inst_map.shape[1])
+    n_px = np.bincount(lab, minlength=n_lab + 1)[1:].astype(np.int64)
+    # Sums of window-local indices are exact integers in float64; the global offset is added
+    # in int64 so the same nucleus seen from two windows gets the same centroid bit for bit.
+    sum_r = np.bincount(lab, weights=rows, minlength=n_lab + 1)[1:].astype(np.int64)
+    sum_c = np.bincount(lab, weights=cols, minlength=n_lab + 1)[1:].astype(np.int64)
+    r0, c0 = offset_rc
+    return PixelMoments(n_px=n_px, sum_r=sum_r + n_px * int(r0), sum_c=sum_c + n_px * int(c0))
 
 
 def _polygons(
@@ -49,9 +70,7 @@ def _polygons(
     return polys
 
 
-#: What a slide chunk's table needs (`chunks.process_chunk`): regionprops computes each
-#: property with the same code whichever others are asked for, so these values are the ones
-#: `measure_instances` gives, without the per-nucleus cost of the columns the table lacks.
+#: The regionprops the table needs; the centroid and area come from `pixel_moments`.
 _SHAPE_PROPS = ("label", "bbox", "perimeter", "eccentricity", "solidity", "image")
 
 
@@ -59,8 +78,7 @@ def measure_shapes(
     inst_map: np.ndarray, *, mpp: float, offset_xy: tuple[float, float] = (0.0, 0.0)
 ) -> dict[str, np.ndarray]:
     """``polygon`` (object array, map pixel (x, y) + ``offset_xy``), ``perimeter_um``,
-    ``eccentricity`` and ``solidity`` per instance id (ascending): the same values as those
-    columns of ``measure_instances(inst_map, mpp=mpp, offset_xy=offset_xy)``."""
+    ``eccentricity`` and ``solidity`` per instance id (ascending)."""
     props = measure.regionprops_table(np.asarray(inst_map).astype(np.int32), properties=_SHAPE_PROPS)
     ox, oy = offset_xy
     polys = _polygons(props["image"], props["bbox-0"], props["bbox-1"])
@@ -74,74 +92,95 @@ def measure_shapes(
     }
 
 
-def measure_instances(
-    inst_map: np.ndarray,
-    types: np.ndarray | None = None,
-    type_probs: np.ndarray | None = None,
-    *,
-    mpp: float | None = None,
-    offset_xy: tuple[float, float] = (0.0, 0.0),
-    scale: float = 1.0,
-    class_names: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """One row per instance id (ascending; contiguous 1..N expected when ``types`` is given).
+def bbox_array(polygons: np.ndarray) -> pa.StructArray:
+    """The `bbox` column of `polygons` (float32, xmin/ymin rounded down, xmax/ymax up)."""
+    bounds = shapely.bounds(polygons).reshape(-1, 4)
+    b32 = bounds.astype(np.float32)
+    low, high = b32[:, :2], b32[:, 2:]
+    low[:] = np.where(low > bounds[:, :2], np.nextafter(low, np.float32(-np.inf)), low)
+    high[:] = np.where(high < bounds[:, 2:], np.nextafter(high, np.float32(np.inf)), high)
+    return pa.StructArray.from_arrays([pa.array(b32[:, k]) for k in range(4)],
+                                      fields=list(BBOX_TYPE))
 
-    Columns: ``id``, ``x``/``y`` centroid and ``bbox_x0, bbox_y0, bbox_x1, bbox_y1`` in
-    level-0 pixels (bbox end exclusive), the same centroid in µm, ``area_px`` (map pixels),
-    ``area_um2``, ``perimeter_um``, ``equivalent_diameter_um``, ``major_axis_um``,
-    ``minor_axis_um``, ``eccentricity``, ``solidity``, ``orientation`` (radians, scikit-image
-    convention: angle between the row axis and the major axis), ``polygon`` (shapely, level-0
-    pixels), ``type_id``, ``type_name`` and one ``prob_<class>`` column per class.
+
+def _largest_polygon(geom: shapely.Geometry) -> shapely.Polygon:
+    """make_valid may split a pinched outline into parts; the nucleus is the largest."""
+    parts = [g for g in shapely.get_parts(geom) if isinstance(g, shapely.Polygon)]
+    return max(parts, key=lambda g: g.area) if parts else shapely.Polygon()
+
+
+def nucleus_table(
+    inst_map: np.ndarray,
+    types: np.ndarray,
+    type_probs: np.ndarray,
+    *,
+    class_names: Sequence[str],
+    mpp: float,
+    level0_mpp: float | None = None,
+    scale: float = 1.0,
+    origin_xy: tuple[float, float] = (0.0, 0.0),
+    offset_rc: tuple[int, int] = (0, 0),
+    moments: PixelMoments | None = None,
+    nucleus_ids: np.ndarray | None = None,
+    simplify_px: float | None = None,
+    optical_density: Mapping[str, np.ndarray] | None = None,
+) -> pa.Table:
+    """The nuclei table rows (`contract.nuclei_schema`, sorted by `nucleus_id`) of the
+    instances of `inst_map`, ids 1..K, with `types` (K,) and `type_probs` (K, C) (C = 0:
+    no type maps; type_prob and the prob_* columns are then NaN).
+
+    `inst_map` lies at `offset_rc` (row, col) in the map's pixels; `origin_xy`, `scale` place
+    the map in level 0 and `level0_mpp` (default: `mpp / scale`) gives its µm. `moments`: the
+    instances' pixel moments where the caller has them (slide chunks: ownership's), else
+    measured here; x, y are their exact centroids, area_um2 their pixel count. `nucleus_ids`
+    default to 1..K. Outlines are traced in global map pixels (so every chunk that sees a
+    nucleus traces the same vertices), simplified with `simplify_px` (map px; None: kept as
+    traced), made single valid polygons, then moved to level 0. `optical_density`: the
+    OD_COLUMNS (`postproc.od`), which the schema then holds.
     """
+    types = np.asarray(types).astype(np.int16)
+    n = types.shape[0]
+    schema = nuclei_schema(tuple(class_names), optical_density=optical_density is not None)
+    if n == 0:
+        return schema.empty_table()
     inst_map = np.asarray(inst_map)
-    props = measure.regionprops_table(inst_map.astype(np.int32), properties=_PROPS)
-    n = len(props["label"])
-    ox, oy = offset_xy
-    um = float("nan") if mpp is None else float(mpp)
-    um0 = um / scale  # µm per level-0 pixel
-    x = ox + scale * props["centroid-1"]
-    y = oy + scale * props["centroid-0"]
-    polys = _polygons(props["image"], props["bbox-0"], props["bbox-1"])
-    polys = [shapely.affinity.affine_transform(p, (scale, 0, 0, scale, ox, oy)) for p in polys]
-    df = pd.DataFrame(
-        {
-            "id": props["label"].astype(np.int32),
-            "x": x,
-            "y": y,
-            "x_um": x * um0,
-            "y_um": y * um0,
-            "bbox_x0": ox + scale * props["bbox-1"],
-            "bbox_y0": oy + scale * props["bbox-0"],
-            "bbox_x1": ox + scale * props["bbox-3"],
-            "bbox_y1": oy + scale * props["bbox-2"],
-            "area_px": props["area"].astype(np.int64),
-            "area_um2": props["area"] * um * um,
-            "perimeter_um": props["perimeter"] * um,
-            "equivalent_diameter_um": props["equivalent_diameter_area"] * um,
-            "major_axis_um": props["axis_major_length"] * um,
-            "minor_axis_um": props["axis_minor_length"] * um,
-            "eccentricity": props["eccentricity"],
-            "solidity": props["solidity"],
-            "orientation": props["orientation"],
-            "polygon": pd.Series(polys, dtype=object),
-        }
-    )
-    type_ids = (
-        np.zeros(n, np.int32) if types is None else np.asarray(types, dtype=np.int32).reshape(-1)
-    )
-    if type_ids.size != n:
-        raise ValueError(f"{type_ids.size} types for {n} instances")
-    df["type_id"] = type_ids
-    if class_names is not None:
-        names = np.asarray(list(class_names), dtype=object)
-        df["type_name"] = names[type_ids] if n else pd.Series([], dtype=object)
-    if type_probs is not None and np.asarray(type_probs).size:
-        probs = np.asarray(type_probs, dtype=np.float32).reshape(n, -1)
-        cols = (
-            list(class_names)
-            if class_names is not None
-            else [str(i) for i in range(probs.shape[1])]
-        )
-        for k, name in enumerate(cols[: probs.shape[1]]):
-            df[f"{PROB_PREFIX}{name}"] = probs[:, k]  # the raw name (tile mode), not prob_column
-    return df
+    r0, c0 = offset_rc
+    if moments is None:
+        moments = pixel_moments(inst_map, offset_rc)
+    if moments.n_px.shape[0] != n:
+        raise ValueError(f"{n} types for {moments.n_px.shape[0]} instances")
+    ox, oy = origin_xy
+    um0 = mpp / scale if level0_mpp is None else level0_mpp
+    m = measure_shapes(inst_map, mpp=mpp, offset_xy=(c0, r0))
+    centroid = moments.centroid_rc
+    x = ox + centroid[:, 1] * scale
+    y = oy + centroid[:, 0] * scale
+    polys = m["polygon"] if simplify_px is None else shapely.simplify(m["polygon"], simplify_px)
+    bad = ~(shapely.is_valid(polys) & (shapely.get_type_id(polys) == 3))
+    polys[bad] = [_largest_polygon(shapely.make_valid(p)) for p in polys[bad]]
+    polys = shapely.transform(polys, lambda xy: xy * scale + (ox, oy))
+    probs = np.asarray(type_probs, dtype=np.float32).reshape(n, -1)
+    if probs.shape[1] == 0:
+        probs = np.full((n, len(class_names)), np.nan, np.float32)
+    cols = {
+        "nucleus_id": np.arange(1, n + 1, dtype=np.int64) if nucleus_ids is None else nucleus_ids,
+        "x": x,
+        "y": y,
+        "x_um": x * um0,
+        "y_um": y * um0,
+        "area_um2": (moments.n_px * mpp**2).astype(np.float32),
+        "perimeter_um": m["perimeter_um"].astype(np.float32),
+        "eccentricity": m["eccentricity"].astype(np.float32),
+        "solidity": m["solidity"].astype(np.float32),
+        "type_id": types,
+        "type_name": np.asarray(class_names, dtype=object)[types],
+        "type_prob": probs[np.arange(n), types],
+    }
+    for k, name in enumerate(class_names):
+        cols[prob_column(name)] = probs[:, k]
+    cols["geometry"] = shapely.to_wkb(polys)
+    cols["bbox"] = bbox_array(polys)
+    if optical_density is not None:
+        cols.update(optical_density)
+    order = np.argsort(cols["nucleus_id"], kind="stable")
+    return pa.table(cols, schema=schema).take(order)

@@ -17,25 +17,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wsi_pipeline.postproc.measure import PixelMoments, pixel_moments
 from wsi_pipeline.postproc.window import ChunkWindow
 
 ID_SUBPIXEL = 4  # centroid grid of the ids: 1/4 map pixel
 
 
 @dataclass(frozen=True)
-class OwnedNuclei:
+class OwnedNuclei(PixelMoments):
     """Labels of `inst_map` that this chunk reports, with their exact global pixel moments."""
 
     labels: np.ndarray  # (K,) int, ids in the window's inst_map
-    n_px: np.ndarray  # (K,) int64 pixel counts
-    sum_r: np.ndarray  # (K,) int64 sum of global map rows
-    sum_c: np.ndarray  # (K,) int64 sum of global map cols
     n_edge_cut: int  # cut pieces whose centroid is in the core: > 0 means the halo is too small
-
-    @property
-    def centroid_rc(self) -> np.ndarray:
-        """(K, 2) float64 centroid in map pixels (row, col)."""
-        return np.stack([self.sum_r / self.n_px, self.sum_c / self.n_px], axis=1)
 
 
 def _edge_labels(inst_map: np.ndarray, win: ChunkWindow, map_hw: tuple[int, int]) -> np.ndarray:
@@ -58,20 +51,11 @@ def _edge_labels(inst_map: np.ndarray, win: ChunkWindow, map_hw: tuple[int, int]
 
 def owned_nuclei(inst_map: np.ndarray, win: ChunkWindow, map_hw: tuple[int, int]) -> OwnedNuclei:
     """Select the nuclei of a window's `inst_map` (ids 1..N) that this chunk owns."""
-    n_lab = int(inst_map.max(initial=0))
-    fg = np.flatnonzero(inst_map)
-    lab = inst_map.ravel()[fg]
-    rows, cols = np.divmod(fg, inst_map.shape[1])
-    n_px = np.bincount(lab, minlength=n_lab + 1)[1:].astype(np.int64)
-    # Sums of window-local indices are exact integers in float64; the global offset is added
-    # in int64 so the same nucleus seen from two windows gets the same centroid bit for bit.
-    sum_r = np.bincount(lab, weights=rows, minlength=n_lab + 1)[1:].astype(np.int64)
-    sum_c = np.bincount(lab, weights=cols, minlength=n_lab + 1)[1:].astype(np.int64)
-    labels = np.arange(1, n_lab + 1)
-    present = n_px > 0
-    labels, n_px, sum_r, sum_c = labels[present], n_px[present], sum_r[present], sum_c[present]
-    sum_r = sum_r + n_px * win.win_r0
-    sum_c = sum_c + n_px * win.win_c0
+    moments = pixel_moments(inst_map, (win.win_r0, win.win_c0))
+    labels = np.arange(1, moments.n_px.size + 1)
+    present = moments.n_px > 0
+    labels = labels[present]
+    n_px, sum_r, sum_c = moments.n_px[present], moments.sum_r[present], moments.sum_c[present]
     cent_r, cent_c = sum_r // n_px, sum_c // n_px
     in_core = (
         (cent_r >= win.core_r0)

@@ -197,9 +197,13 @@ def postprocess_slide(
 ) -> PostprocResult:
     """Segment every chunk of `maps_zarr` and write the slide's nuclei as GeoParquet.
 
-    `on_chunks(done, total)` is called as chunks are collected. With
-    `cfg.optical_density.enabled` the chunks also read the slide (`slide_path`, default the
-    path maps.zarr records; `reader` as io.open_slide's backend) for the OD columns."""
+    `on_chunks(done, total)` is called as chunks are collected, before each chunk's rows go
+    to the table: the last call (done == total) comes with every other chunk's rows given to
+    the table writer (full row groups in its temporary file), before it is closed and
+    renamed, and an exception it raises fails the slide there (`cohort.tasks.STAGE_PROGRESS`
+    relies on both). With `cfg.optical_density.enabled` the chunks also read the slide
+    (`slide_path`, default the path maps.zarr records; `reader` as io.open_slide's backend)
+    for the OD columns."""
     t0 = time.perf_counter()
     chunking = chunking or ChunkingConfig()
     maps_zarr, out_parquet = Path(maps_zarr), Path(out_parquet)

@@ -13,8 +13,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import shapely
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -23,13 +21,13 @@ from skimage.segmentation import find_boundaries
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import atomic_path
 from wsi_pipeline.evaluation.matio import write_instance_mat
-from wsi_pipeline.export.geojson import MEASUREMENT_COLUMNS, hex_to_rgb, write_feature_collection
+from wsi_pipeline.export.geojson import hex_to_rgb, write_feature_collection
 from wsi_pipeline.inference.config import DEFAULT_STRIDE, DEFAULT_TILE_SIZE
 from wsi_pipeline.inference.image import predict_tiled
 from wsi_pipeline.model import LoadedModel
 from wsi_pipeline.model.predict import Precision
 from wsi_pipeline.postproc import PostprocConfig, SegmentationResult, segment_instances
-from wsi_pipeline.postproc.measure import measure_instances
+from wsi_pipeline.postproc.measure import nucleus_table
 from wsi_pipeline.resample import resize_rgb, scaled_size
 from wsi_pipeline.stain import normalizer_from_meta
 
@@ -119,24 +117,12 @@ def write_overlay(path: Path, image: np.ndarray, result: SegmentationResult,
 
 
 def write_tile_geojson(path: Path, result: SegmentationResult, model: LoadedModel, mpp: float) -> None:
-    """QuPath detections (image pixel coordinates) with class name, colour and measurements,
-    written by the same feature builder as the slide export."""
-    table = measure_instances(result.inst_map, result.types, result.type_probs, mpp=mpp,
-                              class_names=model.class_names)
-    ids = table["id"].to_numpy(np.int64)
-    type_ids = table["type_id"].to_numpy(np.int64)
-    probs = np.asarray(result.type_probs, dtype=np.float64)
-    type_prob = probs[ids - 1, type_ids] if probs.size else np.full(len(ids), np.nan)
-    columns = {
-        "geometry": shapely.to_wkb(table["polygon"].to_numpy()),
-        "nucleus_id": ids,
-        "type_id": type_ids,
-        **{c: table[c].to_numpy(np.float64) for c in MEASUREMENT_COLUMNS if c in table},
-        "type_prob": type_prob,
-        **{c: table[c].to_numpy(np.float64) for c in table.columns if c.startswith("prob_")},
-    }
-    batch = pa.RecordBatch.from_pydict(columns)
+    """QuPath detections (image pixel coordinates) with class name, colour and measurements:
+    the rows the slide's nuclei.parquet would hold for these nuclei (`measure.nucleus_table`,
+    ids 1..N, outlines as traced), written by the same feature builder as the slide export."""
+    table = nucleus_table(result.inst_map, result.types, result.type_probs,
+                          class_names=model.class_names, mpp=mpp)
     # The image's name stands in for a slide id in each nucleus's UUID (the Feature `id`).
     image_id = path.name.removesuffix(".gz").removesuffix(".geojson")
-    write_feature_collection(path, [batch], model.class_names, model.class_colors,
+    write_feature_collection(path, table.to_batches(), model.class_names, model.class_colors,
                              slide_id=image_id)
