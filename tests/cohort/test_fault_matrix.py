@@ -647,6 +647,11 @@ main()
 '''
 
 
+def _stored_chunks(maps: Path) -> set[str]:
+    """The chunk files of a maps.zarr's arrays, relative to it (empty where it does not exist)."""
+    return {str(p.relative_to(maps)) for p in maps.glob("*/c/**/*") if p.is_file()}
+
+
 @pytest.mark.parametrize("stage", ["infer", "postproc", "export"])
 def test_kill_9_in_a_stage_then_the_rerun_gives_the_same_tables(cohort, clean, tmp_path, stage):
     """A `wsi-pipeline run` SIGKILLed inside a stage leaves no marker claiming it, and the next
@@ -676,9 +681,16 @@ def test_kill_9_in_a_stage_then_the_rerun_gives_the_same_tables(cohort, clean, t
                     "export": list(folder.glob("overlay.png"))}[stage]
     assert half_written and not (folder / "summary.json").exists()
     assert (folder / "slide.lock").exists()  # the dead run's
+    # infer paused at its last tile: every map chunk is already stored, the attributes are not
+    chunks_at_kill = _stored_chunks(folder / "maps.zarr.partial")
+    if stage == "infer":
+        group_meta = json.loads((folder / "maps.zarr.partial" / "zarr.json").read_text())
+        assert "model_sha256" not in group_meta.get("attributes", {})
 
     report = run_here(root / "slides", out, ckpt)
     assert report.ok, report.failure_lines()
+    if stage == "infer":  # the rerun's finished maps store exactly the chunks the killed run had
+        assert chunks_at_kill and chunks_at_kill == _stored_chunks(folder / "maps.zarr")
     assert report.ran_stages == len(STAGES) - STAGES.index(stage) + len(STAGES)
     assert_same_tables(clean, result_tables(out))
     assert not list(out.rglob("*.tmp")) and not list(out.glob("*/maps.zarr.partial"))
