@@ -24,12 +24,12 @@ from PIL import Image
 from wsi_pipeline.datasets.polygons import rasterise_polygons
 from wsi_pipeline.datasets.sample import Sample
 from wsi_pipeline.datasets.validate import OnError, load_all
+from wsi_pipeline.io.plain_image import IMAGE_SUFFIXES
 from wsi_pipeline.labels import relabel
 
 log = logging.getLogger(__name__)
 
 MONUSEG_CLASSES = ("background", "nucleus")
-_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg")
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,11 @@ def aperio_instance_map(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray,
 
 
 def _image_for(xml_path: Path, image_dir: Path) -> Path:
-    for suffix in _IMAGE_SUFFIXES:
+    for suffix in IMAGE_SUFFIXES:
         p = image_dir / f"{xml_path.stem}{suffix}"
         if p.exists():
             return p
-    raise FileNotFoundError(f"no image {xml_path.stem}{{{','.join(_IMAGE_SUFFIXES)}}} in {image_dir}")
+    raise FileNotFoundError(f"no image {xml_path.stem}{{{','.join(IMAGE_SUFFIXES)}}} in {image_dir}")
 
 
 def _load(xml_path: Path, image_dir: Path, mpp: float | None, fallback_mpp: float | None) -> Sample:

@@ -23,13 +23,13 @@ from wsi_pipeline.datasets.sample import Sample
 if TYPE_CHECKING:
     from roifile import ImagejRoi
 from wsi_pipeline.datasets.validate import OnError, load_all
+from wsi_pipeline.io.plain_image import IMAGE_SUFFIXES
 from wsi_pipeline.labels import relabel
 
 log = logging.getLogger(__name__)
 
 CRYONUSEG_CLASSES = ("background", "nucleus")
 ROISET_NAME = "RoiSet.zip"
-_IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
 def roi_outline(roi: ImagejRoi) -> np.ndarray:
@@ -64,13 +64,13 @@ def read_roiset(data: bytes) -> list[np.ndarray]:
 def _members(source: Path) -> tuple[bytes, bytes, str]:
     """(image bytes, RoiSet.zip bytes, image name) of a CryoNuSeg zip or folder."""
     if source.is_dir():
-        images = sorted(p for p in source.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        images = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images or not (source / ROISET_NAME).is_file():
             raise FileNotFoundError(f"needs one image and {ROISET_NAME}")
         return images[0].read_bytes(), (source / ROISET_NAME).read_bytes(), images[0].name
     with zipfile.ZipFile(source) as z:
         names = z.namelist()
-        members = sorted(n for n in names if Path(n).suffix.lower() in _IMAGE_SUFFIXES)
+        members = sorted(n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES)
         roisets = [n for n in names if Path(n).name == ROISET_NAME]
         if not members or not roisets:
             raise FileNotFoundError(f"zip holds no image and {ROISET_NAME} ({len(names)} members)")

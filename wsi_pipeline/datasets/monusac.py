@@ -17,6 +17,7 @@ from PIL import Image
 from wsi_pipeline.datasets.polygons import rasterise_polygons
 from wsi_pipeline.datasets.sample import Sample
 from wsi_pipeline.datasets.validate import OnError, load_all
+from wsi_pipeline.io.plain_image import IMAGE_SUFFIXES
 from wsi_pipeline.labels import relabel
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 MONUSAC_CLASSES = ("background", "epithelial", "lymphocyte", "neutrophil", "macrophage")
 _CLASS_ID = {name: i for i, name in enumerate(MONUSAC_CLASSES) if i}
 _SKIPPED = {"ambiguous"}
-_IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
 def rasterise_monusac_xml(xml_path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -54,11 +54,11 @@ def rasterise_monusac_xml(xml_path: Path, shape: tuple[int, int]) -> tuple[np.nd
 
 
 def _image_for(xml_path: Path) -> Path:
-    for suffix in _IMAGE_SUFFIXES:
+    for suffix in IMAGE_SUFFIXES:
         p = xml_path.with_suffix(suffix)
         if p.exists():
             return p
-    raise FileNotFoundError(f"no image ({'/'.join(_IMAGE_SUFFIXES)}) next to it")
+    raise FileNotFoundError(f"no image ({'/'.join(IMAGE_SUFFIXES)}) next to it")
 
 
 def _load(xml_path: Path, mpp: float | None) -> Sample:

@@ -14,8 +14,9 @@ from PIL import Image, UnidentifiedImageError
 
 from wsi_pipeline.io.base import Slide, SlideReadError
 
-#: The image files read as plain images (open_slide's "auto" for these, predict-tiles' inputs);
-#: in the order messages list them.
+#: The image files read as plain images (open_slide's "auto" for these, predict-tiles' inputs,
+#: the images the dataset readers pair with annotation files); in the order messages list them
+#: and in which a reader looking for `<stem>.*` takes the first that exists.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 PLAIN_IMAGE_SUFFIXES = frozenset(IMAGE_SUFFIXES)
 
