@@ -75,15 +75,16 @@ _SHAPE_PROPS = ("label", "bbox", "perimeter", "eccentricity", "solidity", "image
 
 
 def measure_shapes(
-    inst_map: np.ndarray, *, mpp: float, offset_xy: tuple[float, float] = (0.0, 0.0)
+    inst_map: np.ndarray, *, mpp: float, offset_rc: tuple[int, int] = (0, 0)
 ) -> dict[str, np.ndarray]:
-    """``polygon`` (object array, map pixel (x, y) + ``offset_xy``), ``perimeter_um``,
-    ``eccentricity`` and ``solidity`` per instance id (ascending)."""
+    """``polygon`` (object array, map pixel (x, y) of a map whose pixel ``offset_rc`` is
+    `inst_map`'s (0, 0)), ``perimeter_um``, ``eccentricity`` and ``solidity`` per instance id
+    (ascending). The integer offset goes into the traced vertices themselves (exact: half-pixel
+    values plus integers), not through one more transform per polygon."""
     props = measure.regionprops_table(np.asarray(inst_map).astype(np.int32), properties=_SHAPE_PROPS)
-    ox, oy = offset_xy
-    polys = _polygons(props["image"], props["bbox-0"], props["bbox-1"])
-    polygon = np.empty(len(polys), dtype=object)
-    polygon[:] = [shapely.affinity.affine_transform(p, (1.0, 0, 0, 1.0, ox, oy)) for p in polys]
+    r0, c0 = offset_rc
+    polygon = np.empty(len(props["label"]), dtype=object)
+    polygon[:] = _polygons(props["image"], props["bbox-0"] + int(r0), props["bbox-1"] + int(c0))
     return {
         "polygon": polygon,
         "perimeter_um": props["perimeter"] * float(mpp),
@@ -151,7 +152,7 @@ def nucleus_table(
         raise ValueError(f"{n} types for {moments.n_px.shape[0]} instances")
     ox, oy = origin_xy
     um0 = mpp / scale if level0_mpp is None else level0_mpp
-    m = measure_shapes(inst_map, mpp=mpp, offset_xy=(c0, r0))
+    m = measure_shapes(inst_map, mpp=mpp, offset_rc=(r0, c0))
     centroid = moments.centroid_rc
     x = ox + centroid[:, 1] * scale
     y = oy + centroid[:, 0] * scale
