@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wsi_pipeline.model import MultiTaskNet
-from wsi_pipeline.model.openvino_net import OpenVINONet
+from wsi_pipeline.model.openvino_net import OpenVINONet, convert_network
 from wsi_pipeline.model.predict import (
     backend_record,
     predict_batch,
@@ -53,6 +53,16 @@ def test_a_short_batch_is_padded_not_recompiled_and_each_tile_is_its_own(ov, til
     for key in ("ns", "hv", "nc"):
         assert short[key].shape[0] == 2
         np.testing.assert_array_equal(short[key], full[key][1:], err_msg=key)
+
+
+def test_two_streams_split_the_batch_and_give_every_tile_the_same_output(net, ov, tiles):
+    one = predict_batch_compact(ov, tiles, precision="fp32")
+    two = OpenVINONet(convert_network(net), "f32", threads=2)
+    assert two.streams == 2
+    got = predict_batch_compact(two, tiles, precision="fp32")  # 3 tiles: sub-batches of 2, 1 padded
+    assert two.compiled_shapes == [(2, 64, 96)]
+    for key in ("ns", "hv", "nc"):
+        np.testing.assert_array_equal(got[key], one[key], err_msg=key)
 
 
 def test_flip_tta_runs_through_openvino(net, ov, tiles):

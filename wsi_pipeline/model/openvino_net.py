@@ -12,6 +12,14 @@ flip TTA, the output activations and the storage quantisation stay the one PyTor
 The network (BatchNorm folded first, `model.fold`) is converted once and compiled per input shape
 on first use and kept, and a batch smaller than the largest compiled one for its
 tile size is zero-padded up to it (the last batch of a slide), so a slide compiles once.
+
+A batch runs as one sub-batch per thread, each on its own single-threaded OpenVINO stream, all
+at once. One stream of N threads meets at a barrier after every layer, so a thread the OS
+preempts (for the engine's tile readers or writer, on a machine with few cores) stalls all N;
+independent streams stall only themselves. Measured on a 2-core AMX Xeon (bf16, 256² tiles,
+an exploratory script): 12.5 -> 11.6 ms per tile alone, 20.7 -> 14.6 ms per tile while a thread
+read slide tiles next to it. Each tile's output is bitwise the same whatever the batch or the
+number of streams (OpenVINO's CPU kernels do not mix samples), so the maps do not change.
 """
 
 from __future__ import annotations
@@ -75,19 +83,24 @@ class OpenVINONet(nn.Module):
 
         self._model = model  # an openvino.Model with a free batch and spatial size
         self._core = ov.Core()
-        self._config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads),
-                        "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
-        self._compiled: dict[tuple[int, int, int], Any] = {}  # OpenVINO InferRequest
+        self.streams = max(1, int(threads))  # one single-threaded stream per thread
+        self._config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": self.streams,
+                        "NUM_STREAMS": self.streams,
+                        "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT"}
+        self._compiled: dict[tuple[int, int, int], Any] = {}  # OpenVINO AsyncInferQueue
         self.precision = precision
         self.version = ov.get_version()
 
     @property
     def compiled_shapes(self) -> list[tuple[int, int, int]]:
-        """(batch, height, width) of every compiled model so far."""
+        """(sub-batch, height, width) of every compiled model so far."""
         return sorted(self._compiled)
 
-    def _request(self, batch: int, height: int, width: int) -> tuple[Any, int]:
-        """An infer request for at least `batch` tiles of this size, and its batch size."""
+    def _queue(self, batch: int, height: int, width: int) -> tuple[Any, int]:
+        """Infer requests (one per stream) for sub-batches of at least `batch` tiles of this
+        size, and their sub-batch size."""
+        import openvino as ov
+
         sizes = [b for (b, h, w) in self._compiled if (h, w) == (height, width) and b >= batch]
         if sizes:
             size = min(sizes)
@@ -95,17 +108,30 @@ class OpenVINONet(nn.Module):
         t0 = time.perf_counter()
         model = self._model.clone()
         model.reshape({model.inputs[0]: [batch, 3, height, width]})
-        request = self._core.compile_model(model, "CPU", self._config).create_infer_request()
-        self._compiled[(batch, height, width)] = request
-        log.info("OpenVINO %s: network compiled for %d x 3 x %d x %d in %.1f s (precision %s)",
-                 self.version, batch, height, width, time.perf_counter() - t0, self.precision)
-        return request, batch
+        compiled = self._core.compile_model(model, "CPU", self._config)
+        queue = ov.AsyncInferQueue(compiled, self.streams)
+        self._compiled[(batch, height, width)] = queue
+        log.info("OpenVINO %s: network compiled for %d x 3 x %d x %d in %.1f s (precision %s, "
+                 "%d stream(s))", self.version, batch, height, width, time.perf_counter() - t0,
+                 self.precision, self.streams)
+        return queue, batch
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         b, _, h, w = x.shape
-        request, size = self._request(b, h, w)
+        queue, size = self._queue(-(-b // self.streams), h, w)
         pixels = np.ascontiguousarray(x.detach().float().numpy())
-        if size > b:
-            pixels = np.concatenate([pixels, np.zeros((size - b, *pixels.shape[1:]), pixels.dtype)])
-        request.infer({0: pixels})
-        return {name: torch.from_numpy(np.array(request.get_tensor(name).data[:b])) for name in OUTPUTS}
+        starts = range(0, b, size)
+        parts: list[dict[str, np.ndarray]] = [{} for _ in starts]
+
+        def collect(request: Any, k: int) -> None:  # in an OpenVINO thread, once per sub-batch
+            n = min(size, b - k * size)
+            parts[k] = {name: np.array(request.get_tensor(name).data[:n]) for name in OUTPUTS}
+
+        queue.set_callback(collect)
+        for k, start in enumerate(starts):
+            part = pixels[start : start + size]
+            if len(part) < size:
+                part = np.concatenate([part, np.zeros((size - len(part), *part.shape[1:]), part.dtype)])
+            queue.start_async({0: part}, k)
+        queue.wait_all()
+        return {name: torch.from_numpy(np.concatenate([p[name] for p in parts])) for name in OUTPUTS}
