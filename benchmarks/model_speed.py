@@ -14,14 +14,20 @@ crop with inference's margin, so tile sizes compare as the slide pays for them),
 time a 4096² matmul and a 3×3 256-channel convolution (channels_last) in fp32 and, where native,
 bf16, on the same threads. The header records the CPU model and the flags that decide precision.
 --configs adds the parameter/speed table of the three network sizes (random weights, 256²).
+Where onnxruntime and onnx are installed (not dependencies of the package), a row for ONNX Runtime's
+CPU execution provider in fp32, through the same `predict_batch_compact`: measured to compare it
+with OpenVINO, not an engine back end.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -30,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from wsi_pipeline.inference.config import DEFAULT_MARGIN, DEFAULT_TILE_SIZE
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint
 from wsi_pipeline.model.checkpoint import default_checkpoint_path
+from wsi_pipeline.model.fold import fold_batchnorm
 from wsi_pipeline.model.openvino_net import openvino_available
 from wsi_pipeline.model.predict import (
     autocast_dtype,
@@ -106,6 +113,36 @@ def previous_path(net: torch.nn.Module, tiles: np.ndarray, dtype: torch.dtype | 
         net(x)
 
 
+def _eye_as_comparison(n: int, dtype: torch.dtype | None = None, device: object = None) -> torch.Tensor:
+    """torch.eye as arange == arange: ONNX Runtime has no kernel for a boolean EyeLike, which
+    the criss-cross attention's self-mask exports to."""
+    r = torch.arange(n, device=device)
+    return (r[:, None] == r[None, :]).to(dtype or torch.float32)
+
+
+class OnnxRuntimeNet(torch.nn.Module):
+    """The folded fp32 network exported to ONNX for one input shape and run by ONNX Runtime's
+    CPU execution provider, standing in for the network inside `predict_batch_compact`."""
+
+    def __init__(self, net: torch.nn.Module, batch: int, tile: int, threads: int) -> None:
+        super().__init__()
+        import onnxruntime
+
+        path = Path(tempfile.mkdtemp()) / "net.onnx"
+        with torch.no_grad(), mock.patch.object(torch, "eye", _eye_as_comparison):
+            torch.onnx.export(fold_batchnorm(net).float().eval(), (torch.rand(batch, 3, tile, tile),),
+                              str(path), input_names=["x"], output_names=["ns", "hv", "nc"],
+                              dynamo=False)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.version = onnxruntime.__version__
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.session.run(None, {"x": np.ascontiguousarray(x.float().numpy())})
+        return {name: torch.from_numpy(a) for name, a in zip(("ns", "hv", "nc"), out, strict=True)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,10 +182,18 @@ def main() -> None:
             openvino = prepare_model(base, cpu, backend="openvino")
             runs["engine, OpenVINO " + ("bf16" if auto else "fp32")] = (
                 lambda t=tiles, net=openvino: predict_batch_compact(net, t, cpu))
+            if auto is not None:  # the fp32 row ONNX Runtime's compares with
+                openvino32 = prepare_model(base, cpu, "fp32", "openvino")
+                runs["engine, OpenVINO fp32"] = (
+                    lambda t=tiles, net=openvino32: predict_batch_compact(net, t, cpu, "fp32"))
             if int8_file.is_file():
                 int8 = prepare_model(base, cpu, "int8", "openvino", load_int8_model(int8_file, model.sha256))
                 runs["engine, OpenVINO int8"] = (
                     lambda t=tiles, net=int8: predict_batch_compact(net, t, cpu, "int8"))
+        if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+            ort = OnnxRuntimeNet(base, batch, tile, args.threads)
+            runs[f"ONNX Runtime {ort.version} fp32 (CPU provider; not an engine back end)"] = (
+                lambda t=tiles, net=ort: predict_batch_compact(net, t, cpu, "fp32"))
         if auto is not None:
             runs["engine fp32 (folded)"] = lambda t=tiles: predict_batch_compact(engine32, t, cpu, "fp32")
         for name, fn in runs.items():
