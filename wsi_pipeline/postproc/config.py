@@ -61,7 +61,11 @@ class PostprocConfig(BaseModel):
     (``benchmarks/postproc_on_model.py --side train --tune``): a trained network's HV maps are
     softer than ideal ones, so borders need a lower edge cut and fragments a larger minimum to
     stay out of the marker set. They still reach PQ > 0.95 on oracle maps
-    (``benchmarks/postproc_oracle.py``); sizes are physical and hold at 0.25 and 0.5 µm/px."""
+    (``benchmarks/postproc_oracle.py``); sizes are physical and hold at 0.25 and 0.5 µm/px.
+    min_object_area_um2 (1.0 -> 1.5) and merge_centre_tolerance (0.5 -> 0.3) were tuned later
+    the same way on training images of every set of the mix (``benchmarks/postproc_tune_mix.py
+    --set``): fewer fragments kept and fewer merges of touching small nuclei (MODEL_CARD.md,
+    "Post-processing defaults")."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -70,7 +74,7 @@ class PostprocConfig(BaseModel):
         0.4, gt=0, lt=1, description="Nucleus probability cut for the foreground."
     )
     min_object_area_um2: float = Field(
-        1.0, ge=0, description="Foreground blobs and final instances smaller than this are dropped."
+        1.5, ge=0, description="Foreground blobs and final instances smaller than this are dropped."
     )
     hv_smooth_sigma_um: float = Field(
         0.0,
@@ -93,7 +97,7 @@ class PostprocConfig(BaseModel):
 
     # --- step 2: evidence-based merge, then distance-transform watershed of merged objects
     merge_centre_tolerance: float = Field(
-        0.5,
+        0.3,
         ge=0,
         description=(
             "Two adjacent pieces are one nucleus only if the centres their HV maps point to lie"
