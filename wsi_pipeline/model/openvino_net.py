@@ -18,8 +18,10 @@ at once. One stream of N threads meets at a barrier after every layer, so a thre
 preempts (for the engine's tile readers or writer, on a machine with few cores) stalls all N;
 independent streams stall only themselves. Measured on a 2-core AMX Xeon (bf16, 256² tiles,
 an exploratory script): 12.5 -> 11.6 ms per tile alone, 20.7 -> 14.6 ms per tile while a thread
-read slide tiles next to it. Each tile's output is bitwise the same whatever the batch or the
-number of streams (OpenVINO's CPU kernels do not mix samples), so the maps do not change.
+read slide tiles next to it; inside the engine, whose readers and writer compete for the same
+two cores, the gain on the 40k² slide was within noise (README, Performance). Each tile's
+output is bitwise the same whatever the batch or the number of streams (OpenVINO's CPU
+kernels do not mix samples), so the maps do not change.
 """
 
 from __future__ import annotations
@@ -134,4 +136,6 @@ class OpenVINONet(nn.Module):
                 part = np.concatenate([part, np.zeros((size - len(part), *part.shape[1:]), part.dtype)])
             queue.start_async({0: part}, k)
         queue.wait_all()
+        if not all(parts):
+            raise RuntimeError("OpenVINO returned no output for a sub-batch")
         return {name: torch.from_numpy(np.concatenate([p[name] for p in parts])) for name in OUTPUTS}
