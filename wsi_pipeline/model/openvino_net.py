@@ -89,7 +89,7 @@ class OpenVINONet(nn.Module):
         self._config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": self.streams,
                         "NUM_STREAMS": self.streams,
                         "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT"}
-        self._compiled: dict[tuple[int, int, int], Any] = {}  # OpenVINO AsyncInferQueue
+        self._compiled: dict[tuple[int, int, int], list[Any]] = {}  # InferRequests, one per stream
         self.precision = precision
         self.version = ov.get_version()
 
@@ -98,11 +98,9 @@ class OpenVINONet(nn.Module):
         """(sub-batch, height, width) of every compiled model so far."""
         return sorted(self._compiled)
 
-    def _queue(self, batch: int, height: int, width: int) -> tuple[Any, int]:
+    def _requests(self, batch: int, height: int, width: int) -> tuple[list[Any], int]:
         """Infer requests (one per stream) for sub-batches of at least `batch` tiles of this
         size, and their sub-batch size."""
-        import openvino as ov
-
         sizes = [b for (b, h, w) in self._compiled if (h, w) == (height, width) and b >= batch]
         if sizes:
             size = min(sizes)
@@ -111,31 +109,27 @@ class OpenVINONet(nn.Module):
         model = self._model.clone()
         model.reshape({model.inputs[0]: [batch, 3, height, width]})
         compiled = self._core.compile_model(model, "CPU", self._config)
-        queue = ov.AsyncInferQueue(compiled, self.streams)
-        self._compiled[(batch, height, width)] = queue
+        requests = [compiled.create_infer_request() for _ in range(self.streams)]
+        self._compiled[(batch, height, width)] = requests
         log.info("OpenVINO %s: network compiled for %d x 3 x %d x %d in %.1f s (precision %s, "
                  "%d stream(s))", self.version, batch, height, width, time.perf_counter() - t0,
                  self.precision, self.streams)
-        return queue, batch
+        return requests, batch
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         b, _, h, w = x.shape
-        queue, size = self._queue(-(-b // self.streams), h, w)
+        # sub-batches of at least ceil(b / streams) tiles: never more of them than requests
+        requests, size = self._requests(-(-b // self.streams), h, w)
         pixels = np.ascontiguousarray(x.detach().float().numpy())
-        starts = range(0, b, size)
-        parts: list[dict[str, np.ndarray]] = [{} for _ in starts]
-
-        def collect(request: Any, k: int) -> None:  # in an OpenVINO thread, once per sub-batch
-            n = min(size, b - k * size)
-            parts[k] = {name: np.array(request.get_tensor(name).data[:n]) for name in OUTPUTS}
-
-        queue.set_callback(collect)
-        for k, start in enumerate(starts):
+        running = []
+        for request, start in zip(requests, range(0, b, size), strict=False):
             part = pixels[start : start + size]
             if len(part) < size:
                 part = np.concatenate([part, np.zeros((size - len(part), *part.shape[1:]), part.dtype)])
-            queue.start_async({0: part}, k)
-        queue.wait_all()
-        if not all(parts):
-            raise RuntimeError("OpenVINO returned no output for a sub-batch")
-        return {name: torch.from_numpy(np.concatenate([p[name] for p in parts])) for name in OUTPUTS}
+            request.start_async({0: part})
+            running.append((request, min(size, b - start)))
+        for request, _ in running:
+            request.wait()
+        return {name: torch.from_numpy(np.concatenate(
+                    [np.array(request.get_tensor(name).data[:n]) for request, n in running]))
+                for name in OUTPUTS}
