@@ -128,14 +128,14 @@ class OnnxRuntimeNet(torch.nn.Module):
         super().__init__()
         import onnxruntime
 
-        path = Path(tempfile.mkdtemp()) / "net.onnx"
-        with torch.no_grad(), mock.patch.object(torch, "eye", _eye_as_comparison):
-            torch.onnx.export(fold_batchnorm(net).float().eval(), (torch.rand(batch, 3, tile, tile),),
-                              str(path), input_names=["x"], output_names=["ns", "hv", "nc"],
-                              dynamo=False)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory() as tmp:  # the session holds the model once loaded
+            path = str(Path(tmp) / "net.onnx")
+            with torch.no_grad(), mock.patch.object(torch, "eye", _eye_as_comparison):
+                torch.onnx.export(fold_batchnorm(net).float().eval(), (torch.rand(batch, 3, tile, tile),),
+                                  path, input_names=["x"], output_names=["ns", "hv", "nc"], dynamo=False)
+            self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.version = onnxruntime.__version__
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
