@@ -329,3 +329,30 @@ def test_ema_decay_near_zero_keeps_the_optimised_weights(tmp_path):
             assert torch.allclose(value, raw[name], atol=1e-6), name
     net = load_checkpoint(tmp_path / "run" / "last.pt").net
     assert set(_float_state(net)) == {k for k, v in raw.items() if v.is_floating_point()}
+
+
+def test_train_parts_trains_only_the_type_decoder_and_keeps_the_rest_bit_for_bit(tmp_path):
+    data = ([_sample(i) for i in range(4)], [_sample(9)])
+    first = train(_cfg(tmp_path, epochs=1, max_steps_per_epoch=1), samples=data, progress=False)
+    src = first.run_dir / "last.pt"
+    cfg = _cfg(tmp_path, out_dir=str(tmp_path / "nc"), epochs=1, init_from=str(src),
+               max_steps_per_epoch=3,
+               optim={"lr": 3e-3, "schedule": "constant", "ema_decay": 0.5,
+                      "train_parts": ["decoders.nc"]})
+    result = train(cfg, samples=data, progress=False)
+    before = load_checkpoint(src).net
+    after = load_checkpoint(result.run_dir / "last.pt").net
+    old = before.state_dict()
+    moved = {name for name, value in after.state_dict().items() if not torch.equal(value, old[name])}
+    assert moved and all(name.startswith("decoders.nc.") for name in moved), sorted(moved)[:5]
+    # Frozen parts (BatchNorm statistics included): the NS and HV maps are exactly the old ones.
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        out_before, out_after = before.eval()(x), after.eval()(x)
+    assert torch.equal(out_before["ns"], out_after["ns"]) and torch.equal(out_before["hv"], out_after["hv"])
+    assert not torch.equal(out_before["nc"], out_after["nc"])
+
+
+def test_train_parts_without_starting_weights_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="init_from"):
+        _cfg(tmp_path, optim={"train_parts": ["decoders.nc"]})

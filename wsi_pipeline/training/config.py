@@ -5,9 +5,9 @@ stain normalisation (applied by `stain`), augmentation (`data.augment`), loss we
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from wsi_pipeline.datasets.mix import DatasetSpec
 from wsi_pipeline.model.config import ModelConfig
@@ -137,6 +137,12 @@ class CostConfig(BaseModel):
     power: float = Field(0.5, gt=0, description="w_c = (n_max / n_c)^power.")
 
 
+#: the network's parts by their module names in `MultiTaskNet`, which `optim.train_parts` names
+NetworkPart = Literal["encoders.ns", "encoders.hv", "encoders.nc", "attention",
+                      "decoders.ns", "decoders.hv", "decoders.nc"]
+NETWORK_PARTS: tuple[str, ...] = get_args(NetworkPart)
+
+
 class OptimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -147,6 +153,13 @@ class OptimConfig(BaseModel):
     min_lr: float = Field(1e-5, ge=0)
     freeze_encoder_epochs: int = Field(
         0, ge=0, description="Paper's phase 1 (frozen encoders); useful only with pretrained encoders."
+    )
+    train_parts: list[NetworkPart] | None = Field(
+        None, min_length=1,
+        description="Train only these parts of the network; the others keep `init_from`'s weights "
+        "and BatchNorm statistics exactly (evaluation mode). ['decoders.nc'] retrains the type "
+        "decoder on frozen features (decoupled classifier re-training for rare types): NS and HV "
+        "outputs stay bit for bit those of `init_from`. None = every part.",
     )
     ema_decay: float = Field(
         0.0, ge=0, lt=1,
@@ -199,3 +212,12 @@ class TrainConfig(BaseModel):
         "best-epoch choice: the `postproc:` section of a run config; recorded in the checkpoints' "
         "train_config.",
     )
+
+    @model_validator(mode="after")
+    def _frozen_parts_need_weights(self) -> TrainConfig:
+        """Parts outside `optim.train_parts` keep their starting weights, which only mean
+        something when they come from a checkpoint."""
+        if self.optim.train_parts is not None and self.init_from is None:
+            raise ValueError("optim.train_parts freezes the other parts of the network at their "
+                             "starting weights: set init_from to the checkpoint they come from")
+        return self

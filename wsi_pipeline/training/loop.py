@@ -46,7 +46,7 @@ from wsi_pipeline.model.checkpoint import CheckpointError, load_checkpoint
 from wsi_pipeline.model.losses import cost_matrix_from_counts, multitask_loss
 from wsi_pipeline.model.predict import autocast_dtype, resolve_device
 from wsi_pipeline.postproc.config import PostprocConfig
-from wsi_pipeline.training.config import TrainConfig
+from wsi_pipeline.training.config import NETWORK_PARTS, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +175,20 @@ def _lr_factor(cfg: TrainConfig, epoch: int) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
 
 
-def _set_encoders_trainable(net: MultiTaskNet, trainable: bool) -> None:
-    for enc in net.encoders.values():
-        for p in enc.parameters():
-            p.requires_grad_(trainable)
+def _set_trainable_parts(net: MultiTaskNet, cfg: TrainConfig, epoch: int) -> None:
+    """Freeze what this epoch does not train: the parts outside `optim.train_parts` (weights
+    frozen and, after `net.train()`, BatchNorm statistics too, so their outputs stay exactly
+    `init_from`'s) and, during `optim.freeze_encoder_epochs`, the encoders' weights."""
+    parts = cfg.optim.train_parts
+    encoders_on = epoch >= cfg.optim.freeze_encoder_epochs
+    net.train()
+    for name in NETWORK_PARTS:
+        part = net.get_submodule(name)
+        trains = parts is None or name in parts
+        for p in part.parameters():
+            p.requires_grad_(trains and (encoders_on or not name.startswith("encoders.")))
+        if not trains:
+            part.eval()
 
 
 def _init_weights(net: MultiTaskNet, init_from: Path, cfg: TrainConfig, class_names: tuple[str, ...],
@@ -474,8 +484,7 @@ def _run_epoch(cfg: TrainConfig, model: _Model, loader: DataLoader, epoch: int, 
     from tqdm import tqdm
 
     net, opt = model.net, model.opt
-    _set_encoders_trainable(net, epoch >= cfg.optim.freeze_encoder_epochs)
-    net.train()
+    _set_trainable_parts(net, cfg, epoch)
     sums: dict[str, float] = {}
     steps = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
