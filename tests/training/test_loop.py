@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -223,14 +225,12 @@ def test_without_stain_config_checkpoints_carry_no_stain(tmp_path):
     assert normalizer_from_meta(load_checkpoint(tmp_path / "run" / "last.pt").meta["stain"]) is None
 
 
-@pytest.mark.parametrize("name", ["train_compact.yaml", "train_compact_continue.yaml", "train_full.yaml",
-                                  "train_mix.yaml", "train_mix_consep.yaml",
-                                  "train_full_mix.yaml", "train_mix_stage4.yaml",
-                                  "train_mix_stage5.yaml"])
-def test_shipped_training_configs_load(name):
-    from pathlib import Path
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name, TrainConfig)
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("train_*.yaml")))
+def test_shipped_training_configs_load(name):
+    cfg = load_config(CONFIGS / name, TrainConfig)
     assert cfg.model.encoder == "resnet34" and cfg.model.n_types == 5
 
 
