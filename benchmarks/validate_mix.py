@@ -82,7 +82,7 @@ def main() -> None:
         results["degraded"] = score_by_dataset(
             net, val, transform=lambda s: scan_degrade(s.image, 2.0, quality[s.name]), **kw)
     print(f"{time.time() - t0:.0f} s")
-    keys = ("pq", "aji", "dice", "f_d", "mpq")
+    keys = ("pq", "dq", "sq", "aji", "dice", "f_d", "mpq")
     print("| dataset | images | " + " | ".join(keys) + (" | PQ degraded | gap |" if args.degrade else " |"))
     counts = {}
     for s in val:

@@ -32,3 +32,11 @@ def test_oracle_maps_score_perfectly_per_dataset_with_types_only_where_labelled(
     assert row["val_mpq"] == scores["typed"]["mpq"]
     assert row["val_pq"] == np.mean([scores["typed"]["pq"], scores["plain"]["pq"]])
     assert flatten_scores({"only": scores["plain"]}) == {f"val_{k}": v for k, v in scores["plain"].items()}
+
+
+def test_pq_is_reported_with_its_factors_dq_and_sq() -> None:
+    s, m = _pair(False, "plain")
+    m["ns"][:, 45:] = 0  # loses the nucleus right of column 45 and cuts the one across it
+    scores = score_maps([s], [m], n_types=3, mpp=0.25)["plain"]
+    assert scores["dq"] < 1.0 and scores["sq"] < 1.0
+    assert np.isclose(scores["pq"], scores["dq"] * scores["sq"])

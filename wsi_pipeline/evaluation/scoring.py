@@ -21,8 +21,10 @@ from wsi_pipeline.inference.config import DEFAULT_MARGIN
 from wsi_pipeline.inference.image import predict_tiled
 from wsi_pipeline.postproc import PostprocConfig, segment_instances
 
-INSTANCE_KEYS = ("dice", "aji", "pq", "f_d")
-AGGREGATE_KEYS = ("dice", "aji", "pq", "f_d", "mpq")
+#: per-dataset scores; PQ = DQ × SQ, so DQ (detection at IoU 0.5) and SQ (mean IoU of the
+#: matches) say whether a PQ gap is nuclei found or outlines drawn
+INSTANCE_KEYS = ("dice", "aji", "dq", "sq", "pq", "f_d")
+AGGREGATE_KEYS = ("dice", "aji", "dq", "sq", "pq", "f_d", "mpq")
 
 Maps = dict[str, np.ndarray]
 
@@ -62,7 +64,7 @@ def score_maps(
     mpp: float,
     postproc: PostprocConfig | None = None,
 ) -> dict[str, dict[str, float]]:
-    """{dataset name: {dice, aji, pq, f_d[, mpq, pq_<t>, f_c_<t>]}}; type scores only for
+    """{dataset name: {dice, aji, dq, sq, pq, f_d[, mpq, pq_<t>, f_c_<t>]}}; type scores only for
     datasets with types, F_d for all (untyped: one class on both sides)."""
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(samples):
