@@ -356,3 +356,13 @@ def test_train_parts_trains_only_the_type_decoder_and_keeps_the_rest_bit_for_bit
 def test_train_parts_without_starting_weights_is_refused(tmp_path):
     with pytest.raises(ValueError, match="init_from"):
         _cfg(tmp_path, optim={"train_parts": ["decoders.nc"]})
+
+
+def test_network_parts_cover_every_parameter_of_the_network():
+    from wsi_pipeline.model import MultiTaskNet
+    from wsi_pipeline.training.config import NETWORK_PARTS
+
+    net = MultiTaskNet.from_config(_cfg(Path("unused")).model)
+    named = {f"{part}.{name}" for part in NETWORK_PARTS
+             for name, _ in net.get_submodule(part).named_parameters()}
+    assert named == {name for name, _ in net.named_parameters()}
