@@ -366,3 +366,28 @@ def test_network_parts_cover_every_parameter_of_the_network():
     named = {f"{part}.{name}" for part in NETWORK_PARTS
              for name, _ in net.get_submodule(part).named_parameters()}
     assert named == {name for name, _ in net.named_parameters()}
+
+
+def _mix_data() -> tuple[list[Sample], list[Sample]]:
+    typed = [_sample(i) for i in range(3)]
+    val_typed = _sample(9)
+    for s in (*typed, val_typed):
+        s.meta[DATASET_KEY] = "typed"
+    return typed + [_untyped(4, "plain")], [val_typed, _untyped(8, "plain")]
+
+
+def test_selection_picks_best_pt_by_the_named_scores(tmp_path):
+    cfg = _cfg(tmp_path, epochs=3, val_every=1, max_steps_per_epoch=1,
+               selection=["plain_pq", "typed_mpq"], sampling={"samples_per_epoch": 4})
+    result = train(cfg, samples=_mix_data(), progress=False)
+    means = [np.mean([row["val_plain_pq"], row["val_typed_mpq"]]) for row in result.history]
+    assert result.best_epoch == 1 + int(np.argmax(means))
+    assert load_checkpoint(result.run_dir / "best.pt").meta["epoch"] == result.best_epoch
+
+
+@pytest.mark.parametrize("key", ["plain_mpq", "typd_pq", "val_pq"])
+def test_selection_of_a_score_validation_will_not_give_is_refused_before_training(tmp_path, key):
+    cfg = _cfg(tmp_path, epochs=1, selection=[key])
+    with pytest.raises(ValueError, match=f"selection: \\['{key}'\\]"):
+        train(cfg, samples=_mix_data(), progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()

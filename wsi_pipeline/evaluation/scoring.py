@@ -29,6 +29,15 @@ AGGREGATE_KEYS = ("dice", "aji", "dq", "sq", "pq", "f_d", "mpq")
 Maps = dict[str, np.ndarray]
 
 
+def score_names(typed: bool, n_types: int) -> tuple[str, ...]:
+    """The scores `score_maps` gives one dataset: the instance scores, plus mPQ and PQ and F_c of
+    each type 1..n_types-1 where the dataset has types."""
+    if not typed:
+        return INSTANCE_KEYS
+    types = range(1, n_types)
+    return (*INSTANCE_KEYS, "mpq", *(f"pq_{t}" for t in types), *(f"f_c_{t}" for t in types))
+
+
 def validation_tiling(patch_size: int) -> tuple[int, int]:
     """(tile, stride) of validation scoring: every output pixel comes from a `patch_size` crop
     with inference's margin (`inference.config.DEFAULT_MARGIN`) of real (or reflected) context
@@ -85,10 +94,7 @@ def score_maps(
             evaluator.add(s.name, Instances(s.inst_map, true_types),
                           Instances(seg.inst_map, pred_types))
         summary = evaluator.summary()
-        keys = list(INSTANCE_KEYS)
-        if typed:
-            keys += ["mpq"] + [k for k in summary if k.startswith(("f_c_", "pq_"))]
-        scores[name] = {k: float(summary[k]) for k in keys if k in summary}
+        scores[name] = {k: float(summary[k]) for k in score_names(typed, n_types) if k in summary}
     return scores
 
 

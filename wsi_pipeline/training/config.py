@@ -198,6 +198,13 @@ class TrainConfig(BaseModel):
         "Ignored when out_dir/last.pt exists (that run resumes instead).",
     )
     val_every: int = Field(1, ge=1)
+    selection: list[str] | None = Field(
+        None, min_length=1,
+        description="Validation scores whose mean picks best.pt, as history.csv names them "
+        "without `val_` (a mix: `consep_pq`, `consep_mpq`, `monuseg_pq`, or the means over its "
+        "datasets, `pq`, `mpq`). Checked against this run's validation sets before training. "
+        "None = the mean of `pq` and `mpq`.",
+    )
     max_steps_per_epoch: int | None = Field(None, ge=1, description="For smoke tests.")
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()

@@ -40,7 +40,12 @@ from wsi_pipeline.datasets.mix import (
     read_mix,
     typed_class_names,
 )
-from wsi_pipeline.evaluation.scoring import flatten_scores, score_by_dataset, validation_tiling
+from wsi_pipeline.evaluation.scoring import (
+    flatten_scores,
+    score_by_dataset,
+    score_names,
+    validation_tiling,
+)
 from wsi_pipeline.model import MultiTaskNet, save_checkpoint
 from wsi_pipeline.model.checkpoint import CheckpointError, load_checkpoint
 from wsi_pipeline.model.losses import cost_matrix_from_counts, multitask_loss
@@ -143,13 +148,32 @@ def check_mpp(samples: list[Sample], mpp: float, tolerance: float = 0.05) -> Non
             )
 
 
-def _selection_score(row: dict) -> float:
-    """Best epoch = highest mean of validation PQ and mPQ (segmentation and typing count
-    equally); without validation, lowest training loss."""
-    if "val_pq" in row:
-        mpq = row.get("val_mpq", row["val_pq"])
-        return float(np.nanmean([row["val_pq"], mpq]))
-    return -row["train_loss"]
+def _selection_score(row: dict, selection: list[str] | None) -> float:
+    """Best epoch = highest mean of the `selection` scores, by default validation PQ and mPQ
+    (segmentation and typing count equally); without validation, lowest training loss."""
+    if "val_pq" not in row:
+        return -row["train_loss"]
+    if selection is not None:
+        return float(np.nanmean([row[f"val_{key}"] for key in selection]))
+    mpq = row.get("val_mpq", row["val_pq"])
+    return float(np.nanmean([row["val_pq"], mpq]))
+
+
+def _check_selection(cfg: TrainConfig, val: list[Sample]) -> None:
+    """Refuse, before any epoch runs, a `selection` naming a score this run's validation will
+    not produce (a typo, a dataset without held-out images, types of an untyped set)."""
+    if cfg.selection is None or not val:
+        return
+    typed: dict[str, bool] = {}
+    for s in val:
+        name = s.meta.get(DATASET_KEY, "")
+        typed[name] = typed.get(name, False) or s.type_map is not None
+    names = {name: dict.fromkeys(score_names(t, cfg.model.n_types), 0.0) for name, t in typed.items()}
+    known = set(flatten_scores(names, prefix=""))
+    unknown = [key for key in cfg.selection if key not in known]
+    if unknown:
+        raise ValueError(f"selection: {unknown} are not validation scores of this run; "
+                         f"it has {sorted(known)}")
 
 
 def _check_postproc(saved_cfg: dict, cfg: TrainConfig, best: tuple) -> None:
@@ -365,6 +389,7 @@ def train(
     torch.manual_seed(cfg.seed)
 
     data = _prepare_data(cfg, samples)
+    _check_selection(cfg, data.val)
     w, cost_info = cost_matrix(cfg, data.train)
     log.info("cost matrix (%s):\n%s", cost_info.get("formula", cost_info["source"]), np.round(w, 3))
     cw = torch.as_tensor(w, dtype=torch.float32, device=device)
@@ -513,7 +538,7 @@ def _save_checkpoints(cfg: TrainConfig, run_dir: Path, model: _Model, state: _Pr
     """best.pt when this epoch's selection score beats the best so far (`state.best` updated),
     then last.pt with everything a resumed run needs (with an average: the optimised weights
     and the number of updates beside the averaged ones it holds)."""
-    score = _selection_score(state.history[-1])
+    score = _selection_score(state.history[-1], cfg.selection)
     if score > state.best[0]:
         state.best = (score, epoch + 1)
         save_checkpoint(run_dir / "best.pt", model.kept, class_names=class_names, mpp=cfg.mpp, meta=meta)
