@@ -24,7 +24,8 @@ from wsi_pipeline.postproc import PostprocConfig, segment_instances
 #: per-dataset scores; PQ = DQ × SQ, so DQ (detection at IoU 0.5) and SQ (mean IoU of the
 #: matches) say whether a PQ gap is nuclei found or outlines drawn
 INSTANCE_KEYS = ("dice", "aji", "dq", "sq", "pq", "f_d")
-AGGREGATE_KEYS = ("dice", "aji", "dq", "sq", "pq", "f_d", "mpq")
+#: what a mix row averages over its datasets: the instance scores and mPQ (typed sets only)
+AGGREGATE_KEYS = (*INSTANCE_KEYS, "mpq")
 
 Maps = dict[str, np.ndarray]
 
