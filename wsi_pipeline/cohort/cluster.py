@@ -4,6 +4,15 @@ Inference tasks ask for one unit of a worker resource (default "GPU"): only work
 advertise it run them, one at a time each, so one GPU never holds two models and a CPU-only
 machine does not run two all-core torch jobs against each other. Post-processing and export
 need no resource and spread over every worker.
+
+An inference worker runs the network on the cores it was given, whatever kind of cluster it
+belongs to. Dask's nanny starts every worker with OMP_NUM_THREADS=1 and MKL_NUM_THREADS=1
+(`distributed.nanny.pre-spawn-environ`), and torch takes its thread count from them, so
+environment variables set by the caller lose. `InferThreads`, a worker plugin the run registers
+on every cluster it uses, sets torch's thread count inside each inference worker process and
+logs it once per worker; the inference stage applies it again in its own thread
+(`apply_infer_threads`, OpenMP's count is per thread) before the network is prepared, so the
+OpenVINO back end, which takes its streams from `torch.get_num_threads()`, follows too.
 """
 
 from __future__ import annotations
@@ -24,6 +33,121 @@ log = logging.getLogger(__name__)
 
 class ClusterError(RuntimeError):
     """The cluster cannot run this cohort (unreachable, no inference worker, storage not shared)."""
+
+
+# -- threads of the inference workers ----------------------------------------------------------
+#: Environment variable giving an inference worker its thread count (workflows/ scripts set it).
+INFER_THREADS_ENV = "WSI_PIPELINE_INFER_THREADS"
+#: Job allocations, in the order asked: SLURM's cores per task (dask-jobqueue's `cores`), PBS's.
+_ALLOCATION_ENV = ("SLURM_CPUS_PER_TASK", "NCPUS")
+
+# (threads, where the figure came from) set by InferThreads in this process; None elsewhere.
+_INFER_THREADS: tuple[int, str] | None = None
+
+
+def _positive_int(name: str, value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ClusterError(f"environment variable {name}={value!r} must be a whole number of "
+                           f"threads >= 1")
+    return n
+
+
+def worker_infer_threads(configured: int | None = None,
+                         configured_by: str = "cluster.infer_threads") -> tuple[int, str]:
+    """The thread count this process should run the network with, and where it came from.
+
+    `configured` (cluster.infer_threads, or the embedded cluster's plan: `configured_by`
+    says which) wins; then
+    WSI_PIPELINE_INFER_THREADS; then the job's allocation (SLURM_CPUS_PER_TASK, PBS's NCPUS),
+    capped at the cores this process may use; then those cores (its CPU affinity).
+    """
+    if configured is not None:
+        return max(1, int(configured)), configured_by
+    value = os.environ.get(INFER_THREADS_ENV, "").strip()
+    if value:
+        return _positive_int(INFER_THREADS_ENV, value), INFER_THREADS_ENV
+    cores = usable_cpus()
+    for name in _ALLOCATION_ENV:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return min(cores, _positive_int(name, value)), f"job allocation {name}={value}"
+    return cores, "CPU affinity of the worker"
+
+
+def set_threads(threads: int) -> None:
+    """Run torch (and the libraries it calls) on `threads` threads in this process.
+
+    The environment variables reach processes started from here; `torch.set_num_threads`
+    sets the count for this thread and every thread that first runs torch after it.
+    """
+    import torch
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def apply_infer_threads() -> tuple[int, str] | None:
+    """In an inference worker's task: the thread count `InferThreads` gave this process, applied
+    to the calling thread (OpenMP's count is per thread; a thread that ran torch before the
+    plugin keeps its own). None outside such a worker, where nothing changes."""
+    if _INFER_THREADS is None:
+        return None
+    import torch
+
+    threads = _INFER_THREADS[0]
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return _INFER_THREADS
+
+
+def infer_threads_plugin(resource: str, threads: int | None,
+                         configured_by: str = "cluster.infer_threads") -> Any:
+    """An `InferThreads` worker plugin (distributed is imported only here, on demand)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class InferThreads(WorkerPlugin):
+        """Sets the torch thread count of every worker that offers `resource` (an inference
+        worker), at its start and whenever it joins later (jobqueue jobs leave the queue late),
+        and logs it once per worker. Post-processing workers keep Dask's one thread per task."""
+
+        name = "wsi-pipeline-infer-threads"
+
+        def __init__(self) -> None:
+            self.resource = resource
+            self.threads = threads
+            self.configured_by = configured_by
+
+        def setup(self, worker: Any) -> None:
+            setup_inference_worker(worker, self.resource, self.threads, self.configured_by)
+
+    return InferThreads()
+
+
+def setup_inference_worker(worker: Any, resource: str, threads: int | None,
+                           configured_by: str = "cluster.infer_threads") -> tuple[int, str] | None:
+    """What `InferThreads` does in each worker (a module function, so that the plugin, pickled
+    by value, sets this module's state and not a copy): on a worker offering `resource`, set
+    and log its thread count; None on other workers."""
+    global _INFER_THREADS
+    if not worker.state.total_resources.get(resource):
+        return None
+    n, source = worker_infer_threads(threads, configured_by)
+    set_threads(n)
+    _INFER_THREADS = (n, source)
+    log.info("inference worker %s (pid %d): network on %d thread(s) (%s)",
+             worker.name, os.getpid(), n, source)
+    return _INFER_THREADS
+
+
+def register_infer_threads(client: Any, resource: str, threads: int | None,
+                           configured_by: str = "cluster.infer_threads") -> None:
+    """Register the `InferThreads` plugin on `client`'s cluster: its workers now and later."""
+    client.register_plugin(infer_threads_plugin(resource, threads, configured_by))
 
 
 @dataclass
@@ -55,6 +179,7 @@ def open_cluster(cfg: ClusterConfig, device: str, out_dir: Path, slide_paths: li
             )
         handle = connect(cfg.scheduler, cfg.infer_resource, cfg.connect_timeout_s)
         try:
+            register_infer_threads(handle.client, cfg.infer_resource, cfg.infer_threads)
             if cfg.check_shared_storage:
                 check_shared_storage(handle.client, out_dir, slide_paths)
         except BaseException:
@@ -91,8 +216,9 @@ def plan_local_cluster(cfg: ClusterConfig, cpus: int, memory_bytes: int, gpus: i
         memory: int | str = max(1 << 30, memory_bytes // (infer_workers + cpu_workers))
     else:
         memory = cfg.memory_limit
+    infer_threads = cfg.infer_threads or (cpus if gpus == 0 else max(1, threads))
     return LocalPlan(infer_workers=infer_workers, cpu_workers=cpu_workers,
-                     threads_per_worker=threads, infer_threads=cpus if gpus == 0 else max(1, threads),
+                     threads_per_worker=threads, infer_threads=infer_threads,
                      memory_limit=memory, gpus=gpus)
 
 
@@ -116,7 +242,10 @@ def start_local_cluster(cfg: ClusterConfig, device: str) -> ClusterHandle:
     dashboard = ":0" if (cfg.dashboard and has_bokeh) else None
     workers: dict[str, dict[str, Any]] = {}
     for i in range(plan.infer_workers):
-        env = {"OMP_NUM_THREADS": str(plan.infer_threads)}
+        # The nanny's pre-spawn-environ wins over some of these; InferThreads sets them again
+        # inside the worker. They still reach what the worker process starts.
+        env = {name: str(plan.infer_threads) for name in
+               ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", INFER_THREADS_ENV)}
         if plan.gpus:
             env["CUDA_VISIBLE_DEVICES"] = _gpu_ids()[i]
         workers[f"infer-{i}"] = {"cls": Nanny, "options": {
@@ -134,6 +263,9 @@ def start_local_cluster(cfg: ClusterConfig, device: str) -> ClusterHandle:
         cluster = SpecCluster(workers=workers, scheduler=scheduler, name="wsi-pipeline")
     client = Client(cluster)
     client.wait_for_workers(len(workers))
+    register_infer_threads(client, cfg.infer_resource, plan.infer_threads,
+                           "cluster.infer_threads" if cfg.infer_threads else
+                           "the embedded cluster's plan")
     return ClusterHandle(client=client, cluster=cluster,
                          dashboard_link=client.dashboard_link if dashboard else None,
                          infer_slots=plan.infer_workers, dashboard_note=note)

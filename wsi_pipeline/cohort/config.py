@@ -38,6 +38,12 @@ class ClusterConfig(BaseModel):
         "None = sized to the machine; 0 = run everything in this process, no cluster",
     )
     threads_per_worker: int | None = Field(None, ge=1, description="None = sized to the machine")
+    infer_threads: int | None = Field(
+        None, ge=1,
+        description="threads (torch) and streams (OpenVINO) of each inference worker, set inside the "
+        "worker; None = the cores it was given: the embedded cluster's plan, else the worker's "
+        "WSI_PIPELINE_INFER_THREADS, its SLURM/PBS allocation or its CPU affinity",
+    )
     memory_limit: str = Field("auto", description="per worker, e.g. '8GiB'; 'auto' splits RAM")
     infer_resource: str = Field(
         "GPU", description="Dask worker resource an inference task needs one unit of "
