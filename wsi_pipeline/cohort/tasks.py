@@ -258,11 +258,16 @@ def _progress_callback(job: SlideJob, stage: str, unit: str) -> Any:
 
 # -- the stages ------------------------------------------------------------------------------
 def _infer(job: SlideJob) -> dict[str, Any]:
+    from wsi_pipeline.cohort.cluster import apply_infer_threads
     from wsi_pipeline.inference.slide import infer_slide
     from wsi_pipeline.io import open_slide
 
     if job.path.is_dir():
         raise IsADirectoryError(f"{job.path}: is a folder, not a slide file")
+    # In a Dask inference worker: the cores it was given, in this thread too (cohort.cluster).
+    threads = apply_infer_threads()
+    if threads is not None:
+        log.info("%s: inference on %d thread(s) (%s)", job.slide_id, *threads)
     with open_slide(job.path, mpp=job.mpp, backend=job.cfg.discovery.reader) as slide:
         _slide_mpp(job, slide)
         model = _model(job)
