@@ -103,6 +103,18 @@ FAULT_MATRIX: dict[str, str] = {
     "bad YAML": "cohort.test_fault_matrix::test_a_bad_config_file_touches_nothing",
     "malicious checkpoints":
         "cohort.test_fault_matrix::test_a_malicious_or_damaged_checkpoint_is_refused_and_touches_nothing",
+    # The second matrix (issue 25): tests/cohort/test_fault_matrix_second.py.
+    "bits flipped in a maps chunk, then a changed setting":
+        "cohort.test_fault_matrix_second::"
+        "test_a_flipped_maps_chunk_is_named_and_inference_redone_on_a_changed_setting",
+    "a maps chunk truncated or gone (an interrupted copy)":
+        "cohort.test_fault_matrix_second::test_a_truncated_maps_chunk_never_reaches_the_decoder",
+    "a truncated nuclei table in a finished OUT":
+        "cohort.test_fault_matrix_second::test_a_truncated_nuclei_table_is_named_and_rebuilt_from_the_maps",
+    "maps without chunk checksums (older versions)":
+        "cohort.test_fault_matrix_second::test_maps_without_checksums_are_decoded_in_a_child_process",
+    "a damaged Parquet footer":
+        "cohort.test_fault_matrix_second::test_a_parquet_file_with_a_damaged_footer_is_named",
 }
 
 

@@ -16,11 +16,18 @@ FP = {"size": 10, "mtime": 1}
 
 
 def _write_outputs(stages: SlideStages, stage: str) -> None:
-    """Stand-ins for what `stage` writes (maps.zarr a folder, the rest files)."""
+    """Stand-ins for what `stage` writes, in their formats (a rerun checks them: maps.zarr an
+    empty zarr group, nuclei.parquet a one-row Parquet file, the rest a byte)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zarr
+
     stages.slide_dir.mkdir(parents=True, exist_ok=True)
     for name in STAGE_OUTPUTS[stage]:
         if name == "maps.zarr":
-            (stages.slide_dir / name).mkdir()
+            zarr.open_group(str(stages.slide_dir / name), mode="w", zarr_format=3)
+        elif name == "nuclei.parquet":
+            pq.write_table(pa.table({"x": [1]}), stages.slide_dir / name)
         elif not name.endswith(".partial") and name != "nuclei.geojson.gz":
             (stages.slide_dir / name).write_bytes(b"x")
 

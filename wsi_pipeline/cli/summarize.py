@@ -35,6 +35,6 @@ def command(out_dir: Path, no_plot: bool, no_report: bool) -> None:
             click.echo(f"  {slide_id}: {flags}")
     if result.missing:
         raise click.ClickException(
-            f"{len(result.missing)} finished slide(s) left out, their nuclei.parquet is missing: "
+            f"{len(result.missing)} finished slide(s) left out, their nuclei.parquet is missing or damaged: "
             f"{', '.join(result.missing)}; rerun `wsi-pipeline run` with this output folder to rebuild them"
         )

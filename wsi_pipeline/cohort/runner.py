@@ -263,7 +263,7 @@ class CohortRunner:
             expected = stage_hashes(stage_cfgs, self.model_sha256, slide_fingerprint(entry.path))
         except OSError:
             expected = None
-        plan = self._plan_from_disk(entry, expected)
+        plan = self._plan_from_disk(entry, expected, verify=not lock)
         if not plan.pending:
             return plan
         if not lock:  # the dry run: report a holder that a run would not take over
@@ -284,11 +284,17 @@ class CohortRunner:
             self._unlock(entry.slide_id)
         return plan
 
-    def _plan_from_disk(self, entry: SlideEntry, expected: dict[str, str] | None) -> SlidePlan:
+    def _plan_from_disk(self, entry: SlideEntry, expected: dict[str, str] | None,
+                        verify: bool = True) -> SlidePlan:
+        """The slide's plan from its markers. With `verify`, the outputs a pending stage reads
+        are checked byte for byte first; a damaged one is one warning and is redone."""
         if expected is None:
             return SlidePlan(entry, None, list(STAGES))
         stages = SlideStages(slide_dir(self.out_dir, entry.slide_id))
-        pending = stages.pending(expected, self.model_sha256)
+        pending = stages.pending(expected, self.model_sha256, verify=verify)
+        if verify:
+            for problem in stages.problems:
+                log.warning("%s: %s", entry.slide_id, problem)
         failure = stages.read_failure()
         if (pending and failure is not None and not self.cfg.retry_failed
                 and failure.get("stage_hash") == expected["export"]
@@ -493,7 +499,7 @@ class CohortRunner:
                           if not slide.is_done(s, job.expected[s], job.model_sha256)), chain.stages[-1])
         started = slide.read_attempt() == exc.task if isinstance(exc, KilledWorker) else True
         with log_to_file(job.log_path):
-            rest = slide.pending(job.expected, job.model_sha256)
+            rest = slide.pending(job.expected, job.model_sha256, verify=False)
             if not started and rest and chain.requeued < REQUEUE_LIMIT:
                 log.warning("%s: %s lost with a worker that died while it was not running it: "
                             "resubmitted from %s", job.slide_id, stage, rest[0])
@@ -524,7 +530,7 @@ class CohortRunner:
                        error=f"{plan.entry.path}: cannot read the file")
         elif row["status"] in ("done", "no_tissue") and plan.expected is not None:
             stages = SlideStages(slide_dir(self.out_dir, plan.entry.slide_id))
-            if stages.pending(plan.expected, self.model_sha256):
+            if stages.pending(plan.expected, self.model_sha256, verify=False):
                 row["status"] = "pending"  # its markers are there, an output they promise is not
         lost = self._unrecorded.get(plan.entry.slide_id)
         if lost is not None and row["status"] == "pending":  # no room for its failed.json

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_pipeline.atomic import write_text_atomic
+from wsi_pipeline.cohort import integrity
 from wsi_pipeline.contract import (
     GEOJSON,
     MAPS,
@@ -106,6 +107,9 @@ class StageMarker:
     result: dict[str, Any] = field(default_factory=dict)
     #: Names in the slide folder this stage wrote (None: filled in by SlideStages.finish).
     outputs: list[str] | None = None
+    #: Per output, what `integrity.record` noted when the stage finished (sizes, crc32c, zarr
+    #: chunk counts); None in markers of versions before 0.3 (their outputs' format is checked).
+    integrity: dict[str, Any] | None = None
 
     def promises(self) -> tuple[str, ...]:
         return tuple(self.outputs) if self.outputs is not None else DEFAULT_PROMISES[self.stage]
@@ -117,6 +121,8 @@ class SlideStages:
     def __init__(self, slide_dir: Path):
         self.slide_dir = Path(slide_dir)
         self.stages_dir = self.slide_dir / STAGES_DIR
+        #: Damaged outputs found by the last `pending` or `is_done`, one line each.
+        self.problems: list[str] = []
 
     def marker_path(self, stage: str) -> Path:
         return self.stages_dir / f"{stage}.json"
@@ -131,10 +137,33 @@ class SlideStages:
 
     def is_done(self, stage: str, expected_hash: str, model_sha256: str) -> bool:
         """The marker records the expected hash and model, and what it promises still exists
-        (intermediate outputs aside: see `pending`)."""
+        and looks whole (`integrity.quick_problem`: sizes, the Parquet footer; intermediate
+        outputs aside: see `pending`). A damaged output is added to `problems`."""
         m = self.read(stage)
-        return (m is not None and m.config_hash == expected_hash and m.model_sha256 == model_sha256
-                and not self.missing(m, include_intermediate=False))
+        if not (m is not None and m.config_hash == expected_hash and m.model_sha256 == model_sha256
+                and not self.missing(m, include_intermediate=False)):
+            return False
+        for name in m.promises():
+            if name in INTERMEDIATE:
+                continue
+            problem = integrity.quick_problem(self.slide_dir / name, (m.integrity or {}).get(name))
+            if problem is not None:
+                self._found(problem, stage)
+                return False
+        return True
+
+    def _found(self, problem: str, stage: str) -> None:
+        line = f"{problem}: {stage} is redone"
+        if line not in self.problems:
+            self.problems.append(line)
+
+    def damaged(self, stage: str, name: str) -> str | None:
+        """What `integrity.deep_problem` finds wrong with `name`, an output of `stage` that a
+        stage about to run reads; None when it is whole (or `stage` has no marker)."""
+        m = self.read(stage)
+        if m is None or not (self.slide_dir / name).exists():
+            return None
+        return integrity.deep_problem(self.slide_dir / name, (m.integrity or {}).get(name))
 
     def missing(self, marker: StageMarker, *, include_intermediate: bool = True) -> list[str]:
         """The outputs `marker` promises that are not in the folder."""
@@ -142,16 +171,30 @@ class SlideStages:
                 if (include_intermediate or name not in INTERMEDIATE)
                 and not (self.slide_dir / name).exists()]
 
-    def pending(self, expected: dict[str, str], model_sha256: str) -> list[str]:
+    def pending(self, expected: dict[str, str], model_sha256: str, *, verify: bool = True) -> list[str]:
         """Stages to run: the first one not done, every one after it, and, when a stage that
-        runs reads an output an earlier stage made that is gone, that earlier stage as well."""
+        runs reads an output an earlier stage made that is gone or damaged, that earlier stage
+        as well. `verify` checks every byte of those outputs first (`integrity.deep_problem`:
+        maps.zarr's chunk checksums); what is found damaged is in `problems`, one line each."""
+        self.problems = []
         first = next((i for i, stage in enumerate(STAGES)
                       if not self.is_done(stage, expected[stage], model_sha256)), len(STAGES))
+        checked: set[str] = set()
         while first > 0:
             needed = {name for stage in STAGES[first:] for name in STAGE_READS[stage]}
-            gone = [i for i, stage in enumerate(STAGES[:first])
-                    if any(name in needed and not (self.slide_dir / name).exists()
-                           for name in STAGE_OUTPUTS[stage])]
+            gone = []
+            for i, stage in enumerate(STAGES[:first]):
+                for name in STAGE_OUTPUTS[stage]:
+                    if name not in needed:
+                        continue
+                    if not (self.slide_dir / name).exists():
+                        gone.append(i)
+                    elif verify and name not in checked:
+                        checked.add(name)
+                        problem = self.damaged(stage, name)
+                        if problem is not None:
+                            self._found(problem, stage)
+                            gone.append(i)
             if not gone:
                 break
             first = min(gone)
@@ -186,6 +229,9 @@ class SlideStages:
         if marker.outputs is None:
             marker.outputs = [name for name in STAGE_OUTPUTS[marker.stage]
                               if not name.endswith(".partial") and (self.slide_dir / name).exists()]
+        if marker.integrity is None:
+            records = {name: integrity.record(self.slide_dir / name) for name in marker.outputs}
+            marker.integrity = {name: rec for name, rec in records.items() if rec is not None}
         atomic_write_json(self.marker_path(marker.stage), asdict(marker))
 
     # -- the running attempt (evidence that a task lost with its worker had started) --------------

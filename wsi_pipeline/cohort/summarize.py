@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from wsi_pipeline.atomic import write_bytes_atomic
+from wsi_pipeline.cohort.integrity import quick_problem
 from wsi_pipeline.cohort.layout import slide_dir
 from wsi_pipeline.cohort.manifest import MANIFEST, read_manifest
 from wsi_pipeline.contract import NUCLEI, MapsAttrs
@@ -64,6 +65,14 @@ def summarize_cohort(out_dir: Path, plot: bool = True, report: bool = True) -> C
         log.warning("%s: left out of the cohort summary: %s is missing although the manifest "
                     "says the slide is finished (rerun `wsi-pipeline run` with this output folder "
                     "to rebuild it)", sid, _folder(out_dir, sid) / NUCLEI)
+    # A damaged table (truncated copy, bit rot in the footer) is named, not a traceback; a
+    # rerun of `run` finds it too and rebuilds it from the maps (cohort.integrity).
+    for sid in finished["slide_id"]:
+        problem = None if sid in missing else quick_problem(_folder(out_dir, sid) / NUCLEI, None)
+        if problem is not None:
+            log.warning("%s: left out of the cohort summary: %s (rerun `wsi-pipeline run` with this "
+                        "output folder to rebuild it)", sid, problem)
+            missing.append(sid)
     finished = finished[~finished["slide_id"].isin(missing)]
     qc = _qc_flags(finished)
     records: Iterator[Any] = finished.itertuples()  # named tuples of the manifest's columns

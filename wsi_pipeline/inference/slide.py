@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import zarr
 from tqdm.auto import tqdm
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from wsi_pipeline import __version__
 from wsi_pipeline.contract import (
@@ -167,8 +167,10 @@ def _create_maps(path: Path, geo: _Geometry, cfg: InferConfig, model: LoadedMode
     def create(name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str,
                shuffle: Literal["shuffle", "noshuffle"], fill: object) -> None:
         codec = BloscCodec(cname=cfg.compressor, clevel=cfg.compression_level, shuffle=shuffle)
+        # crc32c after compression: a damaged chunk fails its checksum before the decompressor
+        # sees it (cohort.integrity checks every chunk before a rerun trusts the maps).
         group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
-                           compressors=[codec])
+                           compressors=[codec, Crc32cCodec()])
 
     create(ARRAY_NS, (h, w), (c, c), "float16", "shuffle", 0.0)
     create(ARRAY_HV, (2, h, w), (2, c, c), "float16", "shuffle", 0.0)
@@ -183,7 +185,7 @@ def _write_tissue(group: zarr.Group, mask: np.ndarray, mpp: float, cfg: InferCon
     codec = BloscCodec(cname=cfg.compressor, clevel=cfg.compression_level, shuffle="noshuffle")
     side = max(1, min(cfg.chunk_size, max(mask.shape)))
     array = group.create_array(ARRAY_TISSUE, data=np.ascontiguousarray(mask, dtype=bool),
-                               chunks=(side, side), compressors=[codec])
+                               chunks=(side, side), compressors=[codec, Crc32cCodec()])
     array.attrs[TISSUE_MPP_ATTR] = float(mpp)
 
 
