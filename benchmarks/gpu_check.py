@@ -134,14 +134,14 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, cfg: dict) -> dic
     from wsi_pipeline.inference.slide import infer_slide
     from wsi_pipeline.io import open_slide
     from wsi_pipeline.model import load_checkpoint
-    from wsi_pipeline.model.predict import autocast_dtype, resolve_device
+    from wsi_pipeline.model.predictors import Predictor
+    from wsi_pipeline.model.runtime import choose_runtime
     from wsi_pipeline.postproc import PostprocConfig
     from wsi_pipeline.postproc.config import ChunkingConfig
     from wsi_pipeline.postproc.slide import postprocess_slide
 
-    device = resolve_device(cfg["device"])
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda requested but torch sees no GPU")
+    runtime = choose_runtime(cfg["device"], cfg["precision"], cfg.get("backend") or "auto")
+    device = runtime.device
     sampler = wsi_throughput.RssSampler()
     sampler.start()
     model = load_checkpoint(checkpoint, map_location=str(device))
@@ -149,10 +149,8 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, cfg: dict) -> dic
                        reader_threads=cfg["reader_threads"], precision=cfg["precision"],
                        **({"backend": cfg["backend"]} if cfg.get("backend") else {}))
     slide_dir = out_dir / f"{slide_path.stem}_b{cfg['batch_size']}_r{cfg['reader_threads']}"
-    import wsi_pipeline.inference.slide as infer_mod
-
     first: dict[str, float] = {}
-    inner = infer_mod.predict_batch_compact
+    inner = Predictor.predict_compact
 
     def timed(*a, **k):  # noqa: ANN002, ANN003, ANN202 - the first batch apart (compile, warm-up)
         if first:
@@ -162,7 +160,7 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, cfg: dict) -> dic
         first["s"] = time.perf_counter() - t
         return res
 
-    infer_mod.predict_batch_compact = timed
+    Predictor.predict_compact = timed  # type: ignore[method-assign]
     stamps: dict[str, list[float]] = {}
     sampler.stage = "infer"
     stamps["infer"] = [time.time()]
@@ -171,7 +169,7 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, cfg: dict) -> dic
         inf = infer_slide(slide, slide_dir, icfg, model, progress=False)
     seconds = {**{k: round(v, 2) for k, v in inf.timings.items()},
                "infer_wall": round(time.perf_counter() - t0, 2), "first_batch": round(first.get("s", 0), 2)}
-    infer_mod.predict_batch_compact = inner
+    Predictor.predict_compact = inner  # type: ignore[method-assign]
     stamps["infer"].append(time.time())
     import zarr
 
@@ -196,7 +194,7 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, cfg: dict) -> dic
     if device.type == "cuda":
         gpu = {"name": torch.cuda.get_device_name(device),
                "torch_max_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20)}
-    amp = autocast_dtype(device, cfg["precision"])
+    amp = runtime.float_dtype
     if not cfg["keep_outputs"]:
         shutil.rmtree(slide_dir, ignore_errors=True)
     return {

@@ -19,7 +19,9 @@ from wsi_pipeline.inference.config import DEFAULT_MARGIN, InferConfig
 from wsi_pipeline.inference.slide import infer_slide
 from wsi_pipeline.io import open_slide
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
-from wsi_pipeline.model.predict import predict_batch_compact, prepare_model
+from wsi_pipeline.model.predict import predict_batch_compact
+from wsi_pipeline.model.predictors import load_predictor
+from wsi_pipeline.model.runtime import choose_runtime
 
 SLIDE = Path(__file__).resolve().parents[2] / "shared/data/slides/CMU-1-Small-Region.svs"
 CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
@@ -41,7 +43,7 @@ def main() -> None:
         model = load_checkpoint(ckpt)
         cfg = InferConfig(margin=args.margin, precision=args.precision, chunk_size=args.chunk,
                           batch_size=args.batch)
-        net = prepare_model(model.net, torch.device("cpu"), cfg.precision)
+        net = load_predictor(model, choose_runtime("cpu", cfg.precision, "torch")).net
         side = cfg.tile_size
         batch = np.random.default_rng(0).integers(0, 255, (args.batch, side, side, 3), dtype=np.uint8)
         predict_batch_compact(net, batch, "cpu", cfg.precision)  # warm-up (oneDNN kernels)

@@ -3,7 +3,7 @@
     python benchmarks/model_speed.py [--threads 2] [--shapes 256x16 256x4 576x2] [--configs]
 
 For each tile side × batch size: the shipped network prepared as `infer_slide` prepares it
-(`model.predict.prepare_model`) and run through `predict_batch_compact` (uint8 in, maps.zarr
+(`model.predictors.load_predictor`) and run through `predict_batch_compact` (uint8 in, maps.zarr
 storage types out), by each back end: OpenVINO (the default on CPUs where it is installed; and its
 int8 network where the checkpoint has one, `model.quantize`) and
 PyTorch (BatchNorm folded, bf16 weights where the CPU has native bf16), beside the previous path
@@ -38,13 +38,10 @@ from wsi_pipeline.model import MultiTaskNet, load_checkpoint
 from wsi_pipeline.model.checkpoint import default_checkpoint_path
 from wsi_pipeline.model.fold import fold_batchnorm
 from wsi_pipeline.model.openvino_net import openvino_available
-from wsi_pipeline.model.predict import (
-    autocast_dtype,
-    cpu_flags,
-    predict_batch_compact,
-    prepare_model,
-)
-from wsi_pipeline.model.quantize import int8_model_path, load_int8_model
+from wsi_pipeline.model.predict import autocast_dtype, cpu_flags, predict_batch_compact
+from wsi_pipeline.model.predictors import bare_model, load_predictor
+from wsi_pipeline.model.quantize import int8_model_path
+from wsi_pipeline.model.runtime import choose_runtime
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 CONFIGS = {
@@ -161,7 +158,7 @@ def main() -> None:
     model = load_checkpoint(args.checkpoint or default_checkpoint_path())
     base = model.net.eval()
     previous = base.to(memory_format=torch.channels_last) if auto is not None else base
-    engine, engine32 = prepare_model(base, cpu), prepare_model(base, cpu, "fp32")
+    engine, engine32 = _prepared(model, "auto", "torch"), _prepared(model, "fp32", "torch")
     int8_file = int8_model_path(model.path)
     print(f"# checkpoint sha256 {model.sha256[:12]}; int8 network: "
           + (int8_file.name if int8_file.is_file() else "none (wsi-pipeline quantize-model makes one)"))
@@ -179,15 +176,15 @@ def main() -> None:
                 lambda t=tiles: previous_path(previous, t, auto),
         }
         if openvino_available():  # a fresh copy per shape: it pads a smaller batch to one compiled
-            openvino = prepare_model(base, cpu, backend="openvino")
+            openvino = _prepared(model, "auto", "openvino")
             runs["engine, OpenVINO " + ("bf16" if auto else "fp32")] = (
                 lambda t=tiles, net=openvino: predict_batch_compact(net, t, cpu))
             if auto is not None:  # the fp32 row ONNX Runtime's compares with
-                openvino32 = prepare_model(base, cpu, "fp32", "openvino")
+                openvino32 = _prepared(model, "fp32", "openvino")
                 runs["engine, OpenVINO fp32"] = (
                     lambda t=tiles, net=openvino32: predict_batch_compact(net, t, cpu, "fp32"))
             if int8_file.is_file():
-                int8 = prepare_model(base, cpu, "int8", "openvino", load_int8_model(int8_file, model.sha256))
+                int8 = _prepared(model, "int8", "openvino")
                 runs["engine, OpenVINO int8"] = (
                     lambda t=tiles, net=int8: predict_batch_compact(net, t, cpu, "int8"))
         if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
@@ -209,11 +206,16 @@ def main() -> None:
             net = MultiTaskNet(**kw).eval()
             total = sum(p.numel() for p in net.parameters()) / 1e6
             enc = sum(p.numel() for p in net.encoders["ns"].parameters()) / 1e6
-            fast = prepare_model(net, cpu)
+            fast = _prepared(bare_model(net), "auto", "torch")
             tiles = np.random.default_rng(0).integers(0, 256, (8, 256, 256, 3), dtype=np.uint8)
             seconds = best_seconds(lambda f=fast, t=tiles: predict_batch_compact(f, t, cpu), args.repeats)
             ms = seconds / 8 * 1000
             print(f"| {name} | {total:.1f} | {enc:.2f} | {ms:.1f} |", flush=True)
+
+
+def _prepared(model, precision, backend):  # noqa: ANN001, ANN202 - a fresh copy each time
+    """The engine's inference copy of `model`'s network on the CPU (`model.predictors`)."""
+    return load_predictor(model, choose_runtime("cpu", precision, backend), reuse=False).net
 
 
 if __name__ == "__main__":

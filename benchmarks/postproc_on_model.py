@@ -21,7 +21,9 @@ import numpy as np
 from wsi_pipeline.datasets import read_consep_patches, split_by_group
 from wsi_pipeline.evaluation import DatasetEvaluator, Instances
 from wsi_pipeline.model import load_checkpoint
-from wsi_pipeline.model.predict import predict_batch, prepare_model
+from wsi_pipeline.model.predict import predict_batch
+from wsi_pipeline.model.predictors import load_predictor
+from wsi_pipeline.model.runtime import choose_runtime
 from wsi_pipeline.postproc import PostprocConfig, segment_instances
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "consep_patches" / "train"
@@ -57,7 +59,7 @@ def main() -> None:
     args = ap.parse_args()
 
     model = load_checkpoint(args.checkpoint)
-    net = prepare_model(model.net, model.net.mean.device)
+    net = load_predictor(model, choose_runtime(model.net.mean.device, "auto", "torch")).net
     train, val = split_by_group(read_consep_patches(args.data), 0.2, 0)
     samples = (train if args.side == "train" else val)[: args.limit]
     n_types = len(model.class_names)

@@ -30,7 +30,8 @@ from wsi_pipeline.evaluation.scoring import (
     validation_tiling,
 )
 from wsi_pipeline.model import load_checkpoint
-from wsi_pipeline.model.predict import prepare_model
+from wsi_pipeline.model.predictors import load_predictor
+from wsi_pipeline.model.runtime import choose_runtime
 from wsi_pipeline.postproc import PostprocConfig
 from wsi_pipeline.training.config import TrainConfig
 
@@ -67,7 +68,7 @@ def main() -> None:
             picked[s.meta[DATASET_KEY]].append(s)
     samples = [s for group in picked.values() for s in group]
     model = load_checkpoint(args.checkpoint)
-    net = prepare_model(model.net, model.net.mean.device)
+    net = load_predictor(model, choose_runtime(model.net.mean.device, "auto", "torch")).net
     t0 = time.time()
     tile, stride = validation_tiling(cfg.patch_size)
     maps = predict_maps(net, samples, tile=tile, stride=stride, batch_size=8, device="cpu")

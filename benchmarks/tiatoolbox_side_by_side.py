@@ -12,8 +12,8 @@ pyramidal tiled TIFF (3 levels, JPEG tiles, resolution tags) that both tools ope
     back end `auto`, OpenVINO on the CPU where installed; `--wsi-precision` / `--wsi-backend`
     change them; the back end and precision that ran are read from maps.zarr), in this Python,
     through the click entry point in a subprocess; the engine's forward passes are timed by
-    wrapping `wsi_pipeline.inference.slide.predict_batch_compact` (the function the engine calls,
-    unchanged); the first batch, which includes OpenVINO's compilation, is also given apart.
+    wrapping `wsi_pipeline.model.predictors.Predictor.predict_compact` (the method the engine
+    calls, unchanged); the first batch, which includes OpenVINO's compilation, is also given apart.
 (b) TIAToolbox 2.1.3 `MultiTaskSegmentor` (the 2.1 API; `NucleusInstanceSegmentor` is its
     deprecated alias) with `HoVerNet(num_types=6, mode="fast")` and the ioconfig of TIAToolbox's
     own `hovernet_fast-pannuke` entry: input and output at 0.25 µm/px, 256² input patches, 164²
@@ -235,20 +235,20 @@ def wsi_worker(region: Path, out: Path, threads: int, precision: str, backend: s
     import zarr
     from torch.utils.flop_counter import FlopCounterMode
 
-    import wsi_pipeline.inference.slide as infer_mod
     from wsi_pipeline.cli import main as cli_main
     from wsi_pipeline.inference.config import DEFAULT_TILE_SIZE
     from wsi_pipeline.model import default_checkpoint_path, load_checkpoint
-    from wsi_pipeline.model.predict import autocast_dtype, resolve_device
+    from wsi_pipeline.model.predictors import Predictor
+    from wsi_pipeline.model.runtime import choose_runtime
 
     torch.set_num_threads(threads)
     t_import = time.perf_counter() - t_import
     stats = {"model_s": 0.0, "runs": 0, "batches": 0, "shape": None, "first_batch_s": None}
-    inner = infer_mod.predict_batch_compact
+    inner = Predictor.predict_compact
 
-    def timed(net, batch, *args, **kwargs):  # noqa: ANN001, ANN202 - a transparent wrapper
+    def timed(predictor, batch):  # noqa: ANN001, ANN202 - a transparent wrapper
         t0 = time.perf_counter()
-        res = inner(net, batch, *args, **kwargs)
+        res = inner(predictor, batch)
         dt = time.perf_counter() - t0
         stats["model_s"] += dt
         if stats["first_batch_s"] is None:  # includes OpenVINO's compile / oneDNN's warm-up
@@ -258,7 +258,7 @@ def wsi_worker(region: Path, out: Path, threads: int, precision: str, backend: s
         stats["shape"] = list(batch.shape[1:3])
         return res
 
-    infer_mod.predict_batch_compact = timed
+    Predictor.predict_compact = timed  # type: ignore[method-assign]
     args = ["run", str(region), "-o", str(out), "--device", "cpu"]
     infer_keys = {"precision": precision if precision != "auto" else None, "backend": backend}
     if any(infer_keys.values()):
@@ -269,7 +269,7 @@ def wsi_worker(region: Path, out: Path, threads: int, precision: str, backend: s
     try:
         cli_main.main(args, standalone_mode=False)
     finally:
-        infer_mod.predict_batch_compact = inner
+        Predictor.predict_compact = inner  # type: ignore[method-assign]
     end_to_end = time.perf_counter() - t0
 
     row = pq.read_table(out / "manifest.parquet").to_pylist()[0]
@@ -284,7 +284,7 @@ def wsi_worker(region: Path, out: Path, threads: int, precision: str, backend: s
     side = stats["shape"] or [DEFAULT_TILE_SIZE, DEFAULT_TILE_SIZE]  # (no tile ran: not reached)
     with torch.inference_mode(), FlopCounterMode(display=False) as fc:
         model.net.eval()(torch.rand(1, 3, *side))
-    amp = autocast_dtype(resolve_device("cpu"), precision)
+    amp = choose_runtime("cpu", precision, backend or "auto").float_dtype
     ran = {"backend": "torch", "precision": "fp32" if amp is None else str(amp).removeprefix("torch.")}
     for maps in out.glob("*/maps.zarr"):  # what the engine recorded it ran (newer versions)
         ran.update(zarr.open_group(str(maps), mode="r").attrs.get("backend") or {})

@@ -35,7 +35,9 @@ from wsi_pipeline.evaluation.scoring import predict_maps, score_maps
 from wsi_pipeline.inference.config import DEFAULT_MARGIN
 from wsi_pipeline.model import load_checkpoint
 from wsi_pipeline.model.checkpoint import default_checkpoint_path
-from wsi_pipeline.model.predict import cpu_flags, prepare_model
+from wsi_pipeline.model.predict import cpu_flags
+from wsi_pipeline.model.predictors import load_predictor
+from wsi_pipeline.model.runtime import choose_runtime
 from wsi_pipeline.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +71,7 @@ def main() -> None:
     _, val = read_mix(cfg.data.datasets, cfg.mpp, "fail")
     ckpt = args.checkpoint or default_checkpoint_path()
     model = load_checkpoint(ckpt)
-    net = prepare_model(model.net, torch.device("cpu"))
+    net = load_predictor(model, choose_runtime("cpu", "auto", "torch")).net
     flags = " ".join(f for f in FLAGS if f in cpu_flags())
     sizes = sorted({tuple(s.image.shape[:2]) for s in val})
     print(f"checkpoint {ckpt} (sha256 {model.sha256[:12]}), {len(val)} validation images "

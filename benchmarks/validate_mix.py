@@ -31,8 +31,9 @@ from wsi_pipeline.datasets.augment import scan_degrade
 from wsi_pipeline.datasets.mix import read_mix
 from wsi_pipeline.evaluation.scoring import score_by_dataset, validation_tiling
 from wsi_pipeline.model import load_checkpoint
-from wsi_pipeline.model.predict import cpu_flags, prepare_model
-from wsi_pipeline.model.quantize import int8_network_for
+from wsi_pipeline.model.predict import cpu_flags
+from wsi_pipeline.model.predictors import load_predictor
+from wsi_pipeline.model.runtime import choose_runtime
 from wsi_pipeline.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +66,7 @@ def main() -> None:
     postproc = load_run_config(args.postproc_config).postproc if args.postproc_config else cfg.postproc
     _, val = read_mix(cfg.data.datasets, cfg.mpp, "fail")
     model = load_checkpoint(args.checkpoint)
-    int8 = int8_network_for(model.path, model.sha256, args.precision)
-    net = prepare_model(model.net, model.net.mean.device, args.precision, args.backend, int8)
+    net = load_predictor(model, choose_runtime(model.net.mean.device, args.precision, args.backend)).net
     tile, stride = validation_tiling(cfg.patch_size)
     kw = {"n_types": cfg.model.n_types, "mpp": cfg.mpp, "tile": tile, "stride": stride,
           "batch_size": 8, "device": "cpu", "tta": args.tta, "postproc": postproc}

@@ -191,7 +191,6 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, threads: int, pre
     from wsi_pipeline.inference.slide import infer_slide, prepared_network
     from wsi_pipeline.io import open_slide
     from wsi_pipeline.model import load_checkpoint
-    from wsi_pipeline.model.predict import resolve_device
     from wsi_pipeline.postproc.config import ChunkingConfig, PostprocConfig
     from wsi_pipeline.postproc.slide import postprocess_slide
 
@@ -204,7 +203,7 @@ def run_one(slide_path: Path, out_dir: Path, checkpoint: Path, threads: int, pre
     # The network's one-off preparation (OpenVINO: conversion, ~9 s) apart, so that the engine's
     # time per tile is its steady state; end to end includes it.
     t0 = time.perf_counter()
-    prepared_network(model, resolve_device("cpu"), cfg)
+    prepared_network(model, cfg)
     t_prepare = time.perf_counter() - t0
     t0 = time.perf_counter()
     with open_slide(slide_path) as slide:
@@ -247,20 +246,18 @@ def _network_ms_per_tile(model, slide_path: Path, cfg) -> float:
     size), on real tiles of the slide: the denominator of the engine-to-network ratio."""
     from wsi_pipeline.inference.slide import prepared_network
     from wsi_pipeline.io import open_slide
-    from wsi_pipeline.model.predict import predict_batch_compact, resolve_device
 
-    device = resolve_device(cfg.device)
-    net = prepared_network(model, device, cfg)
+    predictor = prepared_network(model, cfg)
     with open_slide(slide_path) as slide:
         w, h = slide.dimensions
         side = round(cfg.tile_size * model.mpp / slide.mpp)
         tiles = np.stack([slide.read_region_at_mpp(w / 2 + k * side, h / 2, (cfg.tile_size,) * 2,
                                                    model.mpp) for k in range(cfg.batch_size)])
-    predict_batch_compact(net, tiles, device, cfg.precision)
+    predictor.predict_compact(tiles)
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        predict_batch_compact(net, tiles, device, cfg.precision)
+        predictor.predict_compact(tiles)
         times.append(time.perf_counter() - t0)
     return 1000 * min(times) / cfg.batch_size
 

@@ -67,7 +67,7 @@ class MapsAttrs:
     class_names: tuple[str, ...]
     class_colors: tuple[str, ...]
     model_sha256: str | None = None
-    #: what ran the network: backend, its version, device, precision (predict.backend_record)
+    #: what ran the network: backend, its version, device, precision (model.runtime.Runtime.record)
     backend: dict[str, Any] | None = None
     model_config: dict[str, Any] | None = None
     config: dict[str, Any] | None = None  #: the InferConfig

@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.helpers.cohort_fixtures import assert_same_tables, cmu_cohort, result_tables
-from wsi_pipeline.cohort import integrity
+from tests.helpers.cohort_fixtures import (
+    assert_same_tables,
+    cmu_cohort,
+    kill_group,
+    result_tables,
+    run_cli,
+    wait_for,
+)
+from wsi_pipeline.cohort import integrity, locks
 from wsi_pipeline.cohort.config import load_run_config
 from wsi_pipeline.cohort.runner import CohortRunner
 
@@ -154,3 +165,140 @@ def test_a_parquet_file_with_a_damaged_footer_is_named(tmp_path):
     data[-12:-8] = path.read_bytes()[-12:-8]
     os.truncate(path, 100)
     assert "truncated" in (integrity.quick_problem(path, rec) or "")
+
+
+# -- locks ------------------------------------------------------------------------------------
+def _in_new_pid_namespace(code: str, *args: str) -> subprocess.Popen:
+    """`python -c code args` as pid 1 of a new PID namespace (a container sharing this host's
+    name); skips where namespaces cannot be made (not root, no user namespaces)."""
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no PID namespaces here (unshare: {probe.stderr.decode().strip()})")
+    return subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+HOLD_IN_NAMESPACE = """
+import os, sys, time
+from pathlib import Path
+from wsi_pipeline.cohort import locks
+locks.acquire(Path(sys.argv[1]), locks.me("another container"))
+print("held", os.getpid(), flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_live_lock_from_another_pid_namespace_on_this_host_is_not_taken_over(cohort, tmp_path):
+    """Two containers sharing the host name (docker --network host): run A, pid 1 of its own
+    PID namespace, holds cmu_a. Run B must not read "pid 1" in its own namespace: cmu_a is
+    skipped untouched, named with the namespace, and taken over only with --break-locks."""
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    lock = out / "cmu_a" / "slide.lock"
+    lock.parent.mkdir(parents=True)
+    other = _in_new_pid_namespace(HOLD_IN_NAMESPACE, str(lock))
+    try:
+        assert other.stdout is not None
+        assert other.stdout.readline().startswith("held 1"), "the holder did not start"
+        holder = locks.read_holder(lock)
+        assert holder is not None and holder.pid == 1 and holder.pid_ns != locks.me().pid_ns
+        report = run_here(root / "slides" / "cmu_a.tif", out, ckpt)
+        assert [sid for sid, *_ in report.locked] == ["cmu_a"] and report.blocked
+        assert "PID namespace" in report.locked_lines()[0]
+        assert not (out / "cmu_a" / "stages").exists()
+        assert locks.read_holder(lock) == holder  # still A's
+        report = run_here(root / "slides" / "cmu_a.tif", out, ckpt, break_locks=True)
+        assert report.ok and not report.locked
+    finally:
+        kill_group(other)
+
+
+def test_locks_of_another_boot_or_namespace_are_foreign_and_old_locks_still_judged(tmp_path):
+    """Without namespaces to make: a dead pid recorded under another boot id or another PID
+    namespace is not "dead on this host" (its pid means another process there)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    me = locks.me()
+    for other in ({"boot_id": "another-boot"}, {"pid_ns": (me.pid_ns or 0) + 1}):
+        lock = tmp_path / f"{sorted(other)[0]}.lock"
+        locks.acquire(lock, locks.LockHolder(**{**me.__dict__, "pid": dead.pid, "token": "t", **other}))
+        with pytest.raises(locks.LockHeld, match="--break-locks"):
+            locks.acquire(lock, me)
+        locks.acquire(lock, me, break_foreign=True)
+        assert locks.holds(lock, me.token)
+
+
+def test_sigterm_releases_every_lock_and_the_requeued_run_finishes(cohort, finished, tmp_path):
+    """A SLURM time limit: SIGTERM while cmu_a is in its export stage and cmu_b not started.
+    The run exits 143 within the grace period, saying so, with no lock left behind (not even
+    cmu_b's, never started); the requeued job (another process) runs both slides to the same
+    tables as an undisturbed run."""
+    from tests.cohort.test_fault_matrix import PAUSE_HOOK
+
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    hook = tmp_path / "paused_run.py"
+    hook.write_text(PAUSE_HOOK)
+    flag = tmp_path / "paused"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT_PAUSE_STAGE": "export", "FAULT_PAUSE_FLAG": str(flag)}
+    run = subprocess.Popen([sys.executable, str(hook), "run", str(root / "slides"), "-o", str(out),
+                            "--checkpoint", str(ckpt), "--workers", "0"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    try:
+        assert wait_for(flag.exists, 120), f"export was never reached: {run.communicate(timeout=5)[0]}"
+        assert (out / "cmu_a" / "slide.lock").exists() and (out / "cmu_b" / "slide.lock").exists()
+        t0 = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        output, _ = run.communicate(timeout=30)
+        assert time.monotonic() - t0 < 25  # SLURM's default grace (KillWait) is 30 s
+    finally:
+        kill_group(run)
+    assert run.returncode == 128 + signal.SIGTERM, output
+    assert "stopped by SIGTERM" in output
+    assert not list(out.glob("*/slide.lock")) and not (out / ".manifest.lock").exists()
+    rows = pd.read_parquet(out / "manifest.parquet").set_index("slide_id")
+    assert set(rows["status"]) == {"pending"}
+    report = run_here(root / "slides", out, ckpt)
+    assert report.ok and not report.locked
+    assert_same_tables(finished[1], result_tables(out))
+
+
+def test_a_run_that_did_nothing_because_of_locks_exits_non_zero(cohort, tmp_path):
+    """Every slide left to do held from another node: the run says nothing was run and exits 3,
+    not 0 with every slide pending."""
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    for sid in ("cmu_a", "cmu_b"):
+        locks.acquire(out / sid / "slide.lock", locks.LockHolder(
+            host="node-17", pid=4242, started_at="2026-12-07T01:00:00+0000", token=sid))
+    proc = run_cli("run", str(root / "slides"), "-o", str(out), "--checkpoint", str(ckpt), "--workers", "0")
+    assert proc.returncode == 3, proc.stdout
+    assert "nothing was run" in proc.stdout and proc.stdout.count("SKIPPED") == 2
+
+
+def test_a_manifest_lock_from_a_clock_ahead_expires_and_break_locks_takes_it(cohort, tmp_path):
+    """A .manifest.lock left by a dead run on a node whose clock is an hour ahead (its mtime in
+    the future): it expires on this host's clock (a short expiry here), and --break-locks takes
+    it over at once; a run on that OUT is not stopped by it."""
+    from wsi_pipeline.cohort.manifest_merge import MANIFEST_LOCK
+
+    root, ckpt = cohort
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / MANIFEST_LOCK
+    dead = locks.LockHolder(host="node-ahead", pid=99, started_at="2026-12-07T09:00:00+0000", token="dead")
+
+    def leave() -> None:
+        locks.acquire(lock, dead)
+        ahead = time.time() + 3600
+        os.utime(lock, (ahead, ahead))
+
+    leave()
+    mine = locks.me()
+    with locks.locked(lock, mine, max_age_s=1.0, timeout_s=10):
+        assert locks.holds(lock, mine.token)
+    leave()
+    report = run_here(root / "slides" / "cmu_a.tif", out, ckpt, break_locks=True)
+    assert report.ok and not lock.exists()

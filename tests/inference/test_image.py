@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers.engine import prepared
 from wsi_pipeline.inference import config as inference_config
 from wsi_pipeline.inference.config import (
     DEFAULT_MARGIN,
@@ -20,7 +21,7 @@ from wsi_pipeline.inference.config import (
 )
 from wsi_pipeline.inference.image import predict_tiled
 from wsi_pipeline.model import MultiTaskNet
-from wsi_pipeline.model.predict import predict_batch, predict_batch_compact, prepare_model
+from wsi_pipeline.model.predict import predict_batch, predict_batch_compact
 from wsi_pipeline.tile_mode import predict as tile_predict
 
 
@@ -91,7 +92,7 @@ def test_predict_batch_contract_and_precisions(net):
     assert ref["hv"].shape == (2, 2, 64, 96) and np.abs(ref["hv"]).max() <= 1
     assert ref["nc"].shape == (2, 5, 64, 96)
     assert ((ref["ns"] >= 0) & (ref["ns"] <= 1)).all()
-    fast_net = prepare_model(net, torch.device("cpu"), "bf16")  # folded, bf16 weights
+    fast_net = prepared(net, "bf16")  # folded, bf16 weights
     fast = predict_batch(fast_net, batch, "cpu", "bf16")
     for key in ref:
         np.testing.assert_allclose(fast[key], ref[key], atol=0.05)

@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import torch
 from scipy import ndimage
 
-import wsi_pipeline.inference.slide as infer_mod
 from wsi_pipeline.datasets.targets import hv_maps
 from wsi_pipeline.inference.config import InferConfig, TissueConfig
 from wsi_pipeline.inference.slide import infer_slide
 from wsi_pipeline.io.plain_image import PlainImageSlide
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
+from wsi_pipeline.model.predictors import Predictor
 from wsi_pipeline.postproc import PostprocConfig
 from wsi_pipeline.postproc.slide import postprocess_slide
 
@@ -29,7 +29,7 @@ CENTRES = [(150.3, 170.6), (301.0, 180.0), (222.7, 333.2), (371.5, 300.5)]
 RADIUS = 14.0  # level-0 px (3.5 µm)
 
 
-def _oracle_predict(net, batch, device, precision):
+def _oracle_predict(predictor, batch):
     """maps.zarr storage types from the tile pixels: dark = nucleus, one instance per blob."""
     dark = batch.mean(axis=3) < 128
     inst = np.stack([ndimage.label(d)[0] for d in dark])
@@ -52,7 +52,7 @@ def test_nucleus_centroids_land_on_their_level0_position(tmp_path, monkeypatch):
     ckpt = tmp_path / "m.pt"  # never run (the oracle replaces it): provides mpp and classes
     save_checkpoint(ckpt, MultiTaskNet(encoder="resnet18", width=8), class_names=CLASSES,
                     mpp=MODEL_MPP)
-    monkeypatch.setattr(infer_mod, "predict_batch_compact", _oracle_predict)
+    monkeypatch.setattr(Predictor, "predict_compact", _oracle_predict)
     cfg = InferConfig(tile_size=128, margin=32, chunk_size=128, precision="fp32",
                       tissue=TissueConfig(min_object_um2=500))
     result = infer_slide(slide, tmp_path / "out", cfg, load_checkpoint(ckpt), progress=False)

@@ -133,12 +133,12 @@ def test_blank_slide_gives_empty_valid_maps(model, tmp_path):
 
 def test_interrupted_run_leaves_only_partial(model, tissue_canvas, tmp_path, monkeypatch):
     slide = fake_slide(tissue_canvas, 0.25, tmp_path)
-    import wsi_pipeline.inference.slide as infer_mod
+    from wsi_pipeline.model.predictors import Predictor
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(infer_mod, "predict_batch_compact", boom)
+    monkeypatch.setattr(Predictor, "predict_compact", boom)
     with pytest.raises(RuntimeError, match="simulated crash"):
         infer_slide(slide, tmp_path / "out", InferConfig(**FAST), model, progress=False)
     assert (tmp_path / "out" / "maps.zarr.partial").exists()

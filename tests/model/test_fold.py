@@ -1,4 +1,4 @@
-"""BatchNorm folding and the inference copy of `model.predict.prepare_model`."""
+"""BatchNorm folding and the PyTorch back end's inference copy (`model.predictors.torch_predictor`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers.engine import prepared
 from wsi_pipeline.model import MultiTaskNet
 from wsi_pipeline.model.fold import fold_batchnorm
-from wsi_pipeline.model.predict import predict_batch, prepare_model
+from wsi_pipeline.model.predict import predict_batch
 
 
 def _trained_like(seed: int = 0) -> MultiTaskNet:
@@ -45,23 +46,23 @@ def test_unknown_batchnorm_placement_is_an_error():
         fold_batchnorm(net)
 
 
-def test_prepare_model_leaves_the_training_network_alone():
+def test_preparing_leaves_the_training_network_alone():
     net = _trained_like().train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    prepared = prepare_model(net, torch.device("cpu"), "bf16")
+    copy = prepared(net, "bf16")
     assert net.training and any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert all(p.dtype == torch.float32 for p in net.parameters())
-    assert not prepared.training
-    assert {p.dtype for p in prepared.parameters()} == {torch.bfloat16}
-    assert prepared.mean.dtype == torch.float32  # the normalisation stays fp32
+    assert not copy.training
+    assert {p.dtype for p in copy.parameters()} == {torch.bfloat16}
+    assert copy.mean.dtype == torch.float32  # the normalisation stays fp32
 
 
 def test_bf16_inference_copy_matches_fp32_within_bf16_rounding():
     net = _trained_like()
     tiles = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
-    want = predict_batch(prepare_model(net, torch.device("cpu"), "fp32"), tiles, precision="fp32")
-    got = predict_batch(prepare_model(net, torch.device("cpu"), "bf16"), tiles, precision="bf16")
+    want = predict_batch(prepared(net, "fp32"), tiles, precision="fp32")
+    got = predict_batch(prepared(net, "bf16"), tiles, precision="bf16")
     for key in ("ns", "hv", "nc"):
         assert np.abs(got[key] - want[key]).mean() < 0.01, key
         assert np.abs(got[key] - want[key]).max() < 0.15, key

@@ -6,15 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers.engine import prepared
 from wsi_pipeline.model import MultiTaskNet
 from wsi_pipeline.model.openvino_net import OpenVINONet, convert_network
-from wsi_pipeline.model.predict import (
-    backend_record,
-    predict_batch,
-    predict_batch_compact,
-    prepare_model,
-    resolve_backend,
-)
+from wsi_pipeline.model.predict import predict_batch, predict_batch_compact
+from wsi_pipeline.model.runtime import choose_runtime, decide_runtime
 
 CPU = torch.device("cpu")
 
@@ -35,11 +31,11 @@ def tiles() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ov(net) -> OpenVINONet:
-    return prepare_model(net, CPU, "fp32", "openvino")
+    return prepared(net, "fp32", "openvino")
 
 
 def test_fp32_openvino_matches_pytorch(net, ov, tiles):
-    want = predict_batch(prepare_model(net, CPU, "fp32", "torch"), tiles, precision="fp32")
+    want = predict_batch(prepared(net, "fp32", "torch"), tiles, precision="fp32")
     assert isinstance(ov, OpenVINONet) and ov.precision == "f32"
     got = predict_batch(ov, tiles, precision="fp32")
     for key in ("ns", "hv", "nc"):
@@ -66,17 +62,22 @@ def test_two_streams_split_the_batch_and_give_every_tile_the_same_output(net, ov
 
 
 def test_flip_tta_runs_through_openvino(net, ov, tiles):
-    want = predict_batch(prepare_model(net, CPU, "fp32", "torch"), tiles, precision="fp32", tta=True)
+    want = predict_batch(prepared(net, "fp32", "torch"), tiles, precision="fp32", tta=True)
     got = predict_batch(ov, tiles, precision="fp32", tta=True)
     np.testing.assert_allclose(got["hv"], want["hv"], atol=2e-3)
 
 
 def test_backend_choice_and_record():
-    assert resolve_backend("auto", CPU) == "openvino"  # a dependency: installed wherever the package is
-    assert resolve_backend("auto", torch.device("cuda")) == "torch"
+    def backend(device, backend="auto", openvino=True):
+        return decide_runtime(device, "auto", backend, cuda=True, openvino=openvino,
+                              cpu_bf16=False).backend
+
+    assert backend("cpu") == "openvino"  # a dependency: installed wherever the package is
+    assert backend("cpu", openvino=False) == "torch"
+    assert backend("cuda") == "torch"
     with pytest.raises(ValueError, match="CPU only"):
-        resolve_backend("openvino", torch.device("cuda"))
-    record = backend_record(CPU, "auto", "fp32")
+        backend("cuda", "openvino")
+    record = choose_runtime(CPU, "fp32", "auto").record()
     assert record["backend"] == "openvino" and record["precision"] == "fp32" and record["version"]
-    assert backend_record(CPU, "torch", "bf16") == {
+    assert choose_runtime(CPU, "bf16", "torch").record() == {
         "backend": "torch", "version": torch.__version__, "device": "cpu", "precision": "bfloat16"}

@@ -8,13 +8,14 @@ import torch
 import zarr
 from PIL import Image
 
+from tests.helpers.engine import prepared
 from wsi_pipeline import contract
 from wsi_pipeline.inference.config import InferConfig, TissueConfig
 from wsi_pipeline.inference.slide import infer_slide
 from wsi_pipeline.io.plain_image import PlainImageSlide
 from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
 from wsi_pipeline.model.openvino_net import OpenVINONet
-from wsi_pipeline.model.predict import backend_record, predict_batch, prepare_model
+from wsi_pipeline.model.predict import predict_batch
 from wsi_pipeline.model.quantize import (
     Int8ModelError,
     calibration_crops,
@@ -23,6 +24,7 @@ from wsi_pipeline.model.quantize import (
     quantize_network,
     save_int8_model,
 )
+from wsi_pipeline.model.runtime import choose_runtime
 
 pytest.importorskip("nncf", reason="model.quantize needs NNCF (the test extra installs it)")
 
@@ -73,17 +75,16 @@ def test_int8_file_sits_beside_its_checkpoint_written_whole(checkpoint):
 
 def test_int8_network_follows_the_float_one(checkpoint):
     tiles = np.stack([_blobs(np.random.default_rng(k), 64) for k in range(1, 4)])
-    int8 = load_int8_model(int8_model_path(checkpoint.path), checkpoint.sha256)
-    net = prepare_model(checkpoint.net, CPU, "int8", "openvino", int8)
+    net = prepared(checkpoint, "int8", "openvino")
     assert isinstance(net, OpenVINONet)
     got = predict_batch(net, tiles, precision="int8")
-    want = predict_batch(prepare_model(checkpoint.net, CPU, "fp32", "torch"), tiles, precision="fp32")
+    want = predict_batch(prepared(checkpoint, "fp32", "torch"), tiles, precision="fp32")
     for key in ("ns", "hv", "nc"):
         assert got[key].shape == want[key].shape
         # a random network's activations quantise coarsely; a trained one's validation PQ moves
         # by < 0.005 (MODEL_CARD.md)
         assert float(np.abs(got[key] - want[key]).mean()) < 0.05, key
-    assert backend_record(CPU, "openvino", "int8")["precision"].startswith("int8")
+    assert choose_runtime(CPU, "int8", "openvino").record()["precision"].startswith("int8")
 
 
 def test_int8_of_other_weights_or_none_is_refused_by_name(checkpoint, tmp_path):
@@ -93,7 +94,7 @@ def test_int8_of_other_weights_or_none_is_refused_by_name(checkpoint, tmp_path):
     with pytest.raises(Int8ModelError, match="other.int8.xml: no int8 network.*quantize-model"):
         load_int8_model(tmp_path / "other.int8.xml", checkpoint.sha256)
     with pytest.raises(ValueError, match="openvino back end; here the back end is torch"):
-        prepare_model(checkpoint.net, CPU, "int8", "torch")
+        prepared(checkpoint, "int8", "torch")
 
 
 def test_engine_runs_the_int8_network_and_records_it(checkpoint, tmp_path):

@@ -10,7 +10,9 @@ import numpy as np
 from wsi_pipeline.datasets import read_consep_patches, split_by_group
 from wsi_pipeline.evaluation import DatasetEvaluator, Instances
 from wsi_pipeline.model import default_checkpoint_path, load_checkpoint
+from wsi_pipeline.model.predictors import load_predictor
 from wsi_pipeline.model.quantize import int8_model_path, load_int8_model
+from wsi_pipeline.model.runtime import choose_runtime
 from wsi_pipeline.tile_mode.predict import segment_image
 
 MODEL_CARD = Path(__file__).resolve().parents[2] / "MODEL_CARD.md"
@@ -37,10 +39,11 @@ def test_shipped_model_segments_validation_patches(shared_data):
     """A regression floor well below the model card's figures, on a quarter of the validation tiles."""
     samples = read_consep_patches(shared_data / "consep_patches" / "train")
     _, val = split_by_group(samples, 0.2, 0)
-    model = load_checkpoint(default_checkpoint_path())
+    predictor = load_predictor(load_checkpoint(default_checkpoint_path()),
+                               choose_runtime("cpu", "auto", "torch"))
     ev = DatasetEvaluator(type_ids=[1, 2, 3, 4], mpp=0.25)
     for s in val[::4]:
-        result = segment_image(model, s.image, image_mpp=0.25)
+        result = segment_image(predictor, s.image, image_mpp=0.25)
         ids, first = np.unique(s.inst_map, return_index=True)
         truth = Instances(s.inst_map, s.type_map.ravel()[first[ids > 0]])
         ev.add(s.name, truth, Instances(result.inst_map, result.types))
@@ -58,8 +61,9 @@ def test_shipped_model_segments_a_held_out_monuseg_tile(shared_data):
 
     (tile,) = [s for s in read_monuseg(shared_data / "monuseg_train")
                if s.name == "TCGA-A7-A13E-01Z-00-DX1"]
-    model = load_checkpoint(default_checkpoint_path())
-    result = segment_image(model, tile.image, image_mpp=tile.mpp)
+    predictor = load_predictor(load_checkpoint(default_checkpoint_path()),
+                               choose_runtime("cpu", "auto", "torch"))
+    result = segment_image(predictor, tile.image, image_mpp=tile.mpp)
     ev = DatasetEvaluator(type_ids=[], mpp=0.25)
     ev.add(tile.name, Instances(tile.inst_map, np.ones(int(tile.inst_map.max()), np.int64)),
            Instances(result.inst_map, np.ones(len(result.types), np.int64)))

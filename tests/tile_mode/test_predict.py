@@ -16,7 +16,9 @@ from wsi_pipeline.cli import main
 from wsi_pipeline.export.geojson import qupath_problems
 from wsi_pipeline.inference.config import DEFAULT_STRIDE, DEFAULT_TILE_SIZE
 from wsi_pipeline.inference.image import predict_tiled
-from wsi_pipeline.model import MultiTaskNet, load_checkpoint, save_checkpoint
+from wsi_pipeline.model import LoadedModel, MultiTaskNet, load_checkpoint, save_checkpoint
+from wsi_pipeline.model.predictors import Predictor, load_predictor
+from wsi_pipeline.model.runtime import choose_runtime
 from wsi_pipeline.postproc import PostprocConfig, SegmentationResult, segment_instances
 from wsi_pipeline.stain import ReinhardNormalizer
 from wsi_pipeline.tile_mode import predict as tile_predict
@@ -126,11 +128,16 @@ def test_cli_empty_dir(tmp_path, checkpoint):
     assert res.exit_code != 0 and "no images" in res.output
 
 
+def _engine(model: LoadedModel, backend: str = "torch") -> Predictor:
+    """`model` prepared for the CPU as tile mode prepares it (PyTorch unless asked)."""
+    return load_predictor(model, choose_runtime("cpu", "auto", backend), reuse=False)  # type: ignore[arg-type]
+
+
 def test_segment_image_shapes(checkpoint):
     model = load_checkpoint(checkpoint)
     img = np.random.default_rng(0).integers(0, 255, (90, 130, 3), dtype=np.uint8)
     for mpp in (None, 0.5):
-        result = segment_image(model, img, image_mpp=mpp, tile=128, stride=64)
+        result = segment_image(_engine(model), img, image_mpp=mpp, tile=128, stride=64)
         assert result.inst_map.shape == (90, 130)
         assert result.types.shape == (result.n,) and result.type_probs.shape[0] == result.n
 
@@ -239,12 +246,12 @@ def test_stain_checkpoint_predicts_as_on_the_pre_normalised_image(
     image = np.asarray(Image.open(shared_data / "consep_patches/train/images/train_3_000.jpg"))
     plain, stained = load_checkpoint(checkpoint), load_checkpoint(stain_checkpoint)
     seen = _network_inputs(monkeypatch)
-    result = segment_image(stained, image, tile=128, stride=64)
+    result = segment_image(_engine(stained), image, tile=128, stride=64)
     np.testing.assert_array_equal(seen[0], STAIN(image))
     assert np.abs(seen[0].astype(int) - image).mean() > 10  # the target really differs
-    _same(result, segment_image(plain, STAIN(image), tile=128, stride=64))
+    _same(result, segment_image(_engine(plain), STAIN(image), tile=128, stride=64))
     # another mpp: normalised after resampling, at the model's mpp like the training images
-    segment_image(stained, image[:100, :150], image_mpp=0.5, tile=128, stride=64)
+    segment_image(_engine(stained), image[:100, :150], image_mpp=0.5, tile=128, stride=64)
     assert seen[-1].shape == (200, 300, 3)
     np.testing.assert_array_equal(
         seen[-1], STAIN(np.asarray(Image.fromarray(image[:100, :150]).resize(
@@ -256,9 +263,10 @@ def test_checkpoint_without_stain_predicts_exactly_as_before(checkpoint, shared_
     model = load_checkpoint(checkpoint)
     assert "stain" not in model.meta
     seen = _network_inputs(monkeypatch)
-    result = segment_image(model, image, tile=128, stride=64)
+    engine = _engine(model)
+    result = segment_image(engine, image, tile=128, stride=64)
     assert seen[0] is image  # not even copied
-    maps = predict_tiled(model.net, image, tile=128, stride=64)
+    maps = predict_tiled(engine.net, image, tile=128, stride=64)
     _same(result, segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=0.25))
 
 
@@ -267,7 +275,8 @@ def test_image_without_tissue_is_not_normalised_with_a_warning(stain_checkpoint,
     blank = np.full((96, 96, 3), 242, np.uint8)
     seen = _network_inputs(monkeypatch)
     with caplog.at_level("WARNING", logger="wsi_pipeline.tile_mode.predict"):
-        segment_image(load_checkpoint(stain_checkpoint), blank, tile=128, stride=64, name="glass.png")
+        segment_image(_engine(load_checkpoint(stain_checkpoint)), blank, tile=128, stride=64,
+                      name="glass.png")
     assert seen[0] is blank
     assert "glass.png: too little tissue" in caplog.text
 
@@ -311,7 +320,7 @@ def test_cli_config_postproc_reaches_tile_mode(checkpoint, one_image, tmp_path):
     default = _predict(checkpoint, one_image, tmp_path / "default")
     tuned = _predict(checkpoint, one_image, tmp_path / "tuned", "--config", str(config))
     image = np.asarray(Image.open(one_image / "a.png"))
-    expected = segment_image(load_checkpoint(checkpoint), image,
+    expected = segment_image(_engine(load_checkpoint(checkpoint), "auto"), image,
                              postproc=PostprocConfig(ns_threshold=0.6)).inst_map
     np.testing.assert_array_equal(tuned, expected)
     assert default.max() > 0 and not np.array_equal(tuned, default)  # the setting mattered

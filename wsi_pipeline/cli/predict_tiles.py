@@ -49,15 +49,15 @@ def command(input_dir: Path, output_dir: Path, config_path: Path | None, checkpo
     reported by name and skipped; the exit status is non-zero only if every image failed.
     With --config, the tile grid and post-processing are the run config's, as `run` uses them.
     """
-    import torch
     from tqdm import tqdm
 
     from wsi_pipeline.cohort.config import ConfigError, load_run_config
     from wsi_pipeline.io import SlideReadError
     from wsi_pipeline.io.plain_image import IMAGE_SUFFIXES, read_rgb
     from wsi_pipeline.model import CheckpointError, default_checkpoint_path, load_checkpoint
-    from wsi_pipeline.model.predict import prepare_model, resolve_device
-    from wsi_pipeline.model.quantize import Int8ModelError, int8_network_for
+    from wsi_pipeline.model.predictors import load_predictor
+    from wsi_pipeline.model.quantize import Int8ModelError
+    from wsi_pipeline.model.runtime import RuntimeUnavailable, choose_runtime
     from wsi_pipeline.tile_mode.outputs import OutputClash, plan_outputs
     from wsi_pipeline.tile_mode.predict import (
         segment_image,
@@ -91,30 +91,19 @@ def command(input_dir: Path, output_dir: Path, config_path: Path | None, checkpo
     infer = cfg.infer
     if "batch_size" not in infer.model_fields_set:
         infer = infer.model_copy(update={"batch_size": TILE_MODE_BATCH_SIZE})
-    torch_device = resolve_device(infer.device)
-    if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise click.ClickException("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
     try:
+        runtime = choose_runtime(infer.device, infer.precision, infer.backend)
         model = load_checkpoint(cfg.checkpoint or default_checkpoint_path(), map_location="cpu")
-    except CheckpointError as exc:
+        predictor = load_predictor(model, runtime)
+    except (RuntimeUnavailable, ValueError, CheckpointError, Int8ModelError) as exc:
         raise click.ClickException(str(exc)) from exc
-    # LoadedModel.net is typed as the training MultiTaskNet; the prepared copy (folded, maybe an
-    # OpenVINO wrapper) is a plain nn.Module with the same call (model/checkpoint.py owns that type).
-    try:
-        int8 = int8_network_for(model.path, model.sha256, infer.precision)
-    except Int8ModelError as exc:
-        raise click.ClickException(str(exc)) from exc
-    model.net = prepare_model(  # type: ignore[assignment]
-        model.net, torch_device, infer.precision, infer.backend, int8
-    )
     image_mpp = mpp if mpp is not None else model.mpp
     output_dir.mkdir(parents=True, exist_ok=True)
 
     def process(path: Path) -> None:
         image = read_rgb(path)
-        result = segment_image(model, image, image_mpp=image_mpp, tile=infer.tile_size,
+        result = segment_image(predictor, image, image_mpp=image_mpp, tile=infer.tile_size,
                                stride=infer.effective_stride, batch_size=infer.batch_size,
-                               device=torch_device, precision=infer.precision,
                                postproc=cfg.postproc, tta=tta, name=path.name)
         out = outputs[path]
         write_mat(out.mat, result, model, image_mpp)

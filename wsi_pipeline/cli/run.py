@@ -87,7 +87,7 @@ def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool
     flags replace both."""
     from wsi_pipeline.cohort.cluster import ClusterError
     from wsi_pipeline.cohort.config import ConfigError, load_run_config
-    from wsi_pipeline.cohort.runner import CohortRunner, RunSetupError
+    from wsi_pipeline.cohort.runner import CohortRunner, RunInterrupted, RunSetupError
 
     # Dask's INFO lines (workers joining, comms closing) drown the progress bar; the variable
     # is read when distributed is imported, here and in the worker processes it spawns.
@@ -106,9 +106,14 @@ def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool
             progress.close()
     except (ConfigError, RunSetupError, ClusterError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except RunInterrupted as exc:  # SIGTERM/SIGINT: locks released, the shell's usual status
+        click.echo(str(exc), err=True)
+        sys.exit(128 + exc.signum)
     _print_report(report)
     if not report.ok:
         sys.exit(1)
+    if report.blocked:  # nothing done, only because of other runs' locks: not a success
+        sys.exit(3)
 
 
 def _overrides(options: dict[str, Any]) -> dict[str, Any]:
@@ -276,6 +281,8 @@ def _print_report(report: Any) -> None:
     if report.locked:
         click.echo("a slide locked by a run that is dead is taken over by the next run on the same "
                    "host; from another host rerun with --break-locks", err=True)
+    if getattr(report, "blocked", False):
+        click.echo(report.blocked_line(), err=True)
     for line, row in zip(report.failure_lines(), report.failures, strict=True):
         where = f" (traceback: {report.out_dir / row['log']})" if row.get("log") else ""
         click.echo(f"FAILED {line}{where}", err=True)

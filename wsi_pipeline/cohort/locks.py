@@ -7,11 +7,17 @@ over); fcntl/flock locks are not reliable there. The file says who holds it (hos
 process start time, when, a random token), so that
 
 - a second run names the holder instead of failing in a confusing way;
-- a lock whose holder is gone is taken over without asking when that can be known: same host
-  and the pid is not running (or is running but is another process, started at another time);
-- a lock held from another host is taken over only when asked (`--break-locks`), since from
-  here nobody can tell whether that run is alive;
-- short-lived locks (the manifest's) also expire after `max_age_s`.
+- a lock whose holder is gone is taken over without asking when that can be known: the holder
+  ran in this very kernel and PID namespace (same host name, boot id and
+  /proc/self/ns/pid inode) and its pid is not running (or is running but is another process,
+  started at another time);
+- a lock held from another host, another boot of it, or another PID namespace on this host
+  (a container sharing the host's name: docker `--network host`, Kubernetes `hostNetwork`,
+  where "pid 1" is another process than ours) is taken over only when asked
+  (`--break-locks`), since from here nobody can tell whether that run is alive;
+- short-lived locks (the manifest's) also expire after `max_age_s`, counted on this host's
+  own clock from when it first saw the lock unchanged as well as from the file's mtime: a lock
+  written by a node whose clock runs ahead (an mtime in the future) still expires.
 
 A takeover removes the old file only if it still holds what was judged stale; a second file
 (`<lock>.break`, itself O_EXCL) makes that check-and-remove one step, so two runs that find
@@ -29,7 +35,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from wsi_pipeline.diskfull import naming
@@ -52,9 +58,35 @@ class LockHolder:
     token: str
     pid_start: int | None = None  # start time of the pid (Linux clock ticks), against pid reuse
     command: str = ""
+    #: The kernel's boot id (/proc/sys/kernel/random/boot_id): a host name may be shared by
+    #: other machines, and after a reboot every pid means another process.
+    boot_id: str | None = None
+    #: The PID namespace (inode of /proc/self/ns/pid): containers on one kernel that share its
+    #: host name each number their processes from 1.
+    pid_ns: int | None = None
 
     def describe(self) -> str:
-        return f"host {self.host}, pid {self.pid}, since {self.started_at}"
+        where = f"host {self.host}" + (f" (PID namespace {self.pid_ns})" if self._other_namespace() else "")
+        return f"{where}, pid {self.pid}, since {self.started_at}"
+
+    def _other_namespace(self) -> bool:
+        ours = _pid_namespace()
+        return self.pid_ns is not None and ours is not None and self.pid_ns != ours
+
+    def seen_from_here(self) -> str | None:
+        """Why this host cannot tell whether the holder is alive; None when it can (the holder
+        ran in this kernel, this boot and this PID namespace, or is an older lock without
+        those fields written on this host)."""
+        if self.host != socket.gethostname():
+            return "held from another host"
+        boot = _boot_id()
+        if self.boot_id is not None and boot is not None and self.boot_id != boot:
+            return (f"held from host {self.host} under another boot (boot id {self.boot_id[:8]}: "
+                    "this host before a reboot, or another machine with the same name)")
+        if self._other_namespace():
+            return (f"held from another PID namespace on this host ({self.pid_ns}: a container "
+                    "sharing the host name), where pid numbers mean other processes")
+        return None
 
 
 class LockHeld(RuntimeError):
@@ -70,14 +102,17 @@ def me(command: str = "") -> LockHolder:
     """A holder record for this process, with a fresh token."""
     return LockHolder(host=socket.gethostname(), pid=os.getpid(),
                       started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), token=secrets.token_hex(8),
-                      pid_start=_pid_start(os.getpid()), command=command or " ".join(sys.argv[:1]))
+                      pid_start=_pid_start(os.getpid()), command=command or " ".join(sys.argv[:1]),
+                      boot_id=_boot_id(), pid_ns=_pid_namespace())
 
 
 def read_holder(path: Path) -> LockHolder | None:
     """The holder recorded in `path`; None if absent, empty or unreadable."""
     try:
-        return LockHolder(**json.loads(Path(path).read_text()))
-    except (OSError, ValueError, TypeError):
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(LockHolder)}
+        return LockHolder(**{k: v for k, v in data.items() if k in known})  # newer fields: ignored
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
 
 
@@ -99,8 +134,8 @@ def acquire(path: Path, holder: LockHolder, *, break_foreign: bool = False,
         current = read_holder(path)
         why = _stale_reason(path, current, break_foreign, max_age_s)
         if why is None:
-            hint = ("if it is dead, rerun with --break-locks to take over"
-                    if current is not None and current.host != holder.host else "")
+            foreign = current.seen_from_here() if current is not None else None
+            hint = f"{foreign}: if that run is dead, rerun with --break-locks to take over" if foreign else ""
             raise LockHeld(path, current, hint)
         if _remove_if_unchanged(path, raw):
             who = current.describe() if current is not None else "an unreadable lock file"
@@ -132,11 +167,13 @@ def holds(path: Path, token: str) -> bool:
 
 
 @contextmanager
-def locked(path: Path, holder: LockHolder | None = None, *, timeout_s: float = 60.0,
+def locked(path: Path, holder: LockHolder | None = None, *, timeout_s: float | None = None,
            max_age_s: float = 120.0, break_foreign: bool = False) -> Iterator[None]:
-    """Hold a short-lived lock for the block, waiting up to `timeout_s` for it."""
+    """Hold a short-lived lock for the block, waiting for it up to `timeout_s` (default: a
+    little over `max_age_s`, so that a lock left by a dead run expires while we wait, even one
+    whose mtime another host's clock put in the future)."""
     holder = holder or me()
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + (max_age_s + 30.0 if timeout_s is None else timeout_s)
     delay = 0.01
     while True:
         try:
@@ -187,14 +224,15 @@ def _stale_reason(path: Path, holder: LockHolder | None, break_foreign: bool,
         return f"empty or unreadable for {age:.0f} s" if age > EMPTY_LOCK_TIMEOUT_S else None
     if max_age_s is not None and age > max_age_s:
         return f"older than {max_age_s:.0f} s"
-    if holder.host == socket.gethostname():
+    foreign = holder.seen_from_here()
+    if foreign is None:
         if holder.pid == os.getpid() and holder.pid_start == _pid_start(os.getpid()):
             return None  # this very process (another part of it holds the lock)
         if not _alive(holder.pid, holder.pid_start):
             return f"its process {holder.pid} is no longer running on this host"
         return None
     if break_foreign:
-        return "held from another host, taken over as asked (--break-locks)"
+        return f"{foreign}, taken over as asked (--break-locks)"
     return None
 
 
@@ -219,11 +257,28 @@ def _remove_if_unchanged(path: Path, raw: bytes) -> bool:
         breaker.unlink(missing_ok=True)
 
 
+#: Seconds an mtime may lie ahead of this host's clock before it is said to come from another clock.
+CLOCK_SLACK_S = 5.0
+#: (path, mtime_ns, size) of each lock file seen -> when this process first saw it (monotonic):
+#: the age of a lock whose mtime cannot be trusted (another host's clock ahead of ours).
+_FIRST_SEEN: dict[tuple[str, int, int], float] = {}
+
+
 def _age_s(path: Path) -> float:
+    """How long the lock at `path` has existed: by its mtime, and at least as long as this
+    process has seen it unchanged (an mtime in the future, written by a node whose clock is
+    ahead, would otherwise keep it young for ever)."""
     try:
-        return max(0.0, time.time() - path.stat().st_mtime)
+        st = path.stat()
     except OSError:
         return 0.0
+    now = time.monotonic()
+    seen = _FIRST_SEEN.setdefault((str(path), st.st_mtime_ns, st.st_size), now)
+    ahead = st.st_mtime - time.time()
+    if ahead > CLOCK_SLACK_S and seen == now:
+        log.warning("lock %s was written %.0f s in the future by this host's clock (another "
+                    "host's clock?): its age is counted from now", path, ahead)
+    return max(0.0, time.time() - st.st_mtime, now - seen)
 
 
 def _alive(pid: int, pid_start: int | None) -> bool:
@@ -240,6 +295,22 @@ def _alive(pid: int, pid_start: int | None) -> bool:
         if now is not None and now != pid_start:
             return False  # the pid was reused by a later process
     return True
+
+
+def _boot_id() -> str | None:
+    """This kernel's boot id (Linux); None where unknown."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> int | None:
+    """The inode of this process's PID namespace (Linux); None where unknown."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def _pid_start(pid: int) -> int | None:

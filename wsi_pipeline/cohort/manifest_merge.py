@@ -38,10 +38,12 @@ def merge_rows(existing: list[dict[str, Any]], ours: list[dict[str, Any]],
 
 def write_shared_manifest(out_dir: Path, rows: list[dict[str, Any]],
                           keep_theirs: set[str] | frozenset[str] = frozenset(),
-                          holder: locks.LockHolder | None = None) -> Path:
-    """Merge `rows` into OUT/manifest.parquet (see `merge_rows`) and write it atomically."""
+                          holder: locks.LockHolder | None = None, break_foreign: bool = False) -> Path:
+    """Merge `rows` into OUT/manifest.parquet (see `merge_rows`) and write it atomically.
+    `break_foreign` (`run --break-locks`) takes over a manifest lock that another host, boot or
+    PID namespace left behind at once instead of waiting for it to expire."""
     out_dir = Path(out_dir)
-    with locks.locked(out_dir / MANIFEST_LOCK, holder):
+    with locks.locked(out_dir / MANIFEST_LOCK, holder, break_foreign=break_foreign):
         existing = [r for r in _read_rows(out_dir) if _folder_exists(out_dir, r.get("slide_id"))]
         return write_manifest(out_dir, merge_rows(existing, rows, keep_theirs))
 

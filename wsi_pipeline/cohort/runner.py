@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -81,6 +82,21 @@ class RunSetupError(ValueError):
     """The run cannot start; raised before any slide is touched."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM (a SLURM time limit, `docker stop`, `kill`) or SIGINT stopped the run: the
+    slide locks it held were released on the way out, finished stages are kept."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}: the slide locks of this run were "
+                         "released; finished stages are kept, rerun to resume")
+
+
+class ManifestLocked(RunSetupError):
+    """OUT/.manifest.lock stayed held past its expiry: one line naming the holder (and
+    --break-locks where this host cannot see it), not a traceback."""
+
+
 class DiskFullError(RunSetupError):
     """The disk filled outside any slide's stage (taking a slide lock while planning): the run
     stops; whatever finished before stays finished."""
@@ -123,6 +139,17 @@ class RunReport:
     @property
     def ok(self) -> bool:
         return not self.failures and not self.disk_full
+
+    @property
+    def blocked(self) -> bool:
+        """Slides were left to do, this run ran none of them, and only because other runs
+        hold their locks (a requeued job that finds its own dead run's locks from another node
+        must not exit 0 with every slide pending)."""
+        return bool(self.locked) and self.ran_stages == 0
+
+    def blocked_line(self) -> str:
+        return (f"nothing was run: the {len(self.locked)} slide(s) left to do are locked by other runs "
+                "(listed above); if those runs are dead, rerun with --break-locks")
 
     def failure_lines(self) -> list[str]:
         return [f"{r['slide_id']}: {r['failed_stage']}: {r['error_type']}: {r['error']}"
@@ -197,6 +224,31 @@ def _distributed_to_run_log() -> Iterator[None]:
         dist.propagate = saved
     for w in caught:
         log.info("dask: %s", w.message)
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """While the block runs in the main thread, SIGTERM and SIGINT raise RunInterrupted there
+    (Python's default for SIGTERM is to die at once, skipping every `finally` that releases a
+    lock). Elsewhere (a thread of an embedding program) signals are left as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        for sig in saved:  # a second signal must not interrupt the release of the locks
+            signal.signal(sig, signal.SIG_IGN)
+        log.warning("received %s: stopping, releasing this run's slide locks", signal.Signals(signum).name)
+        raise RunInterrupted(signum)
+
+    saved: dict[int, Any] = {}
+    for caught in (signal.SIGTERM, signal.SIGINT):
+        saved[caught] = signal.signal(caught, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 class _Relay(logging.Handler):
@@ -316,7 +368,10 @@ class CohortRunner:
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> RunReport:
-        with log_to_file(self.out_dir / "logs" / "run.log", this_thread_only=False):
+        """Run the plan. SIGTERM and SIGINT stop it as RunInterrupted, releasing every slide
+        lock it holds first (within SLURM's grace period: no slide is left locked for the
+        requeued job to skip)."""
+        with log_to_file(self.out_dir / "logs" / "run.log", this_thread_only=False), _signals_interrupt():
             try:
                 return self._run()
             except OSError as exc:  # met outside the stages, which handle their own
@@ -638,8 +693,10 @@ class CohortRunner:
         if force or now - self._last_manifest >= MANIFEST_INTERVAL_S:
             try:
                 write_shared_manifest(self.out_dir, list(rows.values()), keep_theirs=self._foreign,
-                                      holder=self.holder)
+                                      holder=self.holder, break_foreign=self.break_locks)
                 self._full_writes.pop("the manifest", None)  # replaced after all
+            except locks.LockHeld as exc:
+                raise ManifestLocked(f"the manifest cannot be written: {exc}") from exc
             except OSError as exc:
                 if disk_full_error(exc) is None:
                     raise

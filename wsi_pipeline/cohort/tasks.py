@@ -342,15 +342,14 @@ STAGE_PROGRESS: list[Callable[[str, str, int, int], None]] = []
 
 def _model(job: SlideJob) -> Any:
     """The checkpoint loaded once per worker process and device."""
-    import torch
-
     from wsi_pipeline.model import load_checkpoint
-    from wsi_pipeline.model.predict import resolve_device
+    from wsi_pipeline.model.runtime import RuntimeUnavailable, choose_runtime
 
-    resolved = resolve_device(job.cfg.infer.device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {job.cfg.infer.device!r} requested but no GPU is visible on {_host()}")
-    device = str(resolved)
+    infer = job.cfg.infer
+    try:
+        device = str(choose_runtime(infer.device, infer.precision, infer.backend).device)
+    except RuntimeUnavailable as exc:
+        raise RuntimeError(f"{exc}, on {_host()}") from exc
     key = (str(job.checkpoint), job.model_sha256, device)
     with _MODELS_LOCK:
         if key not in _MODELS:

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 import zarr
 from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec, Crc32cCodec
@@ -57,13 +56,8 @@ from wsi_pipeline.inference.tissue import TissueResult, detect_tissue, save_tiss
 from wsi_pipeline.io import Slide
 from wsi_pipeline.maps_store import maps_array
 from wsi_pipeline.model import LoadedModel
-from wsi_pipeline.model.predict import (
-    backend_record,
-    predict_batch_compact,
-    prepare_model,
-    resolve_device,
-)
-from wsi_pipeline.model.quantize import int8_network_for
+from wsi_pipeline.model.predictors import Predictor, load_predictor
+from wsi_pipeline.model.runtime import choose_runtime
 from wsi_pipeline.stain import Normalizer, normalizer_from_meta
 
 log = logging.getLogger(__name__)
@@ -203,7 +197,7 @@ def _attributes(slide: Slide, geo: _Geometry, cfg: InferConfig, model: LoadedMod
         class_names=tuple(model.class_names),
         class_colors=tuple(model.class_colors),
         model_sha256=model.sha256,
-        backend=backend_record(resolve_device(cfg.device), cfg.backend, cfg.precision),
+        backend=choose_runtime(cfg.device, cfg.precision, cfg.backend).record(),
         model_config=model.config.model_dump(),
         config=cfg.model_dump(mode="json"),
         wsi_pipeline_version=__version__,
@@ -260,20 +254,11 @@ def _slide_stain(slide: Slide, geo: _Geometry, tissue: TissueResult, normalizer:
     return lambda tile: normalizer.apply(tile, stats), record
 
 
-_PREPARED: dict[tuple, torch.nn.Module] = {}  # one entry: the last network prepared
-_PREPARED_LOCK = threading.Lock()
-
-
-def prepared_network(model: LoadedModel, device: torch.device, cfg: InferConfig) -> torch.nn.Module:
-    """`prepare_model` once per model and settings in a process, not once per slide: compiling
-    for OpenVINO takes seconds, and a cohort worker keeps its model for every slide it runs."""
-    key = (id(model), model.sha256, str(device), cfg.precision, cfg.backend, torch.get_num_threads())
-    with _PREPARED_LOCK:
-        if key not in _PREPARED:
-            _PREPARED.clear()
-            int8 = int8_network_for(model.path, model.sha256, cfg.precision)
-            _PREPARED[key] = prepare_model(model.net, device, cfg.precision, cfg.backend, int8)
-        return _PREPARED[key]
+def prepared_network(model: LoadedModel, cfg: InferConfig) -> Predictor:
+    """The predictor of `model` for `cfg`'s device, precision and back end, prepared once per
+    model and settings in a process (`model.predictors.load_predictor`), not once per slide:
+    compiling for OpenVINO takes seconds, and a cohort worker keeps its model for every slide."""
+    return load_predictor(model, choose_runtime(cfg.device, cfg.precision, cfg.backend))
 
 
 class _ChunkWriter:
@@ -343,8 +328,7 @@ def _run_pipeline(slide: Slide, group: zarr.Group, geo: _Geometry, cfg: InferCon
                   stain: Callable[[np.ndarray], np.ndarray] | None,
                   on_tiles: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Read (and stain-normalise, counted as reading) -> model -> write, overlapped."""
-    device = resolve_device(cfg.device)
-    net = prepared_network(model, device, cfg)
+    predictor = prepared_network(model, cfg)
     plan = geo.plan
     writer = _ChunkWriter(group, geo, model.config.n_types)
     read_seconds = [0.0]
@@ -402,7 +386,7 @@ def _run_pipeline(slide: Slide, group: zarr.Group, geo: _Geometry, cfg: InferCon
                 first = next_run - len(pending)
                 batch = np.stack([pending.popleft().result() for _ in range(n)])
                 t0 = time.perf_counter()
-                pred = predict_batch_compact(net, batch, device, cfg.precision)
+                pred = predictor.predict_compact(batch)
                 model_seconds += time.perf_counter() - t0
                 if errors:
                     break

@@ -4,7 +4,7 @@ In eval mode a BatchNorm is a per-channel affine map, so conv → BN equals one 
 weights and a bias (`torch.nn.utils.fusion.fuse_conv_bn_eval`). Measured on the shipped network
 (benchmarks/model_speed.py) BN was ~12 % of a CPU forward pass, and under bf16 autocast each BN,
 upsample and concatenation also cast its activations between bf16 and fp32; without BN the
-whole network can hold bf16 weights and run without autocast (`model.predict.prepare_model`).
+whole network can hold bf16 weights and run without autocast (`model.predictors.torch_predictor`).
 Training keeps the unfolded network: folding is only valid with frozen statistics.
 """
 

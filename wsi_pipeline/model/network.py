@@ -62,7 +62,7 @@ class MultiTaskNet(nn.Module):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """dtype of the weights: fp32, or bf16 in a CPU inference copy (`predict.prepare_model`),
+        """dtype of the weights: fp32, or bf16 in a CPU inference copy (`model.predictors.torch_predictor`),
         which takes the image normalised in fp32 (the normalisation buffers stay fp32)."""
         return next(self.encoders[BRANCHES[0]].parameters()).dtype  # its stem conv
 

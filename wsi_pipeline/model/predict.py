@@ -1,12 +1,10 @@
 """Run the network on a batch of uint8 tiles, as fast as the hardware allows.
 
-`prepare_model` makes the inference copy once: BatchNorm folded into the convs (`model.fold`),
-and on a CPU with native bf16 (AVX512-BF16 / AMX-BF16) bf16 weights in channels_last, run
-without autocast. Autocast would cast activations between bf16 and fp32 around every op it keeps
-in fp32 (upsampling) and every concatenation that meets both; with bf16 weights throughout the
-network stays in bf16 (measured: benchmarks/model_speed.py). The image normalisation and the
-outputs stay fp32. CUDA: fp16 autocast (bf16 where the GPU supports it) with pinned host memory
-and non-blocking copies.
+The network comes prepared by its back end (`model.predictors`: BatchNorm folded, bf16 weights
+on CPUs with native bf16, or compiled by OpenVINO); a network whose weights are bf16 casts its
+normalised input itself and runs without autocast. The image normalisation and the outputs stay
+fp32. CUDA: fp16 autocast (bf16 where the GPU supports it) with pinned host memory and
+non-blocking copies.
 
 Test-time augmentation (`tta=True`) averages the network over the four flips of each tile
 (identity, left-right, up-down, both), undoing each flip on the outputs: probabilities flip
@@ -19,16 +17,13 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from wsi_pipeline.model.fold import fold_batchnorm
-
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
-Backend = Literal["auto", "torch", "openvino"]
 
 
 #: CPU feature flags (Linux /proc/cpuinfo names) of native bf16 arithmetic: x86 AVX512-BF16 and
@@ -74,67 +69,14 @@ def autocast_dtype(device: torch.device, precision: Precision = "auto") -> torch
     return None
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" picks CUDA when available."""
+def resolve_device(device: str | torch.device = "auto", cuda: bool | None = None) -> torch.device:
+    """"auto" picks CUDA when available (`cuda`: whether it is; None: ask torch). The one rule
+    of the automatic device, for inference (`model.runtime`) and training alike."""
     if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if cuda is None:
+            cuda = torch.cuda.is_available()
+        return torch.device("cuda" if cuda else "cpu")
     return torch.device(device)
-
-
-def prepare_model(net: nn.Module, device: torch.device, precision: Precision = "auto",
-                  backend: Backend = "torch", int8_model: Any = None) -> nn.Module:
-    """The inference copy of `net` (module docstring); `net` itself is left as it was, so a
-    training network can be prepared for validation and go on training. Call once, before
-    inference, outside `torch.inference_mode()` (memory-format changes inside it break
-    training). `backend`: "openvino" compiles it for the CPU (`model.openvino_net`), "auto"
-    does so on the CPU where OpenVINO is installed; "torch" is plain PyTorch. Precision "int8"
-    runs `int8_model` (`model.quantize.load_int8_model`) instead of `net`, on OpenVINO only."""
-    name = resolve_backend(backend, device)
-    if precision == "int8" and (name != "openvino" or int8_model is None):
-        raise ValueError("precision int8 runs a quantised network (wsi-pipeline quantize-model) on the "
-                         f"openvino back end; here the back end is {name}"
-                         + ("" if name != "openvino" else " but no int8 network was given"))
-    if name == "openvino":
-        from wsi_pipeline.model.openvino_net import OpenVINONet, OVPrecision, convert_network
-
-        dtype = autocast_dtype(device, precision)
-        ov_precision: OVPrecision = "f32" if dtype is None else "bf16" if dtype == torch.bfloat16 else "f16"
-        model = int8_model if precision == "int8" else convert_network(net)
-        return OpenVINONet(model, ov_precision, torch.get_num_threads())
-    net = fold_batchnorm(net).to(device)
-    dtype = autocast_dtype(device, precision)
-    if dtype is not None:
-        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stubs
-        if device.type == "cpu":
-            with torch.no_grad():
-                for p in net.parameters():  # buffers (the normalisation constants) stay fp32
-                    p.data = p.data.to(dtype)
-    return net
-
-
-def resolve_backend(backend: Backend, device: torch.device) -> Literal["torch", "openvino"]:
-    """"auto": OpenVINO on the CPU when it is installed, else PyTorch (always on CUDA)."""
-    if backend == "auto":
-        from wsi_pipeline.model.openvino_net import openvino_available
-
-        return "openvino" if device.type == "cpu" and openvino_available() else "torch"
-    if backend == "openvino" and device.type != "cpu":
-        raise ValueError(f"the openvino back end runs on the CPU only, not on {device}")
-    return backend
-
-
-def backend_record(device: torch.device, backend: Backend = "auto", precision: Precision = "auto") -> dict:
-    """What ran the network, for provenance: back end and its version, device, precision."""
-    name = resolve_backend(backend, device)
-    dtype = autocast_dtype(device, precision)
-    version = torch.__version__
-    if name == "openvino":
-        import openvino
-
-        version = openvino.get_version()
-    float_precision = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
-    return {"backend": name, "version": version, "device": str(device),
-            "precision": f"int8 (float layers {float_precision})" if precision == "int8" else float_precision}
 
 
 def _weight_dtype(net: nn.Module) -> torch.dtype:

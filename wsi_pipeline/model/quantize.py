@@ -43,12 +43,6 @@ def int8_model_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + INT8_SUFFIX)
 
 
-def int8_network_for(checkpoint: Path, checkpoint_sha256: str, precision: str) -> Any:
-    """What `prepare_model`'s `int8_model` takes for `precision`: the checkpoint's int8 network
-    (beside it, checked) with "int8", None with any float precision."""
-    return load_int8_model(int8_model_path(checkpoint), checkpoint_sha256) if precision == "int8" else None
-
-
 def calibration_crops(images: Sequence[np.ndarray], count: int, size: int, seed: int) -> list[np.ndarray]:
     """`count` random `size`² uint8 crops drawn evenly over `images` (each at least `size`²), in
     a seeded order: what the network sees in the engine, tile by tile."""

@@ -25,7 +25,7 @@ from wsi_pipeline.export.geojson import hex_to_rgb, write_feature_collection
 from wsi_pipeline.inference.config import DEFAULT_STRIDE, DEFAULT_TILE_SIZE
 from wsi_pipeline.inference.image import predict_tiled
 from wsi_pipeline.model import LoadedModel
-from wsi_pipeline.model.predict import Precision
+from wsi_pipeline.model.predictors import Predictor
 from wsi_pipeline.postproc import PostprocConfig, SegmentationResult, segment_instances
 from wsi_pipeline.postproc.measure import nucleus_table
 from wsi_pipeline.resample import resize_rgb, scaled_size
@@ -35,34 +35,35 @@ log = logging.getLogger(__name__)
 
 
 def segment_image(
-    model: LoadedModel,
+    predictor: Predictor,
     image: np.ndarray,
     *,
     image_mpp: float | None = None,
     tile: int = DEFAULT_TILE_SIZE,
     stride: int = DEFAULT_STRIDE,
     batch_size: int = 8,
-    device: torch.device | str = "cpu",
-    precision: Precision = "auto",
     postproc: PostprocConfig | None = None,
     two_step: bool = True,
     tta: bool = False,
     name: str = "image",
 ) -> SegmentationResult:
-    """Instances of an RGB uint8 image; `image_mpp` None means "already at the model's mpp";
-    `tile`/`stride`: the tile grid at the model's mpp (`predict-tiles` passes a run config's
-    `infer.tile_size` and `infer.effective_stride`); `postproc`: the watershed's settings (None =
-    the defaults); `tta`: flip test-time augmentation (4x the network time); `name` identifies
-    the image in log messages."""
+    """Instances of an RGB uint8 image, by `predictor`'s network (`model.predictors`).
+
+    `image_mpp` None means "already at the model's mpp"; `tile`/`stride`: the tile grid at the
+    model's mpp (`predict-tiles` passes a run config's `infer.tile_size` and
+    `infer.effective_stride`); `postproc`: the watershed's settings (None = the defaults);
+    `tta`: flip test-time augmentation (4x the network time); `name` identifies the image in
+    log messages."""
+    model = predictor.model
     mpp = float(model.mpp) if image_mpp is None else float(image_mpp)
     h, w = image.shape[:2]
     factor = mpp / float(model.mpp)  # > 1: the image is coarser than the model wants
     net_input = image
     if abs(factor - 1) > 1e-3:  # the engine's resampling, as for slide tiles
         net_input = resize_rgb(image, scaled_size((h, w), factor))
-    maps = predict_tiled(model.net, _normalize_stain(model, net_input, name), tile=tile,
-                         stride=stride, batch_size=batch_size, device=device, precision=precision,
-                         tta=tta)
+    maps = predict_tiled(predictor.net, _normalize_stain(model, net_input, name), tile=tile,
+                         stride=stride, batch_size=batch_size, device=predictor.runtime.device,
+                         precision=predictor.runtime.precision, tta=tta)
     if net_input is not image:
         maps = {k: _resize_maps(v, (h, w)) for k, v in maps.items()}
     return segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=mpp, config=postproc,
