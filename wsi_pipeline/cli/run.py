@@ -70,6 +70,12 @@ def _help(text: str, key: str) -> str:
 @click.option("--workers", type=int,
               help=_help("CPU workers of the embedded cluster (0 = no cluster, run in this "
                          "process).", "workers"))
+@click.option("--slide-index", type=click.IntRange(min=0),
+              help=_help("Run only the slide at this 0-based position of SOURCE (a list's rows, a "
+                         "folder's sorted paths), e.g. $SLURM_ARRAY_TASK_ID: one slide per array "
+                         "task, all into one OUT (the slide and manifest locks keep them apart); "
+                         "no cohort summary, run `wsi-pipeline summarize OUT` after the last.",
+                         "every slide of SOURCE"))
 @click.option("--retry-failed", is_flag=True, default=None,
               help=_help("Rerun slides that failed before.", "retry_failed"))
 @click.option("--dry-run", is_flag=True,
@@ -78,7 +84,7 @@ def _help(text: str, key: str) -> str:
               help=_help("Take over slide locks held by runs on other hosts (only when those runs "
                          "are dead; locks of dead runs on this host are taken over anyway).", "off"))
 def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool, break_locks: bool,
-            **options: Any) -> None:
+            slide_index: int | None = None, **options: Any) -> None:
     """Segment and classify every nucleus in SOURCE: a slide, a folder of slides (searched
     recursively) or a CSV/TSV list of slide paths. Rerunning resumes: finished stages are skipped,
     stages whose settings or model changed are redone.
@@ -94,9 +100,13 @@ def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         cfg = load_run_config(config_path, _overrides(options))
+        if slide_index is not None:  # the array's last task cannot know it is last: no summary
+            cfg = cfg.model_copy(update={"summarize": False})
         progress = _Progress()
         runner = CohortRunner(source, out_dir, cfg, on_event=progress, dry_run=dry_run,
                               break_locks=break_locks)
+        if slide_index is not None:
+            runner.entries = _one_slide(runner.entries, slide_index, source)
         if dry_run:
             _print_preview(runner)
             return
@@ -114,6 +124,15 @@ def command(source: Path, out_dir: Path, config_path: Path | None, dry_run: bool
         sys.exit(1)
     if report.blocked:  # nothing done, only because of other runs' locks: not a success
         sys.exit(3)
+
+
+def _one_slide(entries: list[Any], index: int, source: Path) -> list[Any]:
+    """The entry at `index` of SOURCE's slides (discovery order, the same in every array task)."""
+    if index >= len(entries):
+        last = f"0-{len(entries) - 1}" if entries else "none"
+        raise click.ClickException(f"--slide-index {index}: {source} has {len(entries)} slide(s) "
+                                   f"(indices {last})")
+    return [entries[index]]
 
 
 def _overrides(options: dict[str, Any]) -> dict[str, Any]:
