@@ -50,12 +50,15 @@ class Runtime:
         or "openvino-int8".
     reasons : tuple of str
         Why, one phrase per decision, as logged.
+    cpu_bf16 : bool
+        Whether the machine's CPU has native bf16 ("auto" precision on the CPU).
     """
 
     device: torch.device
     precision: Precision
     predictor: str
     reasons: tuple[str, ...] = ()
+    cpu_bf16: bool = False
 
     @property
     def backend(self) -> Literal["torch", "openvino"]:
@@ -65,6 +68,8 @@ class Runtime:
     @property
     def float_dtype(self) -> torch.dtype | None:
         """The dtype of the floating-point layers (None: fp32)."""
+        if self.device.type == "cpu" and self.precision in ("auto", "int8"):
+            return torch.bfloat16 if self.cpu_bf16 else None
         return autocast_dtype(self.device, self.precision)
 
     def record(self) -> dict[str, str]:
@@ -150,7 +155,7 @@ def decide_runtime(device: str | torch.device = "auto", precision: Precision = "
     else:
         reasons.append(f"precision {precision} as configured")
     predictor = "openvino-int8" if precision == "int8" else name
-    return Runtime(dev, precision, predictor, tuple(reasons))
+    return Runtime(dev, precision, predictor, tuple(reasons), cpu_bf16)
 
 
 def choose_runtime(device: str | torch.device = "auto", precision: Precision = "auto",
