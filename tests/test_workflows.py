@@ -22,7 +22,8 @@ def _launcher():
     return module
 
 
-@pytest.mark.parametrize("name, system", [("slurm.yaml", "slurm"), ("pbs.yaml", "pbs")])
+@pytest.mark.parametrize("name, system", [("slurm.yaml", "slurm"), ("pbs.yaml", "pbs"),
+                                          ("slurm_cpu.yaml", "slurm")])
 def test_queue_configs_load(name, system):
     jq = _launcher().load_jobqueue_config(WORKFLOWS / name)
     assert jq.system == system and jq.jobs >= 1
@@ -40,6 +41,16 @@ def test_queue_config_typo_is_named(tmp_path):
 def test_example_run_config_loads():
     cfg = load_run_config(WORKFLOWS / "cohort_cluster.yaml")
     assert cfg.cluster.retries == 3 and cfg.export.geojson
+    cpu = load_run_config(WORKFLOWS / "cohort_cpu.yaml")
+    assert cpu.infer.device == "cpu" and cpu.cluster.retries == 3
+
+
+def test_cpu_queue_config_documents_interface_and_prologue():
+    """The two keys every site changes are in the CPU example, with their comments."""
+    text = (WORKFLOWS / "slurm_cpu.yaml").read_text()
+    jq = _launcher().load_jobqueue_config(WORKFLOWS / "slurm_cpu.yaml")
+    assert "interface" in jq.job and jq.job["job_script_prologue"]
+    assert "# Network interface" in text and "activate" in text
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in WORKFLOWS.glob("*.sh")))

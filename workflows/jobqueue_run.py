@@ -53,8 +53,9 @@ def make_cluster(jq: JobqueueConfig, retries: int) -> Any:
 @click.option("--print-job-script", is_flag=True, help="Show the job script and exit (submits nothing).")
 def main(queue_config: Path, source: Path | None, out_dir: Path | None, run_config: Path | None,
          print_job_script: bool) -> None:
+    from wsi_pipeline.cohort.cluster import ClusterError
     from wsi_pipeline.cohort.config import ConfigError, load_run_config
-    from wsi_pipeline.cohort.runner import CohortRunner, RunSetupError
+    from wsi_pipeline.cohort.runner import CohortRunner, RunInterrupted, RunSetupError
 
     try:
         jq = load_jobqueue_config(queue_config)
@@ -74,8 +75,16 @@ def main(queue_config: Path, source: Path | None, out_dir: Path | None, run_conf
             update={"scheduler": cluster.scheduler_address})})
         try:
             report = CohortRunner(source, out_dir, cfg).run()
-        except RunSetupError as exc:
+        except (RunSetupError, ClusterError) as exc:
             raise click.ClickException(str(exc)) from exc
+        except RunInterrupted as exc:  # SIGTERM/SIGINT: the run released its slide locks
+            interrupted: RunInterrupted | None = exc
+        else:
+            interrupted = None
+    # Leaving the `with` block cancelled the worker jobs (scancel/qdel): none is left behind.
+    if interrupted is not None:
+        click.echo(f"{interrupted}; the worker jobs were cancelled", err=True)
+        sys.exit(128 + interrupted.signum)
     for line in report.failure_lines():
         click.echo(f"FAILED {line}", err=True)
     click.echo(f"{len(report.rows)} slides, {len(report.failures)} failed; manifest in {out_dir}", err=True)
