@@ -112,6 +112,18 @@ FAULT_MATRIX: dict[str, str] = {
         "cohort.test_fault_matrix_second::test_sigterm_releases_every_lock_and_the_requeued_run_finishes",
     "a run that did nothing because of locks":
         "cohort.test_fault_matrix_second::test_a_run_that_did_nothing_because_of_locks_exits_non_zero",
+    "an id once given, when a slide of the same name arrives":
+        "cohort.test_fault_matrix_second::test_an_id_once_given_is_kept_when_a_slide_of_the_same_name_arrives_later",
+    "another scan of the same size and mtime (cp -p)":
+        "cohort.test_fault_matrix_second::test_a_slide_replaced_by_another_scan_of_the_same_size_and_mtime_is_redone",
+    "outputs of the fingerprint without content":
+        "cohort.test_fault_matrix_second::test_markers_of_the_fingerprint_without_content_are_upgraded_not_redone",
+    "slide lists saved by spreadsheets":
+        "cohort.test_fault_matrix_second::test_slide_lists_saved_by_spreadsheets_are_read",
+    "Windows names, links to other disks, broken links":
+        "cohort.test_fault_matrix_second::test_windows_names_links_to_other_disks_and_broken_links_each_one_line",
+    "an unreadable folder in the cohort":
+        "cohort.test_fault_matrix_second::test_an_unreadable_folder_is_named_and_the_other_slides_run",
     "a manifest lock from a clock ahead; --break-locks":
         "cohort.test_fault_matrix_second::test_a_manifest_lock_from_a_clock_ahead_expires_and_break_locks_takes_it",
     "bits flipped in a maps chunk, then a changed setting":

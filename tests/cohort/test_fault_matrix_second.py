@@ -302,3 +302,143 @@ def test_a_manifest_lock_from_a_clock_ahead_expires_and_break_locks_takes_it(coh
     leave()
     report = run_here(root / "slides" / "cmu_a.tif", out, ckpt, break_locks=True)
     assert report.ok and not lock.exists()
+
+
+# -- slide identity ---------------------------------------------------------------------------
+def test_an_id_once_given_is_kept_when_a_slide_of_the_same_name_arrives_later(cohort, tmp_path):
+    """An incremental cohort: batch1/S1.tif finished as S1; later batch2/S1.tif (another
+    slide) arrives. S1 keeps its id and its results (nothing redone), the newcomer gets its
+    own id, and the manifest lists each file once."""
+    root, ckpt = cohort
+    slides, out = tmp_path / "cohort", tmp_path / "out"
+    (slides / "batch1").mkdir(parents=True)
+    shutil.copy(root / "slides" / "cmu_a.tif", slides / "batch1" / "S1.tif")
+    assert run_here(slides, out, ckpt).ok
+    marker = (out / "S1" / "stages" / "infer.json").read_bytes()
+    (slides / "batch2").mkdir()
+    shutil.copy(root / "slides" / "cmu_b.tif", slides / "batch2" / "S1.tif")
+    report = run_here(slides, out, ckpt)
+    assert report.ok and report.ran_stages == 3  # the newcomer's three stages only
+    rows = pd.read_parquet(out / "manifest.parquet").set_index("slide_id")
+    assert len(rows) == 2 and rows["path"].is_unique
+    assert rows.loc["S1", "path"] == str(slides / "batch1" / "S1.tif")
+    assert rows.loc["batch2__S1", "path"] == str(slides / "batch2" / "S1.tif")
+    assert (out / "S1" / "stages" / "infer.json").read_bytes() == marker
+    summary = pd.read_parquet(out / "cohort_summary.parquet")
+    assert sorted(summary["slide_id"].unique()) == ["S1", "batch2__S1"]
+
+
+def _same_size(a: Path, b: Path) -> None:
+    """Pad the smaller TIFF with zeros (readers ignore trailing bytes) to the other's size."""
+    small, big = sorted((a, b), key=lambda p: p.stat().st_size)
+    with open(small, "ab") as fh:
+        fh.write(b"\0" * (big.stat().st_size - small.stat().st_size))
+
+
+def test_a_slide_replaced_by_another_scan_of_the_same_size_and_mtime_is_redone(cohort, finished, tmp_path):
+    """`cp -p` / `rsync -a` of another scan of identical size over a finished slide: the
+    content sample in the fingerprint differs, so the slide is redone and reports the new
+    scan's nuclei, not the old one's."""
+    root, ckpt = cohort
+    slides, out = tmp_path / "slides", tmp_path / "out"
+    slides.mkdir()
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    shutil.copy(root / "slides" / "cmu_a.tif", a)
+    shutil.copy(root / "slides" / "cmu_b.tif", b)
+    _same_size(a, b)
+    shutil.copy2(a, slides / "S.tif")
+    assert run_here(slides, out, ckpt).ok
+    st = (slides / "S.tif").stat()
+    (slides / "S.tif").write_bytes(b.read_bytes())
+    os.utime(slides / "S.tif", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (slides / "S.tif").stat().st_size == st.st_size
+    report = run_here(slides, out, ckpt)
+    assert report.ok and report.ran_stages == 3
+    before = pd.read_parquet(finished[0] / "manifest.parquet").set_index("slide_id")
+    expected = before.loc["cmu_b", "n_nuclei"]
+    assert pd.read_parquet(out / "manifest.parquet")["n_nuclei"].tolist() == [expected]
+
+
+def test_markers_of_the_fingerprint_without_content_are_upgraded_not_redone(cohort, finished, tmp_path):
+    """An OUT finished by a version whose fingerprint was size + mtime: the upgrade keeps every
+    finished stage (nothing is inferred again) and records the new hashes."""
+    import json
+
+    from wsi_pipeline.cohort.stages import STAGES, legacy_fingerprint, stage_hashes
+
+    root, ckpt = cohort
+    out = _copy(finished[0], tmp_path / "out")
+    cfg = load_run_config(None, {"checkpoint": str(ckpt), "cluster": {"workers": 0}})
+    runner = CohortRunner(root / "slides", out, cfg)
+    for entry in runner.entries:
+        old = stage_hashes(runner._stage_configs(entry), runner.model_sha256, legacy_fingerprint(entry.path))
+        for stage in STAGES:
+            marker = out / entry.slide_id / "stages" / f"{stage}.json"
+            marker.write_text(json.dumps({**json.loads(marker.read_text()), "config_hash": old[stage]}))
+    report = run_here(root / "slides", out, ckpt)
+    assert report.ok and report.ran_stages == 0
+    assert run_here(root / "slides", out, ckpt).ran_stages == 0
+    assert_same_tables(finished[1], result_tables(out))
+
+
+def test_slide_lists_saved_by_spreadsheets_are_read(cohort, tmp_path):
+    """A list saved by Excel/LibreOffice: a byte-order mark, CRLF, quoted cells, `;` as the
+    separator, Windows separators in relative paths; or UTF-16, or Windows-1252 with a name
+    that is not ASCII. Every slide is found, with its mpp."""
+    from wsi_pipeline.cohort.discover import discover
+
+    root, _ = cohort
+    folder = tmp_path / "lists"
+    (folder / "slides").mkdir(parents=True)
+    for name in ("cmu_a.tif", "cmu_b.tif", "café.tif"):
+        shutil.copy(root / "slides" / "cmu_a.tif", folder / "slides" / name)
+    text = '"path";"mpp"\r\n"slides\\cmu_a.tif";"0,5"\r\n"slides\\cmu_b.tif";""\r\n"slides\\café.tif";\r\n'
+    for name, data in {"bom_semicolon.csv": b"\xef\xbb\xbf" + text.replace('"0,5"', '').encode(),
+                       "utf16.csv": text.replace(";", "\t").replace('"0,5"', "").encode("utf-16"),
+                       "cp1252.csv": text.replace('"0,5"', "").encode("cp1252")}.items():
+        listing = folder / name
+        listing.write_bytes(data)
+        found = discover(listing)
+        assert sorted(e.slide_id for e in found) == ["café", "cmu_a", "cmu_b"], name
+        assert all(e.path.is_file() for e in found), name
+
+
+def test_windows_names_links_to_other_disks_and_broken_links_each_one_line(cohort, tmp_path, caplog):
+    """A cohort from a Windows share (a name that is not UTF-8) and from links to other disks
+    (a linked folder, a link whose disk is not mounted): every readable slide runs, the
+    broken link is a failed row naming it, and the manifest stores every name."""
+    root, ckpt = cohort
+    slides, other_disk, out = tmp_path / "cohort", tmp_path / "other_disk", tmp_path / "out"
+    slides.mkdir()
+    other_disk.mkdir()
+    windows_name = os.fsdecode(b"Pr\xe9paration.tif")  # Latin-1 bytes, as an SMB mount may show them
+    shutil.copy(root / "slides" / "cmu_a.tif", slides / windows_name)
+    shutil.copy(root / "slides" / "cmu_b.tif", other_disk / "linked.tif")
+    (slides / "from_other_disk").symlink_to(other_disk, target_is_directory=True)
+    (slides / "unmounted.tif").symlink_to(tmp_path / "not_mounted" / "x.tif")
+    with caplog.at_level("WARNING", logger="wsi_pipeline"):
+        report = run_here(slides, out, ckpt)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("unmounted.tif" in line and "does not exist" in line for line in lines)
+    rows = pd.read_parquet(out / "manifest.parquet").set_index("slide_id")
+    assert rows.loc["Pr_paration", "status"] == "done" and "\\xe9" in rows.loc["Pr_paration", "path"]
+    assert rows.loc["linked", "status"] == "done"
+    assert rows.loc["unmounted", "status"] == "failed" and "unmounted.tif" in rows.loc["unmounted", "error"]
+    assert [f["slide_id"] for f in report.failures] == ["unmounted"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder: an unreadable one cannot be made")
+def test_an_unreadable_folder_is_named_and_the_other_slides_run(cohort, tmp_path, caplog):
+    root, ckpt = cohort
+    slides, out = tmp_path / "cohort", tmp_path / "out"
+    (slides / "closed").mkdir(parents=True)
+    shutil.copy(root / "slides" / "cmu_a.tif", slides / "a.tif")
+    shutil.copy(root / "slides" / "cmu_b.tif", slides / "closed" / "b.tif")
+    (slides / "closed").chmod(0)
+    try:
+        with caplog.at_level("WARNING", logger="wsi_pipeline"):
+            report = run_here(slides, out, ckpt)
+    finally:
+        (slides / "closed").chmod(0o755)
+    assert report.ok and [r["slide_id"] for r in report.rows] == ["a"]
+    assert any("closed" in r.getMessage() and "cannot be read" in r.getMessage() for r in caplog.records)

@@ -7,6 +7,7 @@ the manifest is a table view of them, rewritten atomically whenever a slide chan
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,11 +16,13 @@ import pyarrow.parquet as pq
 
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import write_bytes_atomic
-from wsi_pipeline.cohort.discover import SlideEntry
+from wsi_pipeline.cohort.discover import SlideEntry, printable_path
 from wsi_pipeline.cohort.stages import STAGES, SlideStages
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.parquet"
 STATUSES = ("done", "failed", "no_tissue", "pending")
@@ -83,7 +86,7 @@ def slide_row(out_dir: Path, entry: SlideEntry, expected: dict[str, str] | None,
     failed = failure if status == "failed" and failure is not None else {}
     row: dict[str, Any] = {
         "slide_id": entry.slide_id,
-        "path": str(entry.path),
+        "path": printable_path(entry.path),  # a name that is not UTF-8: escaped, not a crash
         "size_bytes": size,
         "status": status,
         "failed_stage": failed.get("stage"),
@@ -124,6 +127,20 @@ def write_manifest(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
     path = out_dir / MANIFEST
     write_bytes_atomic(path, buf.getvalue(), fsync=True)
     return path
+
+
+def known_ids(out_dir: Path) -> dict[str, str]:
+    """path -> slide id of every slide OUT's manifest lists ({} without a readable one): the
+    ids discovery keeps (`discover(known_ids=...)`), so that an id never changes."""
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        table = pq.read_table(path, columns=["path", "slide_id"]).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - a damaged manifest is rebuilt; ids from the rules
+        log.warning("%s cannot be read (%s): slide ids come from the naming rules alone", path, exc)
+        return {}
+    return {r["path"]: r["slide_id"] for r in table if r["path"] and r["slide_id"]}
 
 
 def read_manifest(out_dir: Path) -> pd.DataFrame:

@@ -37,7 +37,7 @@ from wsi_pipeline.cohort import locks
 from wsi_pipeline.cohort.config import RunConfig
 from wsi_pipeline.cohort.discover import SlideEntry, discover
 from wsi_pipeline.cohort.layout import UnsafeSlideId, slide_dir, slide_lock
-from wsi_pipeline.cohort.manifest import slide_row
+from wsi_pipeline.cohort.manifest import known_ids, slide_row
 from wsi_pipeline.cohort.manifest_merge import write_shared_manifest
 from wsi_pipeline.cohort.preflight import (
     PreflightError,
@@ -51,6 +51,7 @@ from wsi_pipeline.cohort.stages import (
     STAGES,
     SlideStages,
     canonical_hash,
+    legacy_fingerprint,
     slide_fingerprint,
     stage_hashes,
 )
@@ -284,7 +285,7 @@ class CohortRunner:
         self.config_hash = canonical_hash(cfg.stage_configs())
         try:
             self.entries = discover(Path(source), tuple(cfg.discovery.extensions),
-                                    cfg.discovery.probe_unknown)
+                                    cfg.discovery.probe_unknown, known_ids=known_ids(self.out_dir))
         except ValueError as exc:
             raise RunSetupError(str(exc)) from exc
         for entry in self.entries:
@@ -313,8 +314,9 @@ class CohortRunner:
     def _plan_slide(self, entry: SlideEntry, stage_cfgs: dict[str, Any], lock: bool) -> SlidePlan:
         try:
             expected = stage_hashes(stage_cfgs, self.model_sha256, slide_fingerprint(entry.path))
+            legacy = stage_hashes(stage_cfgs, self.model_sha256, legacy_fingerprint(entry.path))
         except OSError:
-            expected = None
+            expected = legacy = None
         plan = self._plan_from_disk(entry, expected, verify=not lock)
         if not plan.pending:
             return plan
@@ -331,6 +333,11 @@ class CohortRunner:
             log.warning("%s: skipped: %s", entry.slide_id, exc)
             return SlidePlan(entry, expected, [], locked_by=exc.holder)
         self._held.add(entry.slide_id)
+        if expected is not None and legacy is not None:
+            upgraded = SlideStages(slide_dir(self.out_dir, entry.slide_id)).upgrade_hashes(legacy, expected)
+            if upgraded:
+                log.info("%s: markers of %s upgraded to the fingerprint with a content sample",
+                         entry.slide_id, ", ".join(upgraded))
         plan = self._plan_from_disk(entry, expected)
         if not plan.pending:
             self._unlock(entry.slide_id)

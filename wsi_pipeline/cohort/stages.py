@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -90,10 +91,50 @@ def stage_hashes(
     return hashes
 
 
-def slide_fingerprint(path: Path) -> dict[str, Any]:
-    """What identifies the input's content cheaply: its size and whole-second mtime."""
+#: Bytes of a slide's start and end, and of each of SAMPLE_BLOCKS blocks spread between them,
+#: that its content sample hashes: the header (TIFF directories, vendor metadata) and tiles
+#: across the file, read in ~20 small reads whatever the slide's size.
+SAMPLE_EDGE_BYTES = 64 * 1024
+SAMPLE_BLOCKS = 16
+SAMPLE_BLOCK_BYTES = 4096
+
+
+def content_sample(path: Path) -> str:
+    """sha256 (16 hex digits) of the slide's first and last 64 KiB and 16 blocks of 4 KiB
+    spread evenly between: a different scan of the same size, copied with its mtime kept
+    (`cp -p`, `rsync -a`), differs here in practice (its header's scan date and tile offsets,
+    its compressed tiles)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        offsets = [0, max(0, size - SAMPLE_EDGE_BYTES)]
+        lengths = [SAMPLE_EDGE_BYTES, SAMPLE_EDGE_BYTES]
+        for i in range(1, SAMPLE_BLOCKS + 1):
+            offsets.append(size * i // (SAMPLE_BLOCKS + 1))
+            lengths.append(SAMPLE_BLOCK_BYTES)
+        for offset, length in zip(offsets, lengths, strict=True):
+            fh.seek(offset)
+            h.update(fh.read(length))
+    return h.hexdigest()[:16]
+
+
+def legacy_fingerprint(path: Path) -> dict[str, Any]:
+    """The fingerprint of versions before the content sample: size and whole-second mtime
+    (markers written under it are upgraded once, `SlideStages.upgrade_hashes`)."""
     st = Path(path).stat()
     return {"size": st.st_size, "mtime": int(st.st_mtime)}
+
+
+def slide_fingerprint(path: Path) -> dict[str, Any]:
+    """What identifies the input's content: its size, whole-second mtime and a hash of its
+    header and sampled blocks (`content_sample`), so that a slide replaced by another scan of
+    the same size with its mtime kept is not taken for the one whose results are there."""
+    fingerprint = legacy_fingerprint(path)  # raises OSError where the file cannot even be stat'ed
+    try:
+        content = content_sample(path)
+    except OSError as exc:  # a folder, a file we may not read: the preflight names the problem
+        content = f"unreadable: {type(exc).__name__}"
+    return {**fingerprint, "content": content}
 
 
 @dataclass
@@ -233,6 +274,23 @@ class SlideStages:
             records = {name: integrity.record(self.slide_dir / name) for name in marker.outputs}
             marker.integrity = {name: rec for name, rec in records.items() if rec is not None}
         atomic_write_json(self.marker_path(marker.stage), asdict(marker))
+
+    def upgrade_hashes(self, legacy: dict[str, str], expected: dict[str, str]) -> list[str]:
+        """Rewrite the markers (and the failure record) that carry `legacy` hashes, those of
+        a version whose fingerprint had no content sample, to `expected`: finished work is
+        kept across the upgrade, trusting size and mtime this one last time. The stages
+        upgraded, in order."""
+        upgraded = []
+        for stage in STAGES:
+            m = self.read(stage)
+            if m is not None and m.config_hash == legacy[stage] and legacy[stage] != expected[stage]:
+                m.config_hash = expected[stage]
+                atomic_write_json(self.marker_path(stage), asdict(m))
+                upgraded.append(stage)
+        failure = self.read_failure()
+        if failure is not None and failure.get("stage_hash") == legacy["export"]:
+            self.record_failure({**failure, "stage_hash": expected["export"]})
+        return upgraded
 
     # -- the running attempt (evidence that a task lost with its worker had started) --------------
     def record_attempt(self, key: str) -> None:
