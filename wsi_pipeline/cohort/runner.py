@@ -312,6 +312,8 @@ class CohortRunner:
         return [self._plan_slide(entry, self._stage_configs(entry), lock) for entry in self.entries]
 
     def _plan_slide(self, entry: SlideEntry, stage_cfgs: dict[str, Any], lock: bool) -> SlidePlan:
+        expected: dict[str, str] | None
+        legacy: dict[str, str] | None
         try:
             expected = stage_hashes(stage_cfgs, self.model_sha256, slide_fingerprint(entry.path))
             legacy = stage_hashes(stage_cfgs, self.model_sha256, legacy_fingerprint(entry.path))
