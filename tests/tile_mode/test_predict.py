@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
-
 import numpy as np
 import pytest
 import scipy.io as sio
@@ -24,9 +21,7 @@ from wsi_pipeline.stain import ReinhardNormalizer
 from wsi_pipeline.tile_mode import predict as tile_predict
 from wsi_pipeline.tile_mode.predict import (
     segment_image,
-    write_mat,
     write_overlay,
-    write_tile_geojson,
 )
 
 CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")
@@ -156,31 +151,12 @@ def truth(shared_data):
     return image, SegmentationResult(inst_map=inst_map, types=types.astype(np.int32), type_probs=probs)
 
 
-def test_writers_on_ground_truth(truth, checkpoint, tmp_path):
+def test_overlay_on_ground_truth(truth, checkpoint, tmp_path):
     image, result = truth
     model = load_checkpoint(checkpoint)
-    write_mat(tmp_path / "t.mat", result, model, 0.25)
-    mat = sio.loadmat(tmp_path / "t.mat")
-    np.testing.assert_array_equal(mat["inst_map"], result.inst_map)
-    np.testing.assert_array_equal(mat["inst_type"].ravel(), result.types)
-    np.testing.assert_allclose(mat["inst_type_prob"], result.type_probs)
-    assert mat["model_sha256"][0] == model.sha256
-    ys, xs = np.nonzero(result.inst_map == 1)
-    np.testing.assert_allclose(mat["inst_centroid"][0], [xs.mean(), ys.mean()], atol=1e-6)
-
-    write_overlay(tmp_path / "t.png", image, result, model.class_colors)
+    write_overlay(tmp_path / "t.png", image, result.inst_map, result.types, model.class_colors)
     overlay = np.asarray(Image.open(tmp_path / "t.png"))
     assert overlay.shape == image.shape and (overlay != image).any()
-
-    write_tile_geojson(tmp_path / "t.geojson.gz", result, model, 0.25)
-    fc = json.loads(gzip.decompress((tmp_path / "t.geojson.gz").read_bytes()))
-    assert len(fc["features"]) == result.n
-    f0 = fc["features"][0]
-    assert f0["geometry"]["type"] == "Polygon" and f0["properties"]["objectType"] == "detection"
-    assert f0["properties"]["classification"]["name"] == CLASSES[result.types[0]]
-    assert f0["properties"]["measurements"]["area_um2"] > 0
-    assert f0["properties"]["name"] == "1" and "nucleus_id" not in f0["properties"]["measurements"]
-    assert qupath_problems(tmp_path / "t.geojson.gz") == []
 
 
 def test_cli_match_selects_images(checkpoint, input_dir, tmp_path):
@@ -196,14 +172,14 @@ def test_cli_match_selects_images(checkpoint, input_dir, tmp_path):
 
 def test_cli_goes_on_after_any_per_image_error(checkpoint, input_dir, tmp_path, monkeypatch):
     """Not only unreadable files: an image whose processing fails is named and skipped."""
-    real = tile_predict.segment_image
+    real = tile_predict.predict_maps
 
-    def fail_on_wide(model, image, **kw):
+    def fail_on_wide(predictor, image, **kw):
         if image.shape[:2] == (200, 512):
             raise ValueError("simulated failure")
-        return real(model, image, **kw)
+        return real(predictor, image, **kw)
 
-    monkeypatch.setattr(tile_predict, "segment_image", fail_on_wide)
+    monkeypatch.setattr(tile_predict, "predict_maps", fail_on_wide)
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["predict-tiles", str(input_dir), str(out), "--checkpoint",
                                     str(checkpoint), "--device", "cpu"])
@@ -217,7 +193,7 @@ def test_cli_fails_when_every_image_fails(checkpoint, input_dir, tmp_path, monke
     def always_fail(*args, **kw):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(tile_predict, "segment_image", always_fail)
+    monkeypatch.setattr(tile_predict, "predict_maps", always_fail)
     res = CliRunner().invoke(main, ["predict-tiles", str(input_dir), str(tmp_path / "o"),
                                     "--checkpoint", str(checkpoint), "--device", "cpu"])
     assert res.exit_code != 0

@@ -1,4 +1,5 @@
-"""`wsi-pipeline predict-tiles`: every image in a folder -> HoVer-Net style .mat (+ overlay, GeoJSON)."""
+"""`wsi-pipeline predict-tiles`: every image in a folder -> HoVer-Net .mat (+ overlay, other formats);
+a shell around `wsi_pipeline.load_model` and `Model.segment`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from typing import Any
 
 import click
 
-#: tiles per forward pass without --batch-size or a config file's infer.batch_size
-TILE_MODE_BATCH_SIZE = 8
+from wsi_pipeline.api import TILE_MODE_BATCH_SIZE
 
 
 @click.command(name="predict-tiles")
@@ -26,7 +26,11 @@ TILE_MODE_BATCH_SIZE = 8
               help="Pixel size of the images in µm (default: the model's, no resampling).")
 @click.option("--overlay", is_flag=True, help="Also write <stem>.png with contours coloured by type "
               "(refused where that is an input image: use another OUTPUT_DIR).")
-@click.option("--geojson", is_flag=True, help="Also write <stem>.geojson.gz (QuPath detections).")
+@click.option("--geojson", is_flag=True, help="Also write <stem>.geojson.gz (QuPath detections; "
+              "the same as adding geojson to --formats).")
+@click.option("--formats", "formats_text", default="mat", show_default=True, metavar="LIST",
+              help="Output formats, comma-separated: mat (HoVer-Net), geojson (QuPath), csv (one "
+              "row per nucleus), geoparquet (<stem>.parquet, as a slide's nuclei.parquet).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
               help="Where the model runs  [default: the config's infer.device, else auto]")
 @click.option("--batch-size", type=click.IntRange(min=1),
@@ -39,9 +43,10 @@ TILE_MODE_BATCH_SIZE = 8
 @click.option("--match", "patterns", multiple=True, metavar="GLOB",
               help="Only images whose file name matches (repeatable), e.g. --match 'train_3_*'.")
 def command(input_dir: Path, output_dir: Path, config_path: Path | None, checkpoint: Path | None,
-            mpp: float | None, overlay: bool, geojson: bool, device: str | None,
+            mpp: float | None, overlay: bool, geojson: bool, formats_text: str, device: str | None,
             batch_size: int | None, tta: bool, patterns: tuple[str, ...]) -> None:
-    """Segment and classify nuclei in every image of INPUT_DIR; write OUTPUT_DIR/<stem>.mat.
+    """Segment and classify nuclei in every image of INPUT_DIR; write OUTPUT_DIR/<stem>.mat
+    (and the other --formats).
 
     Images whose stems clash (x.png, x.jpg) keep their extension in the output name
     (x.png.mat, x.jpg.mat); an output that would overwrite an input is an error before any work.
@@ -51,20 +56,16 @@ def command(input_dir: Path, output_dir: Path, config_path: Path | None, checkpo
     """
     from tqdm import tqdm
 
+    from wsi_pipeline.api import load_model
     from wsi_pipeline.cohort.config import ConfigError, load_run_config
+    from wsi_pipeline.export.formats import FormatError, parse_formats
     from wsi_pipeline.io import SlideReadError
     from wsi_pipeline.io.plain_image import IMAGE_SUFFIXES, read_rgb
-    from wsi_pipeline.model import CheckpointError, default_checkpoint_path, load_checkpoint
-    from wsi_pipeline.model.predictors import load_predictor
+    from wsi_pipeline.model import CheckpointError
     from wsi_pipeline.model.quantize import Int8ModelError
-    from wsi_pipeline.model.runtime import RuntimeUnavailable, choose_runtime
+    from wsi_pipeline.model.runtime import RuntimeUnavailable
     from wsi_pipeline.tile_mode.outputs import OutputClash, plan_outputs
-    from wsi_pipeline.tile_mode.predict import (
-        segment_image,
-        write_mat,
-        write_overlay,
-        write_tile_geojson,
-    )
+    from wsi_pipeline.tile_mode.predict import write_overlay
 
     all_images = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     images = all_images
@@ -76,9 +77,10 @@ def command(input_dir: Path, output_dir: Path, config_path: Path | None, checkpo
             + (f" matching {' or '.join(patterns)}" if patterns else "")
         )
     try:
-        outputs = plan_outputs(images, output_dir, overlay=overlay, geojson=geojson,
+        formats = parse_formats([*parse_formats(formats_text), *(["geojson"] if geojson else [])])
+        outputs = plan_outputs(images, output_dir, formats=formats, overlay=overlay,
                                protected=all_images)
-    except OutputClash as exc:
+    except (FormatError, OutputClash) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
         cfg = load_run_config(config_path, _overrides(checkpoint, device, batch_size))
@@ -88,29 +90,21 @@ def command(input_dir: Path, output_dir: Path, config_path: Path | None, checkpo
             k for k in cfg.model_fields_set if getattr(cfg, k) is not None}:
         click.echo(f"note: {config_path}'s mpp/mpp_override are for slides; images here are at "
                    "--mpp (default: the model's)", err=True)
-    infer = cfg.infer
-    if "batch_size" not in infer.model_fields_set:
-        infer = infer.model_copy(update={"batch_size": TILE_MODE_BATCH_SIZE})
     try:
-        runtime = choose_runtime(infer.device, infer.precision, infer.backend)
-        model = load_checkpoint(cfg.checkpoint or default_checkpoint_path(), map_location="cpu")
-        predictor = load_predictor(model, runtime)
+        model = load_model(config=cfg)
     except (RuntimeUnavailable, ValueError, CheckpointError, Int8ModelError) as exc:
         raise click.ClickException(str(exc)) from exc
-    image_mpp = mpp if mpp is not None else model.mpp
     output_dir.mkdir(parents=True, exist_ok=True)
 
     def process(path: Path) -> None:
         image = read_rgb(path)
-        result = segment_image(predictor, image, image_mpp=image_mpp, tile=infer.tile_size,
-                               stride=infer.effective_stride, batch_size=infer.batch_size,
-                               postproc=cfg.postproc, tta=tta, name=path.name)
+        seg = model.segment(image, mpp, tta=tta, name=path.name)
         out = outputs[path]
-        write_mat(out.mat, result, model, image_mpp)
+        for name, file in out.files.items():
+            seg.save(file, name, cfg.export)
         if out.overlay is not None:
-            write_overlay(out.overlay, image, result, model.class_colors)
-        if out.geojson is not None:
-            write_tile_geojson(out.geojson, result, model, image_mpp)
+            write_overlay(out.overlay, image, seg.labels, seg.nuclei["type_id"].to_numpy(),
+                          model.predictor.model.class_colors)
 
     # One bad image (unreadable, odd shape, a writer failing on its result) must not cost the
     # rest of a folder: report it by name and go on; fail only when nothing was written.

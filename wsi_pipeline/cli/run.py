@@ -27,6 +27,7 @@ def _builtin_defaults() -> dict[str, str]:
         "chunk_size": str(cfg.infer.chunk_size),
         "device": cfg.infer.device,
         "geojson": on_off[cfg.export.geojson],
+        "formats": ",".join(cfg.export.formats) or "none, nuclei.parquet alone",
         "scheduler": "none, an embedded cluster on this machine",
         "workers": "sized to the machine; a single slide runs in this process",
         "retry_failed": on_off[cfg.retry_failed],
@@ -65,6 +66,9 @@ def _help(text: str, key: str) -> str:
               help=_help("Where the model runs.", "device"))
 @click.option("--geojson", is_flag=True, default=None,
               help=_help("Also write nuclei.geojson.gz (QuPath).", "geojson"))
+@click.option("--formats", metavar="LIST",
+              help=_help("Also write the nuclei in these formats, comma-separated: geojson "
+                         "(nuclei.geojson.gz), csv (nuclei.csv, one row per nucleus).", "formats"))
 @click.option("--scheduler",
               help=_help("Address tcp://HOST:PORT of a running Dask scheduler.", "scheduler"))
 @click.option("--workers", type=int,
@@ -144,8 +148,13 @@ def _overrides(options: dict[str, Any]) -> dict[str, Any]:
     infer = {k: options[k] for k in ("chunk_size", "device") if options.get(k) is not None}
     if infer:
         o["infer"] = infer
+    export: dict[str, Any] = {}
     if options.get("geojson"):
-        o["export"] = {"geojson": True}
+        export["geojson"] = True
+    if options.get("formats") is not None:  # checked, with the known names, by the config
+        export["formats"] = [f for f in options["formats"].split(",") if f.strip()]
+    if export:
+        o["export"] = export
     if options.get("allow_unusual_mpp"):
         o["preflight"] = {"allow_unusual_mpp": True}
     cluster = {k: options[k] for k in ("scheduler", "workers") if options.get(k) is not None}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from wsi_pipeline.export.qc import QCConfig
 
@@ -38,6 +38,12 @@ class ExportConfig(BaseModel):
     geojson: bool = Field(
         False, description="Also write nuclei.geojson.gz (QuPath detections); large for big slides."
     )
+    formats: list[str] = Field(
+        default_factory=list,
+        description="Files of the nuclei written beside nuclei.parquet, by output format name "
+        "(export.formats): geojson (nuclei.geojson.gz, as `geojson: true`), csv (nuclei.csv: one "
+        "row per nucleus, centroid and measurements). `run --formats geojson,csv`.",
+    )
     geojson_cells: bool = Field(
         False, description="Write the GeoJSON's nuclei as QuPath cell objects: the nucleus expanded "
         "by cell_expansion_um (split between touching neighbours) with the nucleus as its "
@@ -70,9 +76,30 @@ class ExportConfig(BaseModel):
         description="Full-resolution crops with nucleus outlines and a density heat map (OUT/<slide>/qc/).",
     )
 
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, v: list[str]) -> list[str]:
+        from wsi_pipeline.export.formats import output_format, parse_formats
+
+        names = parse_formats(v)
+        if "geoparquet" in names:
+            raise ValueError("geoparquet: a slide's nuclei.parquet is always written in it")
+        for name in names:
+            if output_format(name).needs_labels:
+                raise ValueError(f"{name}: needs the label map, which only tile mode "
+                                 "(predict-tiles --formats) has")
+        return names
+
+    def file_formats(self) -> list[str]:
+        """The output formats export writes: `geojson: true` and `formats`, in that order."""
+        return list(dict.fromkeys((["geojson"] if self.geojson else []) + self.formats))
+
     def settings(self) -> dict:
         """The settings as recorded (summary.json) and hashed (the export stage's marker): the
-        cell-object keys only when cells are on, so that with them off (the default) both are
-        what they were before the keys existed and finished exports stay valid."""
+        cell-object keys only when cells are on and `formats` only when it names any, so that
+        with them off (the default) both are what they were before the keys existed and
+        finished exports stay valid."""
         off = set() if self.geojson_cells else {"geojson_cells", "cell_expansion_um"}
+        if not self.formats:  # likewise for runs from before the key
+            off.add("formats")
         return self.model_dump(mode="json", exclude=off)

@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import shapely
 
 from wsi_pipeline.atomic import atomic_path
@@ -203,37 +202,6 @@ def write_feature_collection(
                 n += 1
         f.write("\n]}\n")
     return n
-
-
-def write_geojson(
-    parquet_path: Path,
-    out_path: Path,
-    class_names: list[str],
-    class_colors: list[str],
-    *,
-    slide_id: str | None = None,
-    decimals: int = 2,
-    batch_rows: int = 65536,
-    cell_expansion_px: float | None = None,
-) -> int:
-    """Write `out_path` (.geojson.gz) atomically from nuclei.parquet; returns the feature count.
-
-    `slide_id` (for the Feature UUIDs) defaults to the name of the table's folder, which is the
-    slide id in a run's output (OUT/<slide_id>/nuclei.parquet). With `cell_expansion_px`
-    (level-0 px) QuPath cell objects are written instead of detections (CellMaker).
-    """
-    if slide_id is None:
-        slide_id = Path(parquet_path).absolute().parent.name
-    pf = pq.ParquetFile(parquet_path)
-    wanted = {"geometry", "nucleus_id", "type_id", *MEASUREMENT_COLUMNS, *OD_COLUMNS}
-    columns = [c for c in pf.schema_arrow.names if c in wanted or c.startswith(PROB_PREFIX)]
-    batches = pf.iter_batches(batch_size=batch_rows, columns=columns)
-    maker = None
-    if cell_expansion_px is not None:
-        wkb = pf.read(columns=["geometry"]).column("geometry").to_numpy(False)
-        maker = CellMaker(wkb, cell_expansion_px)
-    return write_feature_collection(out_path, batches, class_names, class_colors,
-                                    slide_id=slide_id, decimals=decimals, cell_maker=maker)
 
 
 def qupath_problems(path: Path, max_problems: int = 20) -> list[str]:

@@ -1,5 +1,5 @@
-"""Export stage: nuclei.parquet → summary.json, overlay.png, the QC sheet (qc/) and (optionally)
-nuclei.geojson.gz.
+"""Export stage: nuclei.parquet → summary.json, overlay.png, the QC sheet (qc/) and the
+configured output formats (nuclei.geojson.gz, nuclei.csv: `export.formats`).
 
 Everything is derived from the slide folder the earlier stages wrote (nuclei.parquet and its
 metadata, tissue.png, tissue.json, stages/*.json) and the slide file for the QC sheet's crops,
@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import write_text_atomic
 from wsi_pipeline.contract import (
-    GEOJSON,
     NUCLEI,
     OVERLAY,
     QC_DIR,
@@ -34,7 +33,7 @@ from wsi_pipeline.contract import (
     MapsAttrs,
 )
 from wsi_pipeline.export.config import ExportConfig
-from wsi_pipeline.export.geojson import write_geojson
+from wsi_pipeline.export.formats import Nuclei, output_format
 from wsi_pipeline.export.overlay import render_overlay
 from wsi_pipeline.export.qc import QCStats, describe, qc_report
 from wsi_pipeline.export.qc_sheet import SlideGeometry, render_qc_sheet
@@ -128,8 +127,7 @@ def export_slide(slide_dir: Path, cfg: ExportConfig) -> dict:
     types = _summarize_types(slide_dir, parquet_path, class_names, tissue_mm2, cfg)
     timings = _stage_timings(slide_dir)
     written = _write_pictures(slide_dir, attrs, class_names, class_colors, tissue_mm2, cfg)
-    if cfg.geojson:
-        _write_geojson(slide_dir, attrs, class_names, class_colors, cfg, written)
+    _write_formats(slide_dir, attrs, class_names, class_colors, cfg, written)
     timings["export"] = time.perf_counter() - t0
 
     summary = _summary(slide_dir, cfg, attrs, table_prov, tissue_mm2, types, timings, written)
@@ -199,22 +197,21 @@ def _write_pictures(slide_dir: Path, attrs: MapsAttrs, class_names: list[str], c
     return _Written(overlay_mpp, qc_sheet, outputs, export_timings)
 
 
-def _write_geojson(slide_dir: Path, attrs: MapsAttrs, class_names: list[str], class_colors: list[str],
+def _write_formats(slide_dir: Path, attrs: MapsAttrs, class_names: list[str], class_colors: list[str],
                    cfg: ExportConfig, written: _Written) -> None:
-    """nuclei.geojson.gz (cell outlines too if configured), timed and listed in `written`."""
-    t_geo = time.perf_counter()
-    write_geojson(
-        slide_dir / NUCLEI,
-        slide_dir / GEOJSON,
-        class_names,
-        class_colors,
-        decimals=cfg.geojson_decimals,
-        batch_rows=cfg.batch_rows,
-        cell_expansion_px=(cfg.cell_expansion_um / float(attrs.slide_mpp)
-                           if cfg.geojson_cells else None),
-    )
-    written.timings["geojson"] = time.perf_counter() - t_geo
-    written.outputs.insert(1, GEOJSON)
+    """nuclei<suffix> in each of the config's output formats (`export.formats`: the GeoJSON,
+    with cell outlines if configured; CSV), each timed and listed in `written`."""
+    nuclei = Nuclei.from_parquet(slide_dir / NUCLEI, source_id=slide_dir.name, class_names=class_names,
+                                 class_colors=class_colors, level0_mpp=float(attrs.slide_mpp),
+                                 batch_rows=cfg.batch_rows)
+    for k, name in enumerate(cfg.file_formats(), start=1):
+        fmt = output_format(name, cfg)
+        fmt.check(nuclei)
+        t0 = time.perf_counter()
+        path = slide_dir / f"{Path(NUCLEI).stem}{fmt.suffix}"  # nuclei.geojson.gz, nuclei.csv
+        fmt.write(nuclei, path)
+        written.timings[name] = time.perf_counter() - t0
+        written.outputs.insert(k, path.name)  # after nuclei.parquet
 
 
 def _summary(slide_dir: Path, cfg: ExportConfig, attrs: MapsAttrs, table_prov: dict, tissue_mm2: float,

@@ -9,7 +9,6 @@ results arrive, so the file is identical whatever the scheduler or the number of
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -27,8 +26,8 @@ import zarr
 from tqdm.auto import tqdm
 
 from wsi_pipeline import __version__
-from wsi_pipeline.atomic import atomic_path
 from wsi_pipeline.contract import ARRAY_NS, MapsAttrs
+from wsi_pipeline.geoparquet import geoparquet_schema, open_geoparquet
 from wsi_pipeline.maps_store import maps_array
 from wsi_pipeline.postproc.chunks import ChunkResult, MapsContext, chunk_windows, process_chunk
 from wsi_pipeline.postproc.config import ChunkingConfig, PostprocConfig
@@ -40,22 +39,6 @@ if TYPE_CHECKING:
     from distributed import Client
 
 log = logging.getLogger(__name__)
-
-GEO_METADATA = {
-    "version": "1.1.0",
-    "primary_column": "geometry",
-    # Level-0 pixel coordinates: no geographic CRS applies (GeoParquet: null = undefined).
-    "columns": {
-        "geometry": {
-            "encoding": "WKB",
-            "geometry_types": ["Polygon"],
-            "crs": None,
-            # GeoParquet 1.1 covering: the per-row bounding boxes in the `bbox` struct column.
-            "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
-        }
-    },
-}
-
 
 @dataclass
 class PostprocResult:
@@ -221,15 +204,11 @@ def postprocess_slide(
     else:
         results = _results_client(ctx, windows, client)
 
-    schema = ctx.schema().with_metadata(
-        {
-            "geo": json.dumps(GEO_METADATA),
-            "wsi_pipeline": json.dumps(_provenance(attrs, cfg, chunking, chunk_hw, ctx.od)),
-        }
-    )
+    schema = geoparquet_schema(
+        ctx.schema(), {"wsi_pipeline": _provenance(attrs, cfg, chunking, chunk_hw, ctx.od)})
     counts: Counter[str] = Counter()
     n_nuclei = n_segmented = n_edge_cut = 0
-    with atomic_path(out_parquet) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    with open_geoparquet(out_parquet, schema) as writer:
         ordered = _OrderedWriter(writer, chunking.row_group_rows)
         for n_done, res in enumerate(tqdm(results, total=len(windows), desc="postproc",
                                           disable=not progress), start=1):

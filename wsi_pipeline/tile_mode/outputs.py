@@ -4,10 +4,10 @@
 x.jpg in one folder both wrote x.mat (the second over the first, while 2 were reported). So the
 names are planned for the whole folder before any image is processed:
 
-- <stem>.mat, <stem>.png (overlay), <stem>.geojson.gz where the stem is unique among the inputs
-  (compared ignoring case, as macOS and Windows file systems do);
-- <name>.mat, <name>.png, <name>.geojson.gz (extension kept: x.png.mat, x.jpg.mat) where stems
-  clash;
+- <stem><suffix> for each output format (<stem>.mat, <stem>.geojson.gz, <stem>.csv ...) and
+  <stem>.png (overlay) where the stem is unique among the inputs (compared ignoring case, as
+  macOS and Windows file systems do);
+- <name><suffix>, <name>.png (extension kept: x.png.mat, x.jpg.mat) where stems clash;
 - an output that would be an input image (or the same file as one), or that two inputs would
   share, is an error before any work, naming the files.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,28 +27,31 @@ class OutputClash(ValueError):
 
 @dataclass(frozen=True)
 class TileOutputs:
-    """Where one image's results go (None: not asked for)."""
+    """Where one image's results go: a file per output format (`export.formats`) and the
+    overlay (None: not asked for)."""
 
-    mat: Path
+    files: dict[str, Path]
     overlay: Path | None = None
-    geojson: Path | None = None
 
     def paths(self) -> list[Path]:
-        return [p for p in (self.mat, self.overlay, self.geojson) if p is not None]
+        return [*self.files.values(), *([self.overlay] if self.overlay is not None else [])]
 
 
-def plan_outputs(images: list[Path], output_dir: Path, *, overlay: bool, geojson: bool,
+def plan_outputs(images: list[Path], output_dir: Path, *, formats: Sequence[str], overlay: bool,
                  protected: Iterable[Path] = ()) -> dict[Path, TileOutputs]:
-    """Output paths for every image; `protected` are files never to be written over (the input
-    images and every other image in the input folder)."""
+    """Output paths for every image, one per format in `formats` (names of
+    `export.formats.FORMATS`) and the overlay; `protected` are files never to be written over
+    (the input images and every other image in the input folder)."""
+    from wsi_pipeline.export.formats import output_format
+
+    suffixes = {name: output_format(name).suffix for name in formats}
     stems = Counter(p.stem.casefold() for p in images)
     plan: dict[Path, TileOutputs] = {}
     for image in images:
         base = image.stem if stems[image.stem.casefold()] == 1 else image.name
         plan[image] = TileOutputs(
-            mat=output_dir / f"{base}.mat",
+            files={name: output_dir / f"{base}{suffix}" for name, suffix in suffixes.items()},
             overlay=output_dir / f"{base}.png" if overlay else None,
-            geojson=output_dir / f"{base}.geojson.gz" if geojson else None,
         )
     _check(plan, [*images, *protected])
     return plan

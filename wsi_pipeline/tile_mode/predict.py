@@ -18,16 +18,13 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
-from wsi_pipeline import __version__
 from wsi_pipeline.atomic import atomic_path
-from wsi_pipeline.evaluation.matio import write_instance_mat
-from wsi_pipeline.export.geojson import hex_to_rgb, write_feature_collection
+from wsi_pipeline.export.geojson import hex_to_rgb
 from wsi_pipeline.inference.config import DEFAULT_STRIDE, DEFAULT_TILE_SIZE
 from wsi_pipeline.inference.image import predict_tiled
 from wsi_pipeline.model import LoadedModel
 from wsi_pipeline.model.predictors import Predictor
 from wsi_pipeline.postproc import PostprocConfig, SegmentationResult, segment_instances
-from wsi_pipeline.postproc.measure import nucleus_table
 from wsi_pipeline.resample import resize_rgb, scaled_size
 from wsi_pipeline.stain import normalizer_from_meta
 
@@ -54,6 +51,25 @@ def segment_image(
     `infer.effective_stride`); `postproc`: the watershed's settings (None = the defaults);
     `tta`: flip test-time augmentation (4x the network time); `name` identifies the image in
     log messages."""
+    maps = predict_maps(predictor, image, image_mpp=image_mpp, tile=tile, stride=stride,
+                        batch_size=batch_size, tta=tta, name=name)
+    return instances_from_maps(predictor, maps, image_mpp, postproc, two_step)
+
+
+def predict_maps(
+    predictor: Predictor,
+    image: np.ndarray,
+    *,
+    image_mpp: float | None = None,
+    tile: int = DEFAULT_TILE_SIZE,
+    stride: int = DEFAULT_STRIDE,
+    batch_size: int = 8,
+    tta: bool = False,
+    name: str = "image",
+) -> dict[str, np.ndarray]:
+    """The network's maps of an RGB uint8 image, in the image's own pixels: {"ns": (H, W)
+    nucleus probability, "hv": (2, H, W), "nc": (C, H, W) type softmax}, float32; parameters
+    as `segment_image`."""
     model = predictor.model
     mpp = float(model.mpp) if image_mpp is None else float(image_mpp)
     h, w = image.shape[:2]
@@ -66,6 +82,14 @@ def segment_image(
                          precision=predictor.runtime.precision, tta=tta)
     if net_input is not image:
         maps = {k: _resize_maps(v, (h, w)) for k, v in maps.items()}
+    return maps
+
+
+def instances_from_maps(predictor: Predictor, maps: dict[str, np.ndarray], image_mpp: float | None,
+                        postproc: PostprocConfig | None = None, two_step: bool = True
+                        ) -> SegmentationResult:
+    """The instances of `predict_maps`'s maps (the post-processing at the image's mpp)."""
+    mpp = float(predictor.model.mpp) if image_mpp is None else float(image_mpp)
     return segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=mpp, config=postproc,
                              two_step=two_step)
 
@@ -93,37 +117,16 @@ def _resize_maps(arr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return (out[0] if arr.ndim == 2 else out).numpy()
 
 
-def write_mat(path: Path, result: SegmentationResult, model: LoadedModel, mpp: float) -> Path:
-    """HoVer-Net .mat with per-instance type probabilities and provenance."""
-    return write_instance_mat(
-        path, result.inst_map, result.types,
-        inst_type_prob=result.type_probs,
-        inst_uid=np.arange(1, result.n + 1),
-        extra={"model_sha256": model.sha256, "wsi_pipeline_version": __version__, "mpp": mpp,
-               "class_names": np.array(model.class_names, dtype=object)},
-    )
-
-
-def write_overlay(path: Path, image: np.ndarray, result: SegmentationResult,
+def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, types: np.ndarray,
                   class_colors: tuple[str, ...]) -> None:
-    """The image with every nucleus contour drawn in its type's colour."""
-    lut = np.zeros((result.n + 1, 3), np.uint8)
+    """The image with every nucleus contour drawn in its type's colour (`labels`: the instance
+    map, ids 1..N; `types`: the N nuclei's type ids)."""
+    types = np.asarray(types)
+    lut = np.zeros((types.size + 1, 3), np.uint8)
     palette = np.array([hex_to_rgb(c) for c in class_colors], np.uint8)
-    lut[1:] = palette[np.clip(result.types, 0, len(palette) - 1)]
-    edges = find_boundaries(result.inst_map, mode="inner")
+    lut[1:] = palette[np.clip(types, 0, len(palette) - 1)]
+    edges = find_boundaries(labels, mode="inner")
     out = image.copy()
-    out[edges] = lut[result.inst_map[edges]]
+    out[edges] = lut[labels[edges]]
     with atomic_path(path) as tmp:
         Image.fromarray(out).save(tmp, format="PNG")
-
-
-def write_tile_geojson(path: Path, result: SegmentationResult, model: LoadedModel, mpp: float) -> None:
-    """QuPath detections (image pixel coordinates) with class name, colour and measurements:
-    the rows the slide's nuclei.parquet would hold for these nuclei (`measure.nucleus_table`,
-    ids 1..N, outlines as traced), written by the same feature builder as the slide export."""
-    table = nucleus_table(result.inst_map, result.types, result.type_probs,
-                          class_names=model.class_names, mpp=mpp)
-    # The image's name stands in for a slide id in each nucleus's UUID (the Feature `id`).
-    image_id = path.name.removesuffix(".gz").removesuffix(".geojson")
-    write_feature_collection(path, table.to_batches(), model.class_names, model.class_colors,
-                             slide_id=image_id)
