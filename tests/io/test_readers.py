@@ -144,7 +144,7 @@ def test_tiatoolbox_backend_is_optional(tmp_path):
         path = tmp_path / "x.png"
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
         with pytest.raises(ImportError, match=r"wsi-pipeline\[tiatoolbox\]"):
-            open_slide(path, backend="tiatoolbox")
+            open_slide(path, reader="tiatoolbox")
     else:
         pytest.skip("tiatoolbox installed: the missing-extra error cannot be shown")
 

@@ -15,7 +15,7 @@ from wsi_pipeline.cohort.discover import SLIDE_EXTENSIONS
 from wsi_pipeline.config import ConfigError, load_config
 from wsi_pipeline.export.config import ExportConfig
 from wsi_pipeline.inference.config import InferConfig
-from wsi_pipeline.io import Backend
+from wsi_pipeline.io import ReaderName
 from wsi_pipeline.postproc.config import ChunkingConfig, PostprocConfig
 
 __all__ = ["ClusterConfig", "ConfigError", "RunConfig", "load_run_config"]
@@ -77,8 +77,8 @@ class DiscoveryConfig(BaseModel):
     probe_unknown: bool = Field(
         False, description="also ask OpenSlide about files with other extensions (slow on big trees)"
     )
-    reader: Backend = Field(
-        "auto", description=f"slide reader backend, one of {', '.join(get_args(Backend))}: auto = "
+    reader: ReaderName = Field(
+        "auto", description=f"slide reader, one of {', '.join(get_args(ReaderName))}: auto = "
         "plain images for PNG/JPEG/BMP, OpenSlide for the rest (plain image for TIFFs it refuses); "
         "tiatoolbox needs the optional extra",
     )

@@ -78,7 +78,7 @@ def check_slide(entry: SlideEntry, cfg: RunConfig) -> SlideCheck:
         return SlideCheck(entry, problem="unreadable", message=f"{entry.path}: is a folder, not a slide file",
                           error_type="IsADirectoryError")
     try:
-        with open_slide(entry.path, backend=cfg.discovery.reader) as slide:
+        with open_slide(entry.path, reader=cfg.discovery.reader) as slide:
             wh = slide.dimensions
             resolved = resolve_mpp(slide.native_mpp(), csv=entry.mpp, override=cfg.mpp_override,
                                    fallback=cfg.mpp, objective_power=slide.objective_power)

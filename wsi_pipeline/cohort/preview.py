@@ -92,7 +92,7 @@ def _inspect(item: SlidePreview, runner: CohortRunner, check: Any) -> None:
         return
     tissue_cfg = runner.cfg.infer.tissue
     try:
-        with open_slide(item.path, mpp=item.mpp, backend=runner.cfg.discovery.reader) as slide:
+        with open_slide(item.path, mpp=item.mpp, reader=runner.cfg.discovery.reader) as slide:
             tissue = detect_tissue(slide.thumbnail_at_mpp(tissue_cfg.thumb_mpp), tissue_cfg.thumb_mpp,
                                    tissue_cfg)
     except Exception as exc:  # noqa: BLE001 - any failure to read is what the preview reports

@@ -268,7 +268,7 @@ def _infer(job: SlideJob) -> dict[str, Any]:
     threads = apply_infer_threads()
     if threads is not None:
         log.info("%s: inference on %d thread(s) (%s)", job.slide_id, *threads)
-    with open_slide(job.path, mpp=job.mpp, backend=job.cfg.discovery.reader) as slide:
+    with open_slide(job.path, mpp=job.mpp, reader=job.cfg.discovery.reader) as slide:
         _slide_mpp(job, slide)
         model = _model(job)
         res = infer_slide(slide, job.slide_dir, job.cfg.infer, model, progress=job.progress,

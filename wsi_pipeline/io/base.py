@@ -1,7 +1,7 @@
-"""The reader interface every slide backend implements.
+"""The interface every slide reader implements.
 
-Backends only know how to read a rectangle of one pyramid level; picking the level and
-resampling to the pixel size the model wants is shared here, so every backend resamples
+Readers only know how to read a rectangle of one pyramid level; picking the level and
+resampling to the pixel size the model wants is shared here, so every reader resamples
 the same way. Resampling happens per requested region (a tile, a thumbnail block): the
 whole slide is never resampled in memory.
 """
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 _DOWNSAMPLE_TOLERANCE = 1e-2
 # Largest region (level pixels per side) one thumbnail block reads, to keep memory flat.
 _THUMB_BLOCK_LEVEL_PX = 2048
-# Largest level region one read may ask a backend for (≈0.8 GB of RGB); beyond it the pixel size
+# Largest level region one read may ask a reader for (≈0.8 GB of RGB); beyond it the pixel size
 # is wrong, and a clear error beats a MemoryError.
 _MAX_READ_PX = 1 << 28
 
@@ -90,7 +90,7 @@ class Slide(ABC):
         self._downsamples: tuple[float, ...] = ()
 
     def _set_levels(self, dimensions: Iterable[Sequence[float]], downsamples: Iterable[float]) -> None:
-        """Backends call this once they have opened the file."""
+        """Readers call this once they have opened the file."""
         self._levels = tuple((int(w), int(h)) for w, h in dimensions)
         self._downsamples = tuple(float(d) for d in downsamples)
 
@@ -104,14 +104,14 @@ class Slide(ABC):
         """Downsample of every level relative to level 0."""
         return self._downsamples
 
-    # -- what a backend provides -------------------------------------------------------------
+    # -- what a reader provides --------------------------------------------------------------
 
     @abstractmethod
     def _native_mpp(self) -> float | None:
         """Level-0 microns per pixel from the file's metadata, or None if it has none."""
 
     def _native_mpp_with_source(self) -> tuple[float, str] | None:
-        """The file's pixel size and which of MPP_SOURCES it is; backends that can guess it
+        """The file's pixel size and which of MPP_SOURCES it is; readers that can guess it
         from the objective power say so, since a guess deserves a note in the slide's log."""
         mpp = self._native_mpp()
         return None if mpp is None else (float(mpp), "metadata")
@@ -194,7 +194,7 @@ class Slide(ABC):
         pad = math.ceil(max(f, 1.0)) + 1  # filter support beyond the box
         ix0, iy0 = math.floor(xl) - pad, math.floor(yl) - pad
         ix1, iy1 = math.ceil(xl + w * f) + pad, math.ceil(yl + h * f) + pad
-        gx0, gy0 = round(ix0 * ds), round(iy0 * ds)  # level-0 origin the backend is asked for
+        gx0, gy0 = round(ix0 * ds), round(iy0 * ds)  # level-0 origin the reader is asked for
         if (ix1 - ix0) * (iy1 - iy0) > _MAX_READ_PX:  # e.g. a pixel size 1e6 times too small
             raise SlideReadError(
                 self.path, f"reading {w}x{h} px at {target_mpp:g} µm/px would need a "

@@ -1,7 +1,7 @@
-"""Optional backend: TIAToolbox's WSIReader (OME-TIFF, DICOM, JP2, NGFF, ...).
+"""Optional reader: TIAToolbox's WSIReader (OME-TIFF, DICOM, JP2, NGFF, ...).
 
 TIAToolbox pins an older torch and pulls large dependencies, so it is the optional extra
-`wsi-pipeline[tiatoolbox]`, imported only when this backend is asked for.
+`wsi-pipeline[tiatoolbox]`, imported only when this reader is asked for.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from wsi_pipeline.io.base import Slide, SlideReadError
 
 INSTALL_HINT = (
-    "the TIAToolbox backend needs the optional extra: pip install 'wsi-pipeline[tiatoolbox]' "
+    "the TIAToolbox reader needs the optional extra: pip install 'wsi-pipeline[tiatoolbox]' "
     "(note: tiatoolbox pins torch<2.13; install it in a separate environment if needed)"
 )
 

@@ -38,7 +38,7 @@ class SlidePixels:
 
     path: str
     slide_mpp: float  # level-0 µm/px as inference used it (maps.zarr's slide_mpp)
-    reader: str  # io.Backend
+    reader: str  # io.ReaderName
     matrix: tuple[tuple[float, float, float], ...]  # unit stain vectors as rows (H, E, residual)
     background: tuple[float, float, float]
 
@@ -58,7 +58,7 @@ def window_rgb(px: SlidePixels, r0: int, c0: int, hw: tuple[int, int], mpp: floa
     """uint8 (h, w, 3): the slide over map pixels [r0, r0+h) x [c0, c0+w), at the maps' `mpp`."""
     from wsi_pipeline.io import open_slide
 
-    with open_slide(px.path, mpp=px.slide_mpp, backend=px.reader) as slide:  # type: ignore[arg-type]
+    with open_slide(px.path, mpp=px.slide_mpp, reader=px.reader) as slide:  # type: ignore[arg-type]
         return slide.read_region_at_mpp(c0 * scale, r0 * scale, (hw[1], hw[0]), mpp)
 
 

@@ -185,7 +185,7 @@ def postprocess_slide(
     the table writer (full row groups in its temporary file), before it is closed and
     renamed, and an exception it raises fails the slide there (`cohort.tasks.STAGE_PROGRESS`
     relies on both). With `cfg.optical_density.enabled` the chunks also read the slide
-    (`slide_path`, default the path maps.zarr records; `reader` as io.open_slide's backend)
+    (`slide_path`, default the path maps.zarr records; `reader`: io.open_slide's)
     for the OD columns."""
     t0 = time.perf_counter()
     chunking = chunking or ChunkingConfig()
