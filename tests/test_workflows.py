@@ -53,7 +53,8 @@ def test_cpu_queue_config_documents_interface_and_prologue():
     assert "# Network interface" in text and "activate" in text
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in WORKFLOWS.glob("*.sh")))
+@pytest.mark.parametrize("script", sorted(p.name for p in [*WORKFLOWS.glob("*.sh"),
+                                                            *WORKFLOWS.glob("*.sbatch")]))
 def test_shell_recipes_parse(script):
     path = WORKFLOWS / script
     assert path.stat().st_mode & 0o111, f"{script} is not executable"

@@ -57,7 +57,7 @@ start() {
 
   local host cpus mem_mb
   host="$(hostname -s)"
-  cpus="$(nproc)"
+  cpus="$(getconf _NPROCESSORS_ONLN)"  # not nproc: it follows OMP_NUM_THREADS
   mem_mb="$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)"
   mkdir -p "${MUNGE}" "${DIR}/state" "${DIR}/spool"
   chown munge:munge "${MUNGE}"
@@ -140,6 +140,6 @@ stop() {
 case "${cmd}" in
   start) start ;;
   stop) stop ;;
-  exec) in_ns "$@" ;;
+  exec) SLURM_CONF="${DIR}/slurm.conf" exec nsenter --net="${NSPATH}" "$@" ;;  # CMD keeps this PID
   *) echo "usage: $0 start|stop|exec DIR [CMD...]" >&2; exit 64 ;;
 esac
