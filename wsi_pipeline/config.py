@@ -50,6 +50,34 @@ def _given(overrides: dict, loc: tuple) -> bool:
     return True
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one mapping: YAML loaders keep the last and drop the first
+    silently (a second `postproc:` section replaced the first one's settings)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key repeated within one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, list | dict):
+                continue  # unhashable: the base class reports it
+            if key in seen:
+                raise DuplicateKeyError(f"duplicate key {key!r} at line {line} (first at line "
+                                        f"{seen[key]}): the earlier one would be ignored; merge them")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> object:
+    """`yaml.safe_load` that raises DuplicateKeyError (naming the key and both lines) for a
+    key repeated within one mapping; every config file of the package is read with it."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data only
+
+
 def load_config(path: str | Path | None, model: type[M], overrides: dict | None = None) -> M:
     """Read YAML at `path` (None = defaults), apply `overrides` (nested dict), validate."""
     data: dict = {}
@@ -58,9 +86,11 @@ def load_config(path: str | Path | None, model: type[M], overrides: dict | None 
         path = Path(path)
         source = str(path)
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = safe_load_unique(path.read_text())
         except FileNotFoundError as exc:
             raise ConfigError(f"{path}: config file not found") from exc
+        except DuplicateKeyError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):

@@ -124,6 +124,19 @@ FAULT_MATRIX: dict[str, str] = {
         "cohort.test_fault_matrix_second::test_windows_names_links_to_other_disks_and_broken_links_each_one_line",
     "an unreadable folder in the cohort":
         "cohort.test_fault_matrix_second::test_an_unreadable_folder_is_named_and_the_other_slides_run",
+    "an 8-bit greyscale export":
+        "cohort.test_fault_matrix_second::test_a_greyscale_export_is_refused_not_reported_as_no_tissue",
+    "a checkpoint with non-finite weights":
+        "cohort.test_fault_matrix_second::test_a_checkpoint_with_non_finite_weights_is_refused_at_load",
+    "export-model X X": "cohort.test_fault_matrix_second::test_export_model_never_writes_over_its_input",
+    "a key given twice in a YAML":
+        "cohort.test_fault_matrix_second::test_a_key_given_twice_in_a_config_file_is_an_error_naming_it",
+    "a rerun without --geojson":
+        "cohort.test_fault_matrix_second::test_a_rerun_without_geojson_keeps_the_geojson_an_earlier_run_wrote",
+    "a slide folder that cannot be written":
+        "cohort.test_fault_matrix_second::test_a_slide_folder_this_user_cannot_write_fails_that_slide_alone",
+    "--scheduler at an HTTP port":
+        "cohort.test_fault_matrix_second::test_a_scheduler_address_that_is_an_http_port_fails_within_connect_timeout",
     "a manifest lock from a clock ahead; --break-locks":
         "cohort.test_fault_matrix_second::test_a_manifest_lock_from_a_clock_ahead_expires_and_break_locks_takes_it",
     "bits flipped in a maps chunk, then a changed setting":

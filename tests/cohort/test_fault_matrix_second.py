@@ -442,3 +442,160 @@ def test_an_unreadable_folder_is_named_and_the_other_slides_run(cohort, tmp_path
         (slides / "closed").chmod(0o755)
     assert report.ok and [r["slide_id"] for r in report.rows] == ["a"]
     assert any("closed" in r.getMessage() and "cannot be read" in r.getMessage() for r in caplog.records)
+
+
+# -- inputs and tools that gave wrong results quietly -----------------------------------------
+def _greyscale_tiff(path: Path, rgb, mpp: float) -> Path:
+    """An 8-bit greyscale export of an H&E crop: one channel, tiled, with its resolution."""
+    import numpy as np
+    import tifffile
+
+    grey = (rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
+    res = 1e4 / mpp
+    with tifffile.TiffWriter(path) as tw:
+        for level, img in enumerate((grey, grey[::2, ::2])):
+            tw.write(np.ascontiguousarray(img), tile=(256, 256), photometric="minisblack",
+                     resolution=(res / 2**level, res / 2**level), resolutionunit="CENTIMETER",
+                     subfiletype=1 if level else 0)
+    return path
+
+
+def test_a_greyscale_export_is_refused_not_reported_as_no_tissue(shared_data, cohort, tmp_path):
+    """An 8-bit greyscale export of an H&E section: failed with one line saying it is not an
+    RGB scan (never `no_tissue` with exit 0); the other slide runs."""
+    from tests.helpers.cohort_fixtures import CMU_CROPS, MPP, cmu_crop
+
+    root, ckpt = cohort
+    slides, out = tmp_path / "slides", tmp_path / "out"
+    slides.mkdir()
+    _greyscale_tiff(slides / "grey.tif", cmu_crop(shared_data, *CMU_CROPS["cmu_a"]), MPP)
+    shutil.copy(root / "slides" / "cmu_b.tif", slides / "cmu_b.tif")
+    proc = run_cli("run", str(slides), "-o", str(out), "--checkpoint", str(ckpt), "--workers", "0")
+    assert proc.returncode == 1, proc.stdout
+    rows = pd.read_parquet(out / "manifest.parquet").set_index("slide_id")
+    assert rows.loc["grey", "status"] == "failed" and "not an RGB H&E scan" in rows.loc["grey", "error"]
+    assert rows.loc["cmu_b", "status"] == "done"
+    assert "FAILED grey" in proc.stdout and "greyscale" in proc.stdout
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_at_load(cohort, finished, tmp_path):
+    """best.pt of a training whose loss went NaN: refused with one line naming the file and
+    the tensors, before any slide is touched."""
+    import torch
+
+    from wsi_pipeline.model import CheckpointError, load_checkpoint
+
+    root, ckpt = cohort
+    payload = torch.load(ckpt, weights_only=True)
+    name = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    payload["state_dict"][name] = torch.full_like(payload["state_dict"][name], float("nan"))
+    bad = tmp_path / "best.pt"
+    torch.save(payload, bad)
+    with pytest.raises(CheckpointError, match="NaN or infinite") as caught:
+        load_checkpoint(bad)
+    assert str(bad) in str(caught.value) and name in str(caught.value)
+    out = tmp_path / "out"
+    proc = run_cli("run", str(root / "slides"), "-o", str(out), "--checkpoint", str(bad), "--workers", "0")
+    assert proc.returncode == 1 and "NaN or infinite" in proc.stdout and "Traceback" not in proc.stdout
+    assert not [p for p in out.rglob("*") if p.is_file() and p.parent != out / "logs"]  # nothing written
+
+
+def test_export_model_never_writes_over_its_input(cohort, tmp_path):
+    """`export-model best.pt best.pt` (or through a link): refused, the fp32 file untouched."""
+    root, ckpt = cohort
+    src = tmp_path / "best.pt"
+    shutil.copy(ckpt, src)
+    (tmp_path / "link.pt").symlink_to(src)
+    before = src.read_bytes()
+    for dest in (src, tmp_path / "link.pt", tmp_path / "." / "best.pt"):
+        proc = run_cli("export-model", str(src), str(dest))
+        assert proc.returncode == 1 and "never writes over its input" in proc.stdout, proc.stdout
+    assert src.read_bytes() == before
+    proc = run_cli("export-model", str(src), str(tmp_path / "shipped.pt"))
+    assert proc.returncode == 0 and (tmp_path / "shipped.pt").is_file()
+
+
+def test_a_key_given_twice_in_a_config_file_is_an_error_naming_it(cohort, finished, tmp_path):
+    """`postproc:` twice in a run YAML: an error naming the key and both lines, nothing run."""
+    from wsi_pipeline.config import ConfigError, load_config
+    from wsi_pipeline.model.config import ModelConfig
+
+    root, ckpt = cohort
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("postproc:\n  ns_threshold: 0.6\nexport:\n  geojson: true\npostproc:\n  min_area_um2: 5\n")
+    out = tmp_path / "out"
+    proc = run_cli("run", str(root / "slides"), "-o", str(out), "--checkpoint", str(ckpt),
+                   "--config", str(cfg))
+    assert proc.returncode == 1, proc.stdout
+    assert "duplicate key 'postproc' at line 5 (first at line 1)" in proc.stdout and str(cfg) in proc.stdout
+    assert not out.exists()
+    nested = tmp_path / "model.yaml"
+    nested.write_text("width: 8\nencoder: resnet18\nwidth: 16\n")
+    with pytest.raises(ConfigError, match="duplicate key 'width'"):
+        load_config(nested, ModelConfig)
+
+
+def test_a_rerun_without_geojson_keeps_the_geojson_an_earlier_run_wrote(cohort, finished, tmp_path, caplog):
+    """`run --geojson`, then a plain rerun (export redone): the GeoJSON is set aside as
+    nuclei.previous.geojson.gz with a warning, not deleted."""
+    root, ckpt = cohort
+    out = _copy(finished[0], tmp_path / "out")
+    assert run_here(root / "slides", out, ckpt, export={"geojson": True}).ok
+    geojson = out / "cmu_a" / "nuclei.geojson.gz"
+    written = geojson.read_bytes()
+    with caplog.at_level("WARNING", logger="wsi_pipeline"):
+        assert run_here(root / "slides", out, ckpt).ok
+    kept = out / "cmu_a" / "nuclei.previous.geojson.gz"
+    assert not geojson.exists() and kept.read_bytes() == written
+    assert any("nuclei.geojson.gz" in r.getMessage() and str(kept) in r.getMessage() for r in caplog.records)
+
+
+def test_a_slide_folder_this_user_cannot_write_fails_that_slide_alone(cohort, finished, tmp_path):
+    """A colleague's slide folder, read-only for this run (a read-only bind mount in a mount
+    namespace, which binds root as well): that slide fails with one line naming the folder,
+    the other slide is redone, no traceback, exit 1."""
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no mount namespaces here (unshare: {probe.stderr.decode().strip()})")
+    root, ckpt = cohort
+    out = _copy(finished[0], tmp_path / "out")
+    folder = out / "cmu_a"
+    config = tmp_path / "c.yaml"
+    script = (f'mount --bind "{folder}" "{folder}" && mount -o remount,bind,ro "{folder}" && '
+              f'exec "{sys.executable}" -c "from wsi_pipeline.cli import main; main()" run '
+              f'"{root / "slides"}" -o "{out}" --checkpoint "{ckpt}" --workers 0 --config "{config}"')
+    (tmp_path / "c.yaml").write_text("postproc:\n  ns_threshold: 0.6\n")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    assert "Traceback" not in output and "FAILED cmu_a" in output
+    assert "cannot write the slide's folder" in output
+    rows = pd.read_parquet(out / "manifest.parquet").set_index("slide_id")
+    assert rows.loc["cmu_b", "status"] == "done" and rows.loc["cmu_a", "status"] == "failed"
+
+
+def test_a_scheduler_address_that_is_an_http_port_fails_within_connect_timeout(cohort, tmp_path):
+    """`--scheduler` pointing at a web server (the dashboard's port): one line within
+    cluster.connect_timeout_s, not a hang."""
+    import socket
+
+    root, ckpt = cohort
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 30)
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text("cluster:\n  connect_timeout_s: 3\n")
+        t0 = time.monotonic()
+        proc = run_cli("run", str(root / "slides"), "-o", str(tmp_path / "out"), "--checkpoint", str(ckpt),
+                       "--scheduler", f"tcp://127.0.0.1:{port}", "--config", str(cfg), timeout=120)
+        elapsed = time.monotonic() - t0
+    finally:
+        server.kill()
+        server.wait()
+    assert proc.returncode == 1 and "not a Dask scheduler" in proc.stdout, proc.stdout
+    assert elapsed < 60

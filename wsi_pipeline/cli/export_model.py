@@ -15,6 +15,9 @@ def command(source: Path, dest: Path, fp32: bool) -> None:
     """Copy SOURCE's weights and metadata (no optimizer state) to DEST; print its sha256."""
     from wsi_pipeline.model import CheckpointError, load_checkpoint, save_checkpoint
 
+    if _same_file(source, dest):  # the fp32 training checkpoint would be replaced by its copy
+        raise click.ClickException(f"{dest} is SOURCE itself ({source}): export-model never writes over "
+                                   "its input; give DEST another name")
     try:
         model = load_checkpoint(source)
     except CheckpointError as exc:
@@ -25,3 +28,13 @@ def command(source: Path, dest: Path, fp32: bool) -> None:
                           class_colors=model.class_colors, meta=meta, half=not fp32)
     size_mb = dest.stat().st_size / 1e6
     click.echo(f"{dest}: {size_mb:.1f} MB, sha256 {sha}")
+
+
+def _same_file(source: Path, dest: Path) -> bool:
+    """Whether DEST names SOURCE's file: the same path, a link to it or a hard link."""
+    if source.absolute() == dest.absolute() or source.resolve() == dest.resolve():
+        return True
+    try:
+        return source.samefile(dest)
+    except OSError:  # DEST does not exist yet
+        return False

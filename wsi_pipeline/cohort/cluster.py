@@ -290,6 +290,7 @@ def _visible_gpus() -> int:
 def connect(address: str, infer_resource: str, timeout: float = 30.0) -> ClusterHandle:
     from distributed import Client
 
+    _probe_scheduler(address, timeout)
     try:
         client = Client(address, timeout=timeout)
     except OSError as exc:
@@ -311,6 +312,40 @@ def connect(address: str, infer_resource: str, timeout: float = 30.0) -> Cluster
         raise
     return ClusterHandle(client=client, cluster=None, dashboard_link=client.dashboard_link,
                          infer_slots=slots)
+
+
+def _probe_scheduler(address: str, timeout: float) -> None:
+    """Fail within `timeout` when `address` (tcp) is not a Dask scheduler. A scheduler sends its
+    handshake as soon as a connection opens; an HTTP server (the dashboard's port, a web
+    service) waits for a request, and distributed's Client then waited for ever, whatever its
+    timeout. Other schemes (tls, ucx, inproc) are left to the Client."""
+    import socket
+    from urllib.parse import urlsplit
+
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp"):
+        return
+    try:
+        parts = urlsplit(f"//{rest}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return
+    if host is None or port is None:
+        return
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            first = sock.recv(16)
+    except TimeoutError as exc:
+        raise ClusterError(f"{address} accepted a connection but sent nothing within {timeout:.0f} s "
+                           "(cluster.connect_timeout_s): not a Dask scheduler (an HTTP port? a "
+                           "scheduler listens on 8786 by default, its dashboard on 8787)") from exc
+    except OSError as exc:
+        raise ClusterError(f"cannot reach Dask scheduler at {address}: {exc}") from exc
+    if not first or first.startswith(b"HTTP"):
+        what = "speaks HTTP" if first else "closed the connection"
+        raise ClusterError(f"{address} is not a Dask scheduler (it {what}; a scheduler listens on "
+                           "8786 by default, its dashboard on 8787)")
 
 
 def infer_slots(client: Any, resource: str) -> int:

@@ -6,7 +6,8 @@ slide at the start of its inference, a garbage checkpoint failed every slide sep
 absurd `--mpp 100` started a 90-hour run on a 768 px crop. Here they are found in seconds, by
 opening each slide once (no model, no tissue detection), and reported together:
 
-- a slide that does not open is recorded as failed and skipped; the others go on;
+- a slide that does not open, or whose tissue has no colour (a greyscale export: it would
+  pass as no_tissue), is recorded as failed and skipped; the others go on;
 - a slide without any pixel size, or with one outside `preflight.mpp_range`, stops the run
   before it starts (unless `allow_unusual_mpp`): its results would be wrong, not missing;
 - a checkpoint that does not load is one error naming the file;
@@ -56,7 +57,7 @@ class SlideCheck:
     entry: SlideEntry
     mpp: ResolvedMpp | None = None
     level0_wh: tuple[int, int] | None = None
-    problem: str | None = None  # None, "unreadable", "missing_mpp" or "implausible_mpp"
+    problem: str | None = None  # None, "unreadable", "not_rgb", "missing_mpp" or "implausible_mpp"
     message: str | None = None  # the problem, naming the file
     error_type: str | None = None
     traceback: str | None = None
@@ -77,15 +78,23 @@ def check_slide(entry: SlideEntry, cfg: RunConfig) -> SlideCheck:
     if entry.path.is_dir():
         return SlideCheck(entry, problem="unreadable", message=f"{entry.path}: is a folder, not a slide file",
                           error_type="IsADirectoryError")
+    grey = None
     try:
         with open_slide(entry.path, reader=cfg.discovery.reader) as slide:
             wh = slide.dimensions
             resolved = resolve_mpp(slide.native_mpp(), csv=entry.mpp, override=cfg.mpp_override,
                                    fallback=cfg.mpp, objective_power=slide.objective_power)
+            if resolved.value is not None:
+                slide.use_mpp(resolved.value, resolved.source or "given")
+                grey = greyscale_reason(slide)
     except Exception as exc:  # noqa: BLE001 - any failure to open is what this check reports
         return SlideCheck(entry, problem="unreadable", message=str(exc), error_type=type(exc).__name__,
                           traceback=traceback.format_exc())
     check = SlideCheck(entry, mpp=resolved, level0_wh=(int(wh[0]), int(wh[1])))
+    if grey is not None:
+        check.problem, check.error_type = "not_rgb", "NotRGBError"
+        check.message = f"{entry.path}: {grey}"
+        return check
     if resolved.value is None:
         check.problem = "missing_mpp"
         check.message = missing_mpp_message(entry.path, resolved.objective_power)
@@ -95,6 +104,34 @@ def check_slide(entry: SlideEntry, cfg: RunConfig) -> SlideCheck:
         check.problem = "implausible_mpp"
         check.message = f"{entry.path}: pixel size {resolved.describe()}: {reason}"
     return check
+
+
+#: Longest side (px) of the thumbnail the colour check reads.
+COLOUR_THUMB_PX = 256
+#: A pixel darker than this (mean of R, G, B) is stained tissue, not glass.
+TISSUE_GREY_MAX = 215
+#: Tissue whose channels never differ by more than this (of 255) has no colour.
+GREY_SPREAD_MAX = 4
+
+
+def greyscale_reason(slide: Any) -> str | None:
+    """Why `slide` (its pixel size set) is not an RGB H&E scan: its tissue has no colour (an
+    8-bit greyscale export, read as R = G = B), so tissue detection would find none and the
+    slide would pass as `no_tissue`, or the network would see stains it was never trained on.
+    None when it has colour, or no tissue-dark pixels to judge."""
+    import numpy as np
+
+    w0, h0 = slide.dimensions
+    mpp = slide.mpp * max(w0, h0) / COLOUR_THUMB_PX
+    thumb = np.asarray(slide.thumbnail_at_mpp(mpp), dtype=np.int16)
+    dark = thumb.mean(axis=2) < TISSUE_GREY_MAX
+    if dark.sum() < max(16, dark.size // 200):
+        return None
+    spread = thumb.max(axis=2) - thumb.min(axis=2)
+    if int(np.percentile(spread[dark], 99)) > GREY_SPREAD_MAX:
+        return None
+    return ("greyscale: its tissue has no colour (R, G and B equal), so it is not an RGB H&E scan "
+            "(an 8-bit greyscale export?); the model needs the colour scan: run the original file")
 
 
 def check_slides(entries: list[SlideEntry], cfg: RunConfig) -> dict[str, SlideCheck]:

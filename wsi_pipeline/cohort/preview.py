@@ -74,7 +74,7 @@ def preview(runner: CohortRunner) -> list[SlidePreview]:
     return out
 
 
-_PROBLEM_LABEL = {"unreadable": "unreadable", "missing_mpp": "missing mpp",
+_PROBLEM_LABEL = {"unreadable": "unreadable", "not_rgb": "not RGB", "missing_mpp": "missing mpp",
                   "implausible_mpp": "implausible mpp"}
 
 

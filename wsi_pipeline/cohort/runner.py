@@ -334,6 +334,18 @@ class CohortRunner:
         except locks.LockHeld as exc:
             log.warning("%s: skipped: %s", entry.slide_id, exc)
             return SlidePlan(entry, expected, [], locked_by=exc.holder)
+        except OSError as exc:
+            if disk_full_error(exc) is not None:
+                raise
+            # A slide folder this user may not write (a colleague's, read-only storage): the
+            # slide fails alone, in the manifest only (nothing can be written in its folder).
+            folder = slide_dir(self.out_dir, entry.slide_id)
+            error = (f"{folder}: cannot write the slide's folder ({exc.strerror or exc}): check its "
+                     "owner and permissions, or give this run another output folder")
+            log.error("%s: %s", entry.slide_id, error)
+            self._unrecorded[entry.slide_id] = {"stage": plan.pending[0], "error_type": type(exc).__name__,
+                                                "error": error}
+            return SlidePlan(entry, expected, [])
         self._held.add(entry.slide_id)
         if expected is not None and legacy is not None:
             upgraded = SlideStages(slide_dir(self.out_dir, entry.slide_id)).upgrade_hashes(legacy, expected)
@@ -665,8 +677,8 @@ class CohortRunner:
         estimated first (either may stop the run); then slides that do not open are recorded
         as failed and left out, and the others go on."""
         checks = self.slide_checks()
-        unreadable = {p.entry.slide_id for p in todo
-                      if p.entry.slide_id in checks and checks[p.entry.slide_id].problem == "unreadable"}
+        unreadable = {p.entry.slide_id for p in todo if p.entry.slide_id in checks
+                      and checks[p.entry.slide_id].problem in ("unreadable", "not_rgb")}
         runnable = [p for p in todo if p.entry.slide_id not in unreadable]
         if runnable:
             try:
@@ -689,8 +701,9 @@ class CohortRunner:
         job = self.job(plan, progress=False)
         with log_to_file(job.log_path):
             first = (check.message or "").strip().splitlines()[:1]
-            log.error("%s: infer failed: the slide does not open (found before any work): %s: %s "
-                      "(details in %s)", job.slide_id, check.error_type or "SlideReadError",
+            what = "is not an RGB scan" if check.problem == "not_rgb" else "does not open"
+            log.error("%s: infer failed: the slide %s (found before any work): %s: %s "
+                      "(details in %s)", job.slide_id, what, check.error_type or "SlideReadError",
                       first[0] if first else "", job.log_path,
                       extra={DETAIL: check.traceback or check.message})
         if plan.expected is not None:  # else the row says "cannot read the file" by itself

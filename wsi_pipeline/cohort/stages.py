@@ -67,6 +67,13 @@ FAILURE_FILE = "failed.json"
 ATTEMPT_FILE = "attempt.key"
 
 
+def previous_name(name: str) -> str:
+    """Where `begin` sets an output aside: `nuclei.geojson.gz` -> `nuclei.previous.geojson.gz`
+    (still opened by what opened it: the extension is kept; no stage writes or deletes it)."""
+    stem, dot, rest = name.partition(".")
+    return f"{stem}.previous{dot}{rest}"
+
+
 def canonical_hash(obj: Any) -> str:
     """Short sha256 of a JSON rendering that does not depend on key order."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
@@ -241,16 +248,27 @@ class SlideStages:
             first = min(gone)
         return list(STAGES[first:])
 
-    def begin(self, stage: str) -> None:
+    def begin(self, stage: str, set_aside: tuple[str, ...] = ()) -> list[tuple[Path, Path]]:
         """Forget `stage` and all later stages, and remove what `stage` wrote before.
 
         Markers go first: if we are killed half-way through, nothing downstream still claims
         to be built from outputs that no longer exist. Temporary files that a killed attempt
         left mid-write (`.<name>.<pid>.<token>.tmp`, see wsi_pipeline.atomic) go as well.
+        Outputs named in `set_aside` (a GeoJSON an earlier `--geojson` run wrote, which this
+        run will not write again) are renamed to `previous_name` instead of deleted: what a
+        user asked for is never lost by a rerun that did not ask. Returns (old, new) of each.
         """
         for later in STAGES[STAGES.index(stage):]:
             self.marker_path(later).unlink(missing_ok=True)
+        moved = []
+        for name in set_aside:
+            src = self.slide_dir / name
+            if src.is_file() and not src.is_symlink():
+                dest = self.slide_dir / previous_name(name)
+                os.replace(src, dest)
+                moved.append((src, dest))
         self.discard(stage)
+        return moved
 
     def discard(self, stage: str) -> None:
         """Remove what `stage` wrote and its temporary files: before it is redone, and after

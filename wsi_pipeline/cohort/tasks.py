@@ -35,7 +35,7 @@ from wsi_pipeline.cohort import locks
 from wsi_pipeline.cohort.config import RunConfig
 from wsi_pipeline.cohort.layout import slide_dir, slide_lock, slide_log
 from wsi_pipeline.cohort.stages import SlideStages, StageMarker
-from wsi_pipeline.contract import MAPS, MAPS_PARTIAL, NUCLEI
+from wsi_pipeline.contract import GEOJSON, MAPS, MAPS_PARTIAL, NUCLEI
 from wsi_pipeline.diskfull import DISK_FULL, describe, disk_full_error
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,9 @@ def run_stage(job: SlideJob, stage: str, upstream: Outcome | None = None) -> Out
         try:
             if key:
                 stages.record_attempt(key)
-            stages.begin(stage)
+            for old, new in stages.begin(stage, set_aside=_not_written_now(job, stage)):
+                log.warning("%s: kept %s, written by an earlier run, as %s: this run does not "
+                            "write it (pass --geojson to replace it)", job.slide_id, old.name, new)
             result = STAGE_FUNCTIONS[stage](job)
             seconds = time.perf_counter() - t0
             if not job.still_locked():
@@ -128,6 +130,15 @@ def run_stage(job: SlideJob, stage: str, upstream: Outcome | None = None) -> Out
         stages.clear_attempt()
         log.info("%s: %s done in %.1f s: %s", job.slide_id, stage, seconds, result)
     return {"ok": True, "slide_id": job.slide_id, "stage": stage, "result": result}
+
+
+def _not_written_now(job: SlideJob, stage: str) -> tuple[str, ...]:
+    """Optional outputs of `stage` that an earlier run was asked for and this one is not: set
+    aside, not deleted, when the stage is redone (cohort.stages.SlideStages.begin)."""
+    if stage != "export":
+        return ()
+    wanted = job.cfg.export.geojson or "geojson" in getattr(job.cfg.export, "formats", ())
+    return () if wanted else (GEOJSON,)
 
 
 def _lock_lost(job: SlideJob, stage: str) -> Outcome:
@@ -178,8 +189,10 @@ def record_failure(job: SlideJob, stage: str, error_type: str, error: str) -> Ou
         SlideStages(job.slide_dir).record_failure(record)
     except OSError as exc:
         full = disk_full_error(exc)
-        if full is None:
-            raise
+        if full is None:  # a folder we may not write (a colleague's): the slide fails alone
+            log.error("%s: the failure could not be recorded in %s: %s", job.slide_id,
+                      SlideStages(job.slide_dir).failure_path(), exc.strerror or exc)
+            return {"ok": False, **record, "unrecorded": True}
         log.error("%s: the failure could not be recorded in %s: %s", job.slide_id,
                   SlideStages(job.slide_dir).failure_path(), describe(full))
         return {"ok": False, **record, "unrecorded": True, "disk_full": True}

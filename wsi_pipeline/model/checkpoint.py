@@ -107,6 +107,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         config = ModelConfig(**payload["model_config"])
     except ValidationError as exc:
         raise CheckpointError(f"{path}: invalid model config: {exc}") from exc
+    bad = non_finite_tensors(payload["state_dict"])
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}): the "
+            "training that wrote it diverged; use an earlier checkpoint")
     net = MultiTaskNet.from_config(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
     try:
@@ -129,6 +134,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         path=path,
         meta=dict(payload.get("meta", {})),
     )
+
+
+def non_finite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors of `state` with a NaN or infinite value: a network
+    that computes NaN everywhere segments nothing, and a run with it would report every slide
+    as tissue without nuclei instead of failing."""
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def _load_failure(exc: Exception) -> str:
