@@ -332,10 +332,11 @@ def run_cohort(slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     config : RunConfig or path, optional
         A `wsi-pipeline run` config.
     client : distributed.Client, optional
-        An existing Dask client: the run submits to its scheduler (whose workers must offer
-        the config's ``cluster.infer_resource``, "infer" by default, e.g. ``LocalCluster(
-        resources={"infer": 1})``) and leaves it open. None: the config's cluster (the
-        embedded one by default; a single slide runs in this process).
+        An existing Dask client: the run submits to its scheduler and leaves it open. The
+        workers that may run the network must offer the config's ``cluster.infer_resource``
+        ("GPU" by default, one unit per network at a time, GPU or not), e.g.
+        ``LocalCluster(resources={"GPU": 1})``. None: the config's cluster (the embedded one
+        by default; a single slide runs in this process).
 
     Returns
     -------
