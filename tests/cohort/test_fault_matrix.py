@@ -137,6 +137,7 @@ FAULT_MATRIX: dict[str, str] = {
         "cohort.test_fault_matrix_second::test_a_slide_folder_this_user_cannot_write_fails_that_slide_alone",
     "--scheduler at an HTTP port":
         "cohort.test_fault_matrix_second::test_a_scheduler_address_that_is_an_http_port_fails_within_connect_timeout",
+    "the wheel ships run_default.yaml": "test_wheel::test_a_built_wheel_contains_run_default_yaml",
     "a manifest lock from a clock ahead; --break-locks":
         "cohort.test_fault_matrix_second::test_a_manifest_lock_from_a_clock_ahead_expires_and_break_locks_takes_it",
     "bits flipped in a maps chunk, then a changed setting":

@@ -48,7 +48,8 @@ def _help(text: str, key: str) -> str:
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder (created if missing; its parent must exist).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
-              help=_help("Run config YAML (every key: configs/run_default.yaml).", "config"))
+              help=_help("Run config YAML (every key: configs/run_default.yaml, installed with "
+                         "the package as wsi_pipeline/configs/run_default.yaml).", "config"))
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help=_help("Model checkpoint.", "checkpoint"))
 @click.option("--mpp", type=float,

@@ -186,6 +186,12 @@ DEFAULT_YAML_HEADER = """\
 """
 
 
+def default_config_path() -> Path:
+    """configs/run_default.yaml as installed with the package (wsi_pipeline/configs/): every
+    key and its default, to copy and edit, also where only the wheel is installed."""
+    return Path(__file__).resolve().parents[1] / "configs" / "run_default.yaml"
+
+
 def default_yaml() -> str:
     """configs/run_default.yaml: the defaults of every key, as YAML."""
     import yaml
