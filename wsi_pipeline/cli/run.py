@@ -231,7 +231,12 @@ class _Progress:
                       + (f", {locked} skipped: locked by another run" if locked else "")
                       + (f", {unreadable} that do not open (recorded as failed)" if unreadable else ""))
             if info["todo"]:
-                self.bar = tqdm(total=info["total"] - locked, initial=done, desc="slides", unit="slide")
+                # Slides that failed before (not retried) and that do not open count as failed
+                # from the start, so the bar ends with the final line's numbers.
+                self.failed = info["skipped_failed"] + unreadable
+                self.done = done - info["skipped_failed"]
+                self.bar = tqdm(total=info["total"] - locked, initial=self.done + self.failed,
+                                desc="slides", unit="slide")
                 self._counters()
         elif kind == "cluster":
             where = "external Dask cluster" if info["external"] else "embedded Dask cluster"
