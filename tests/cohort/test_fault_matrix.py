@@ -138,6 +138,10 @@ FAULT_MATRIX: dict[str, str] = {
     "--scheduler at an HTTP port":
         "cohort.test_fault_matrix_second::test_a_scheduler_address_that_is_an_http_port_fails_within_connect_timeout",
     "the wheel ships run_default.yaml": "test_wheel::test_a_built_wheel_contains_run_default_yaml",
+    "report.html shows each slide's mpp and its source":
+        "cohort.test_report::test_row_cells_status_flags_counts_and_per_type_density",
+    "the progress bar's failed count":
+        "cohort.test_fault_matrix_second::test_the_progress_bar_ends_with_the_final_lines_failed_count",
     "a manifest lock from a clock ahead; --break-locks":
         "cohort.test_fault_matrix_second::test_a_manifest_lock_from_a_clock_ahead_expires_and_break_locks_takes_it",
     "bits flipped in a maps chunk, then a changed setting":

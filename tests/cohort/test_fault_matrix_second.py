@@ -599,3 +599,24 @@ def test_a_scheduler_address_that_is_an_http_port_fails_within_connect_timeout(c
         server.wait()
     assert proc.returncode == 1 and "not a Dask scheduler" in proc.stdout, proc.stdout
     assert elapsed < 60
+
+
+# -- also (as a new user meets them) ----------------------------------------------------------
+def test_the_progress_bar_ends_with_the_final_lines_failed_count(cohort, tmp_path):
+    """A cohort with a file that does not open: the bar's last "N done, M failed" says what the
+    final line says (it said "0 failed" beside "1 failed")."""
+    import re
+
+    root, ckpt = cohort
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for name in ("cmu_a.tif", "cmu_b.tif"):
+        shutil.copy(root / "slides" / name, slides / name)
+    (slides / "text.svs").write_text("this is not a slide\n")
+    proc = run_cli("run", str(slides), "-o", str(tmp_path / "out"), "--checkpoint", str(ckpt),
+                   "--workers", "0")
+    assert proc.returncode == 1, proc.stdout
+    counters = re.findall(r"(\d+) done, (\d+) failed", proc.stdout)
+    assert counters, proc.stdout
+    assert counters[-1] == ("2", "1")
+    assert "3 slides (2 done, 1 failed)" in proc.stdout

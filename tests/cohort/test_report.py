@@ -94,7 +94,9 @@ def out(tmp_path):
     rows = []
     for sid, qc in (("s1", "density_low"), (ODD_ID, "")):
         summary = export_slide(qc_slide_dir(tmp_path, sid), CFG)
-        rows.append(_row(sid, "done", summary["tissue_mm2"], summary["n_nuclei"], qc))
+        mpp = ({"mpp": 0.2527, "mpp_source": "metadata"} if sid == "s1"
+               else {"mpp": 0.5, "mpp_source": "fallback"})
+        rows.append(_row(sid, "done", summary["tissue_mm2"], summary["n_nuclei"], qc, **mpp))
     rows.append(_row("bad", "failed", failed_stage="infer", error_type="SlideReadError",
                      error="cannot read <script>alert(1)</script> tile 3"))
     rows.append(_row("todo", "pending"))
@@ -137,8 +139,8 @@ def test_row_cells_status_flags_counts_and_per_type_density(out):
     result = summarize_cohort(out)
     page = _parse(out / REPORT)
     types = list(CLASSES[1:])
-    assert page.headers == ["slide", "heat map", "pictures", "status", "QC flags", "nuclei",
-                            "tissue mm²", "nuclei / mm²", *[f"{t} / mm²" for t in types]]
+    assert page.headers == ["slide", "heat map", "pictures", "status", "QC flags", "µm/px (source)",
+                            "nuclei", "tissue mm²", "nuclei / mm²", *[f"{t} / mm²" for t in types]]
     col = {h: i for i, h in enumerate(page.headers)}
     s1 = page.rows["s1"]
     manifest = pd.read_parquet(out / MANIFEST).set_index("slide_id")
@@ -149,6 +151,11 @@ def test_row_cells_status_flags_counts_and_per_type_density(out):
     for t in types:
         assert s1[col[f"{t} / mm²"]] == f"{density[t]:,.0f}"
     assert page.rows[ODD_ID][col["QC flags"]] == "—"
+    # each slide's pixel size and where it came from (issue 25); a guessed one stands out
+    assert s1[col["µm/px (source)"]] == "0.2527 metadata"
+    assert page.rows[ODD_ID][col["µm/px (source)"]] == "0.5 fallback"
+    assert '<td class="mpp mpp-fallback"><b>0.5' in (out / REPORT).read_text()
+    assert page.rows["todo"][col["µm/px (source)"]] == "—"
     bad = page.rows["bad"]
     assert bad[col["status"]] == "failedinfer: cannot read <script>alert(1)</script> tile 3"  # text...
     assert "<script>" not in (out / REPORT).read_text()  # ...never markup

@@ -2,8 +2,9 @@
 
 A row per slide of the manifest (failed and pending ones too, so that none goes unnoticed):
 a thumbnail of its density heat map, links to its QC sheet and overlay, its status (with the
-error of a failed slide), its QC flags, nuclei, tissue mm², nuclei per mm² and the density of
-each nucleus type; under the table the cohort plots of `summarize` and the tissue rules used.
+error of a failed slide), its QC flags, its level-0 pixel size and where that came from (a
+guessed one in bold), nuclei, tissue mm², nuclei per mm² and the density of each nucleus type;
+under the table the cohort plots of `summarize` and the tissue rules used.
 
 No server, no script, no network: the thumbnails and plots are embedded as data URIs (small,
 so the page stays a few MB for hundreds of slides), the full-resolution QC sheets are linked
@@ -140,6 +141,7 @@ def _row(out_dir: Path, r: pd.Series, summary: dict, types: list[str],
     cells.append(f'<td class="status">{text}</td>')
     if has_qc:
         cells.append(f'<td class="qc">{html.escape(flags.replace(";", "; ")) or "—"}</td>')
+    cells.append(_mpp_cell(r))
     n, mm2 = r.get("n_nuclei"), r.get("tissue_mm2")
     per_mm2 = summary.get("nuclei_per_mm2")
     cells.append(f'<td class="num">{_num(n, ",.0f")}</td>')
@@ -148,6 +150,24 @@ def _row(out_dir: Path, r: pd.Series, summary: dict, types: list[str],
     cells.extend(f'<td class="num">{_num(density.get(t), ",.0f")}</td>' for t in types)
     return (f'<tr class="slide {" ".join(classes)}" data-slide-id="{html.escape(sid)}">'
             + "".join(cells) + "</tr>")
+
+
+#: Pixel-size sources that are a guess rather than the slide's own record: shown in bold.
+_GUESSED_MPP = frozenset({"objective_power", "fallback"})
+
+
+def _mpp_cell(r: pd.Series) -> str:
+    """The slide's level-0 µm/px and where it came from (metadata, csv, override,
+    objective_power, fallback): a wrong pixel size is the most common cause of wrong results,
+    and nothing downstream shows it."""
+    mpp, source = r.get("mpp"), r.get("mpp_source")
+    if mpp is None or pd.isna(mpp):
+        return '<td class="mpp">—</td>'
+    src = str(source) if isinstance(source, str) and source else "unknown"
+    text = f'{_num(mpp, ".4g")} <div class="small">{html.escape(src)}</div>'
+    if src in _GUESSED_MPP:
+        text = f"<b>{text}</b>"
+    return f'<td class="mpp mpp-{html.escape(src)}">{text}</td>'
 
 
 def write_report(out_dir: Path, table: pd.DataFrame | None = None,
@@ -162,7 +182,7 @@ def write_report(out_dir: Path, table: pd.DataFrame | None = None,
     colors = _colors(summaries)
 
     head = ["slide", "heat map", "pictures", "status"] + (["QC flags"] if has_qc else [])
-    head += ["nuclei", "tissue mm²", "nuclei / mm²"]
+    head += ["µm/px (source)", "nuclei", "tissue mm²", "nuclei / mm²"]
     header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     for t in types:
         swatch = (f'<span class="swatch" style="background:{html.escape(colors[t])}"></span>'
