@@ -19,6 +19,9 @@ process), broken and truncated slides, bad config files, malicious and damaged c
 a Dask worker killed by a slide's stage is tests/cohort/test_lost_worker.py (an external
 cluster whose workers die; listed in FAULT_MATRIX below, not repeated here).
 Items 5-8 (pixel sizes, preflight, QC flags) are tests/cohort/test_preflight.py and tests/export/test_qc.py.
+The second matrix (issue 25: damaged outputs, locks across containers and SIGTERM, slide
+identity in a growing cohort, inputs and tools that gave wrong results quietly) is
+tests/cohort/test_fault_matrix_second.py; its cases are in FAULT_MATRIX below too.
 """
 
 from __future__ import annotations
