@@ -7,6 +7,7 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -265,3 +266,28 @@ def test_geojson_cells_are_qupath_cells_and_off_by_default(tmp_path):
     assert not {"geojson_cells", "cell_expansion_um"} & set(recorded)  # summary.json as before
     on = RunConfig.model_validate({"export": {"geojson_cells": True}}).stage_configs()["export"]
     assert on["geojson_cells"] and on["cell_expansion_um"] == 5.0
+
+
+def test_formats_write_each_file_beside_the_table_and_list_it(tmp_path):
+    """`export.formats` (run --formats geojson,csv): one file per format, named nuclei<suffix>,
+    listed in summary.json after nuclei.parquet; --geojson and the list do not write it twice."""
+    d = _slide_dir(tmp_path)
+    summary = export_slide(d, ExportConfig(geojson=True, formats=["csv", "geojson"]))
+    assert summary["outputs"][:3] == ["nuclei.parquet", "nuclei.geojson.gz", "nuclei.csv"]
+    assert set(summary["export_timings_s"]) >= {"geojson", "csv"}
+    table = pd.read_parquet(d / "nuclei.parquet")
+    rows = pd.read_csv(d / "nuclei.csv")
+    assert len(rows) == len(table) == len(CENTRES)
+    np.testing.assert_allclose(rows["x"], table["x"])
+    np.testing.assert_allclose(rows["y"], table["y"])
+    assert qupath_problems(d / "nuclei.geojson.gz") == []
+
+
+def test_formats_a_slide_cannot_have_are_refused_by_name():
+    with pytest.raises(ValueError, match="mat: needs the label map, which only tile mode"):
+        ExportConfig(formats=["mat"])
+    with pytest.raises(ValueError, match="geoparquet: a slide's nuclei.parquet is always written"):
+        ExportConfig(formats=["geoparquet"])
+    with pytest.raises(ValueError, match="unknown output format 'xlsx'; known: geoparquet, geojson"):
+        ExportConfig(formats=["xlsx"])
+    assert "formats" not in ExportConfig().settings()  # finished exports stay valid

@@ -337,3 +337,18 @@ def test_cli_config_errors_name_the_file_and_key(checkpoint, one_image, tmp_path
     res = CliRunner().invoke(main, ["predict-tiles", str(one_image), str(tmp_path / "o"),
                                     "--config", str(tmp_path / "missing.yaml")])
     assert res.exit_code != 0 and "missing.yaml: config file not found" in res.output
+
+
+def test_cli_formats_write_one_file_per_format_per_image(checkpoint, one_image, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["predict-tiles", str(one_image), str(out), "--checkpoint",
+                                    str(checkpoint), "--device", "cpu", "--no-tta",
+                                    "--formats", "csv,geoparquet", "--geojson"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "a.geojson.gz", "a.parquet"]
+    import pandas as pd
+
+    assert len(pd.read_csv(out / "a.csv")) == len(pd.read_parquet(out / "a.parquet"))
+    bad = CliRunner().invoke(main, ["predict-tiles", str(one_image), str(tmp_path / "o"),
+                                    "--checkpoint", str(checkpoint), "--formats", "mat,tiff"])
+    assert bad.exit_code != 0 and "unknown output format 'tiff'; known:" in bad.output
