@@ -132,3 +132,11 @@ def test_dry_run_lists_and_flags_without_writing(shared_data, ckpt, tmp_path):
     assert "tissue" in lines["cmu_a"] and "[" not in lines["cmu_a"].split("\t")[2]
     assert "7 slides, 7 would run, 5 flagged" in res.output
     assert not out.exists()
+
+
+def test_formats_flag_is_checked_before_work_and_names_the_format(slide, ckpt, tmp_path):
+    out = tmp_path / "out"
+    res = _run(slide, "-o", out, "--checkpoint", ckpt, "--formats", "csv,shp")
+    assert res.exit_code != 0
+    assert "--formats (export.formats)" in res.output and "unknown output format 'shp'" in res.output
+    assert not out.exists()
