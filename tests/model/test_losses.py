@@ -109,3 +109,15 @@ def test_untyped_pixels_leave_the_nc_loss_untouched() -> None:
     assert float(none.detach()) == 0.0
     # without the flag an untyped sample is one "nucleus" class (single-dataset instance training)
     assert torch.equal(NucleusDataset([untyped])[0]["nc"], torch.from_numpy((inst > 0).astype(np.int64)))
+
+
+def test_masked_terms_equal_the_plain_ones_without_ignored_pixels_and_zero_with_only_those():
+    from wsi_pipeline.model.losses import IGNORE, masked_ce, masked_mse
+
+    logits = torch.randn(2, 2, 8, 8)
+    target = torch.randint(0, 2, (2, 8, 8))
+    assert torch.allclose(masked_ce(logits, target), F.cross_entropy(logits, target))
+    assert float(masked_ce(logits, torch.full_like(target, IGNORE))) == 0.0
+    pred, true = torch.randn(2, 2, 8, 8), torch.randn(2, 2, 8, 8)
+    assert torch.allclose(masked_mse(pred, true, target >= 0), F.mse_loss(pred, true))
+    assert float(masked_mse(pred, true, target < 0)) == 0.0

@@ -18,6 +18,8 @@ _LAZY = {
     "CONSEP_CLASSES": "wsi_pipeline.datasets.consep_patches",
     "read_consep_patches": "wsi_pipeline.datasets.consep_patches",
     "read_cpm15": "wsi_pipeline.datasets.cpm15",
+    "read_brca_m2c": "wsi_pipeline.datasets.brca_m2c",
+    "read_crchistophenotypes": "wsi_pipeline.datasets.crchistophenotypes",
     "NucleusDataset": "wsi_pipeline.datasets.dataset",
     "read_hovernet": "wsi_pipeline.datasets.hovernet_layout",
     "read_monusac": "wsi_pipeline.datasets.monusac",
@@ -42,9 +44,11 @@ __all__ = [
     "build_normalizer",
     "check_sample",
     "normalize_samples",
+    "read_brca_m2c",
     "read_common",
     "read_consep_patches",
     "read_cpm15",
+    "read_crchistophenotypes",
     "read_hovernet",
     "read_monusac",
     "read_nucls",
@@ -59,9 +63,11 @@ __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 if TYPE_CHECKING:
     from wsi_pipeline.datasets.augment import Augmenter
+    from wsi_pipeline.datasets.brca_m2c import read_brca_m2c
     from wsi_pipeline.datasets.common import read_common, write_common
     from wsi_pipeline.datasets.consep_patches import CONSEP_CLASSES, read_consep_patches
     from wsi_pipeline.datasets.cpm15 import read_cpm15
+    from wsi_pipeline.datasets.crchistophenotypes import read_crchistophenotypes
     from wsi_pipeline.datasets.dataset import NucleusDataset
     from wsi_pipeline.datasets.hovernet_layout import read_hovernet
     from wsi_pipeline.datasets.monusac import read_monusac

@@ -1,7 +1,8 @@
 """The project's own on-disk dataset layout, which `wsi-pipeline convert` writes:
 
     DST/images/<name>.png       RGB
-    DST/labels/<name>.npz       inst_map (int32), type_map (int32; absent if untyped)
+    DST/labels/<name>.npz       inst_map (int32), type_map (int32; absent if untyped), points
+                                (float64 (K, 3) row, col, class; point-labelled sets only)
     DST/classes.json            class_names, and per sample its group and mpp, plus provenance
 
 Every file is written under a temporary name and renamed, so a crash never leaves half a file.
@@ -43,6 +44,8 @@ def write_common(samples: list[Sample], dst: Path, *, source: dict | None = None
         arrays: dict[str, Any] = {"inst_map": s.inst_map.astype(np.int32)}
         if s.type_map is not None:
             arrays["type_map"] = s.type_map.astype(np.int32)
+        if s.points is not None:
+            arrays["points"] = s.points.astype(np.float64)
         with atomic_path(dst / "labels" / f"{s.name}.npz") as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)  # a file object: savez would append .npz to a name
     index = {
@@ -64,6 +67,7 @@ def read_common(root: Path, *, on_error: OnError = "fail") -> list[Sample]:
         with np.load(root / "labels" / f"{name}.npz") as z:
             inst = z["inst_map"].astype(np.int32)
             typ = z["type_map"].astype(np.int32) if "type_map" in z.files else None
+            points = z["points"].astype(np.float64) if "points" in z.files else None
         return Sample(
             name=name,
             image=np.asarray(Image.open(root / "images" / f"{name}.png").convert("RGB")),
@@ -73,6 +77,7 @@ def read_common(root: Path, *, on_error: OnError = "fail") -> list[Sample]:
             mpp=entries[name].get("mpp"),
             group=entries[name].get("group") or name,
             meta={"source": str(root / "images" / f"{name}.png")},
+            points=points,
         )
 
     return load_all(sorted(entries), load, on_error, name=lambda n: f"{n}.png/{n}.npz")

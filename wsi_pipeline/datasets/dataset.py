@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from wsi_pipeline.datasets.augment import Augmenter
+from wsi_pipeline.datasets.points import is_points_only
 from wsi_pipeline.datasets.sample import Sample
 from wsi_pipeline.datasets.targets import hv_maps
 from wsi_pipeline.model.losses import IGNORE
@@ -24,7 +25,9 @@ class NucleusDataset(Dataset):
     resumed run sees exactly the same augmentations; DataLoader workers need no reseeding.
     Untyped samples (type_map None) get nc = ns, i.e. one "nucleus" class, or with
     `ignore_untyped_nc` (a mix with typed datasets) nc = IGNORE everywhere: the NC losses then
-    learn nothing from them, neither a type nor background.
+    learn nothing from them, neither a type nor background. Point-labelled samples
+    (`datasets.points`: masks of the labelled nuclei only, type IGNORE elsewhere) get ns =
+    IGNORE everywhere, so NS and HV learn nothing from them either.
 
     With `patch_size`, every item is patch_size² whatever the image size, so images of any size
     batch together: a larger image is cropped (`crop` "random" for training, "center" for a
@@ -63,9 +66,11 @@ class NucleusDataset(Dataset):
         s = self.samples[index]
         image, inst, typ = s.image, s.inst_map, s.type_map
         rng = np.random.default_rng((self.seed, self.epoch, index))
+        points_only = is_points_only(s)
         if self.patch_size is not None:
             image, inst, typ = fit_patch(image, inst, typ, self.patch_size,
-                                         rng if self.crop == "random" else None)
+                                         rng if self.crop == "random" else None,
+                                         type_fill=IGNORE if points_only else 0)
         if self.augment is not None:
             image, inst, typ = self.augment(image, inst, typ, rng)
         if self.augment is not None or (self.patch_size is not None and self.crop == "random"):
@@ -76,6 +81,8 @@ class NucleusDataset(Dataset):
                 cached = self._hv_cache[index] = hv_maps(inst)
             hv = cached
         ns = inst > 0
+        if points_only and typ is None:  # no targets derived yet: nothing to learn here
+            typ = np.full(ns.shape, IGNORE)
         if typ is not None:
             nc = typ
         elif self.ignore_untyped_nc:
@@ -84,7 +91,8 @@ class NucleusDataset(Dataset):
             nc = ns
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0),
-            "ns": torch.from_numpy(ns.astype(np.int64)),
+            "ns": torch.from_numpy(np.full(ns.shape, IGNORE, np.int64) if points_only
+                                   else ns.astype(np.int64)),
             "hv": torch.from_numpy(hv),
             "nc": torch.from_numpy(np.asarray(nc, dtype=np.int64)),
             "inst": torch.from_numpy(np.ascontiguousarray(inst, dtype=np.int32)),
@@ -97,8 +105,11 @@ def fit_patch(
     typ: np.ndarray | None,
     size: int,
     rng: np.random.Generator | None,
+    *,
+    type_fill: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Crop (at a random offset drawn from `rng`, or centred when None) and pad to size × size.
+    """Crop (at a random offset drawn from `rng`, or centred when None) and pad to size × size;
+    padded type pixels get `type_fill` (background, or IGNORE for point-labelled images).
 
     Draws nothing from `rng` along an axis that already fits, so a dataset of patch_size
     images keeps exactly the augmentation stream it had without cropping.
@@ -108,7 +119,7 @@ def fit_patch(
     if any(p != (0, 0) for p in pads):
         image = np.pad(image, [*pads, (0, 0)], mode="reflect")
         inst = np.pad(inst, pads)
-        typ = None if typ is None else np.pad(typ, pads)
+        typ = None if typ is None else np.pad(typ, pads, constant_values=type_fill)
     starts = []
     for n in inst.shape:
         if n == size:

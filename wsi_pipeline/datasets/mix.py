@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from wsi_pipeline.datasets.points import remap_point_classes
 from wsi_pipeline.datasets.readers import READERS
 from wsi_pipeline.datasets.rescale import to_mpp
 from wsi_pipeline.datasets.sample import Sample
@@ -44,6 +45,12 @@ class DatasetSpec(BaseModel):
     )
     val_fraction: float = Field(0.0, ge=0, lt=1, description="Or: share of groups held out.")
     split_seed: int = 0
+    class_map: dict[str, str | None] | None = Field(
+        None,
+        description="Point-labelled sets: the dataset's class names onto the model's (the typed "
+        "mask sets' class list); None = a marked nucleus with no type target. Every class of "
+        "the dataset must be named; a model class no dataset class maps to is unlabelled here.",
+    )
 
     @field_validator("format")
     @classmethod
@@ -77,23 +84,38 @@ def read_dataset(spec: DatasetSpec, mpp: float, on_error: OnError) -> tuple[list
     return train, val
 
 
-def read_mix(specs: list[DatasetSpec], mpp: float, on_error: OnError) -> tuple[list[Sample], list[Sample]]:
-    """Concatenated (train, val) of every dataset; names must be unique."""
+def read_mix(specs: list[DatasetSpec], mpp: float, on_error: OnError,
+             class_names: tuple[str, ...] | None = None) -> tuple[list[Sample], list[Sample]]:
+    """Concatenated (train, val) of every dataset; names must be unique. Point-labelled sets'
+    classes are mapped (their `class_map`) onto `class_names`, by default the typed mask sets'."""
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"dataset names must be unique, got {names}")
+    parts = [(spec, *read_dataset(spec, mpp, on_error)) for spec in specs]
+    target = class_names or typed_class_names(
+        [s for _, t, v in parts for s in t + v if s.points is None])
     train: list[Sample] = []
     val: list[Sample] = []
-    for spec in specs:
-        t, v = read_dataset(spec, mpp, on_error)
+    for spec, t, v in parts:
+        if any(s.points is not None for s in t + v):
+            if spec.class_map is None or target is None:
+                raise ValueError(f"dataset {spec.name!r} is point-labelled: it needs a class_map "
+                                 "onto the model's classes (from a typed mask set of the mix)")
+            try:
+                t = [remap_point_classes(s, spec.class_map, target) for s in t]
+                v = [remap_point_classes(s, spec.class_map, target) for s in v]
+            except ValueError as exc:
+                raise ValueError(f"dataset {spec.name!r}: {exc}") from exc
+        elif spec.class_map is not None:
+            raise ValueError(f"dataset {spec.name!r}: class_map applies to point-labelled sets only")
         train += t
         val += v
     return train, val
 
 
 def typed_class_names(samples: list[Sample]) -> tuple[str, ...] | None:
-    """The class list every typed sample shares (None if no sample is typed)."""
-    names = {s.class_names for s in samples if s.type_map is not None}
+    """The class list every typed (or point-labelled) sample shares (None if none is)."""
+    names = {s.class_names for s in samples if s.type_map is not None or s.points is not None}
     if len(names) > 1:
         raise ValueError(f"typed datasets disagree on classes: {sorted(names)}")
     return names.pop() if names else None

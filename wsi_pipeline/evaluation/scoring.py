@@ -17,6 +17,8 @@ import torch
 from wsi_pipeline.datasets.mix import DATASET_KEY
 from wsi_pipeline.datasets.sample import Sample
 from wsi_pipeline.evaluation import DatasetEvaluator, Instances
+from wsi_pipeline.evaluation.detection import radius_px
+from wsi_pipeline.evaluation.points import PointCounts, centroids_rc, point_score_names
 from wsi_pipeline.inference.config import DEFAULT_MARGIN
 from wsi_pipeline.inference.image import predict_tiled
 from wsi_pipeline.postproc import PostprocConfig, segment_instances
@@ -26,13 +28,19 @@ from wsi_pipeline.postproc import PostprocConfig, segment_instances
 INSTANCE_KEYS = ("dice", "aji", "dq", "sq", "pq", "f_d")
 #: what a mix row averages over its datasets: the instance scores and mPQ (typed sets only)
 AGGREGATE_KEYS = (*INSTANCE_KEYS, "mpq")
+#: the pseudo-dataset of the point scores pooled over every typed set (mask sets' true
+#: centroids as labelled points), so a rare class is scored on all its examples at once
+POOLED = "all"
 
 Maps = dict[str, np.ndarray]
 
 
-def score_names(typed: bool, n_types: int) -> tuple[str, ...]:
+def score_names(typed: bool, n_types: int, point_classes: set[int] | None = None) -> tuple[str, ...]:
     """The scores `score_maps` gives one dataset: the instance scores, plus mPQ and PQ and F_c of
-    each type 1..n_types-1 where the dataset has types."""
+    each type 1..n_types-1 where the dataset has types; for a point-labelled dataset (its
+    `point_classes`) recall, f1_mean and f1_<t> (`evaluation.points`)."""
+    if point_classes is not None:
+        return point_score_names(point_classes)
     if not typed:
         return INSTANCE_KEYS
     types = range(1, n_types)
@@ -80,7 +88,21 @@ def score_maps(
     for i, s in enumerate(samples):
         groups.setdefault(s.meta.get(DATASET_KEY, ""), []).append(i)
     scores: dict[str, dict[str, float]] = {}
+    pooled = PointCounts()
+    radius = radius_px(mpp)
     for name, idx in groups.items():
+        if any(samples[i].points is not None for i in idx):
+            counts = PointCounts()
+            for i in idx:
+                s = samples[i]
+                assert s.points is not None, f"{s.name}: a point-labelled dataset's image without points"
+                seg = segment_instances(maps[i]["ns"], maps[i]["hv"], maps[i]["nc"], mpp=mpp,
+                                        config=postproc)
+                counts.add(s.points[:, :2], s.points[:, 2], centroids_rc(seg.inst_map), seg.types,
+                           radius)
+            scores[name] = counts.scores()
+            pooled.merge(counts)
+            continue
         typed = any(samples[i].type_map is not None for i in idx)
         evaluator = DatasetEvaluator(type_ids=list(range(1, n_types)) if typed else [], mpp=mpp)
         for i in idx:
@@ -94,8 +116,15 @@ def score_maps(
                 pred_types = np.ones(len(seg.types), np.int64)
             evaluator.add(s.name, Instances(s.inst_map, true_types),
                           Instances(seg.inst_map, pred_types))
+            if s.type_map is not None:
+                pooled_img = PointCounts()
+                pooled_img.add(centroids_rc(s.inst_map)[ids[ids > 0] - 1], true_types,
+                               centroids_rc(seg.inst_map), seg.types, radius)
+                pooled.merge(pooled_img)
         summary = evaluator.summary()
         scores[name] = {k: float(summary[k]) for k in score_names(typed, n_types) if k in summary}
+    if any(s.points is not None for s in samples):
+        scores[POOLED] = {k: v for k, v in pooled.scores().items() if k.startswith("f1_")}
     return scores
 
 

@@ -10,9 +10,11 @@ misclassification cost under a penalty matrix W (patent CN114627142A):
 W has a zero diagonal, so all probability on the true class costs nothing; a rare true class
 gets a larger row of W, so putting its probability on another class costs more.
 
-Partial labels: NC target pixels equal to `IGNORE` (images of datasets without types) take no
-part in any NC term — they are not taught as background, and a batch of only such pixels gives
-an NC loss of exactly 0.
+Partial labels: NC target pixels equal to `IGNORE` (images of datasets without types, and
+every unlabelled pixel of a point-labelled image) take no part in any NC term — they are not
+taught as background, and a batch of only such pixels gives an NC loss of exactly 0. NS target
+pixels equal to `IGNORE` (point-labelled images) take no part in the NS terms nor in either HV
+term.
 """
 
 from __future__ import annotations
@@ -113,6 +115,23 @@ def msge(pred_hv: torch.Tensor, true_hv: torch.Tensor, nucleus: torch.Tensor) ->
     return (diff * mask).sum() / (mask.sum() + 1e-8)
 
 
+def masked_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the pixels whose target is not `IGNORE`; exactly 0 (in the graph)
+    when every pixel is ignored, where plain CE would be NaN."""
+    if not (target != IGNORE).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, ignore_index=IGNORE)
+
+
+def masked_mse(pred: torch.Tensor, true: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of (B, C, H, W) maps over the (B, H, W) `valid` pixels; every pixel
+    valid gives F.mse_loss's mean."""
+    mask = valid.unsqueeze(1).to(pred).expand_as(pred)
+    if not valid.any():
+        return pred.sum() * 0.0
+    return (((pred - true) ** 2) * mask).sum() / mask.sum()
+
+
 def multitask_loss(
     out: dict[str, torch.Tensor],
     batch: dict[str, torch.Tensor],
@@ -122,10 +141,10 @@ def multitask_loss(
     """Total loss and every term (for logging)."""
     ns, nc = batch["ns"], batch["nc"]
     terms = {
-        "ns_ce": F.cross_entropy(out["ns"].float(), ns),
+        "ns_ce": masked_ce(out["ns"].float(), ns),
         "ns_dice": soft_dice(out["ns"], ns),
-        "hv_mse": F.mse_loss(out["hv"].float(), batch["hv"]),
-        "hv_msge": msge(out["hv"], batch["hv"], ns),
+        "hv_mse": masked_mse(out["hv"].float(), batch["hv"], ns != IGNORE),
+        "hv_msge": msge(out["hv"], batch["hv"], ns == 1),
         "nc_ce": cost_sensitive_ce(out["nc"].float(), nc, cost_matrix, cfg.lam),
         "nc_dice": soft_dice(out["nc"], nc),
     }

@@ -1,0 +1,47 @@
+"""Point scores: recall of the marked nuclei and per-class F1 over the labelled points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsi_pipeline.evaluation.points import PointCounts, centroids_rc, pair_within
+
+
+def test_pairing_finds_every_pair_within_the_radius():
+    """HoVer-Net's pairing (Hungarian on raw distances) can trade a close pair for a far one;
+    here the close pairs are kept: 2 marked points, 2 predictions, both pairs within 3 px."""
+    true = np.array([[0.0, 0.0], [0.0, 4.0]])
+    pred = np.array([[0.0, 2.5], [0.0, 100.0]])
+    pairs, unpaired = pair_within(true, pred, radius=3.0)
+    assert len(pairs) == 1 and unpaired.tolist() in ([0], [1])
+    pred = np.array([[0.0, 1.0], [0.0, 5.0], [0.0, 50.0]])
+    pairs, unpaired = pair_within(np.array([[0.0, 0.0], [0.0, 3.9], [0.0, 90.0]]), pred, 3.0)
+    assert sorted(map(tuple, pairs.tolist())) == [(0, 0), (1, 1)] and unpaired.tolist() == [2]
+
+
+def test_f1_counts_misses_as_false_negatives_and_ignores_unmarked_predictions():
+    counts = PointCounts()
+    points = np.array([[10, 10], [10, 40], [40, 10], [40, 40], [70, 70]], float)
+    classes = np.array([1, 1, 2, 2, 0])  # the last point is marked but has no class
+    pred = np.array([[11, 10], [10, 41], [40, 11], [70, 70], [90, 90]], float)
+    pred_types = np.array([1, 2, 2, 1, 1])  # [90, 90]: an unmarked nucleus, neither right nor wrong
+    counts.add(points, classes, pred, pred_types, radius=3.0)
+    scores = counts.scores()
+    assert scores["recall"] == pytest.approx(4 / 5)  # [40, 40] has no prediction near it
+    # class 1: TP 1, FN 1 (typed 2); class 2: TP 1, FP 1, FN 1 (missed)
+    assert scores["f1_1"] == pytest.approx(2 / 3)
+    assert scores["f1_2"] == pytest.approx(2 / 4)
+    assert scores["f1_mean"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    pooled = PointCounts()
+    pooled.merge(counts)
+    pooled.merge(counts)
+    assert pooled.scores() == pytest.approx(scores)
+
+
+def test_centroids_of_labels():
+    inst = np.zeros((10, 10), np.int32)
+    inst[2:4, 2:4] = 1
+    inst[6, 5:8] = 3
+    c = centroids_rc(inst)
+    assert c[0].tolist() == [2.5, 2.5] and np.isnan(c[1]).all() and c[2].tolist() == [6, 6]

@@ -1,0 +1,128 @@
+"""Scores of predicted nuclei against point labels that mark only some of the nuclei.
+
+An unmarked nucleus is unlabelled, so a prediction paired with no point is neither right nor
+wrong, and precision cannot be measured. What can be: **recall** of the marked nuclei (a
+marked point with a predicted centroid within the pairing radius, 3 µm, paired one-to-one),
+and **per-class F1 over the labelled points**: a labelled point of class c paired with a
+nucleus typed c is a true positive of c; typed k ≠ c, a false negative of c and a false
+positive of k; unpaired, a false negative of c. F1_c = 2 TP / (2 TP + FP + FN), counts pooled over the images.
+Points of class 0 (marked, no class) count for recall only.
+
+Pairing (`pair_within`): the Hungarian algorithm on distances capped at the radius, so it
+finds the most pairs within the radius and, among those, the closest. HoVer-Net's pairing
+(`detection.pair_centroids`, kept for the mask sets' F_d and F_c) runs it on raw distances and
+drops far pairs afterwards; with a point set that marks some nuclei among many predictions, a
+far point then pulls its neighbours' matches away and a marked nucleus with a prediction
+0.5 µm away is counted as missed (recall 0.45 instead of 0.79 on a BRCA-M2C image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
+
+#: the point scores of a dataset besides its per-class `f1_<t>`
+POINT_KEYS = ("recall", "f1_mean")
+
+
+def pair_within(true_rc: np.ndarray, pred_rc: np.ndarray, radius: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs (K, 2) [true index, pred index], unpaired true indices): the most one-to-one
+    pairs within `radius`, of least total distance among those. Coordinates must be finite."""
+    true_rc = np.asarray(true_rc, np.float64).reshape(-1, 2)
+    pred_rc = np.asarray(pred_rc, np.float64).reshape(-1, 2)
+    if len(true_rc) == 0 or len(pred_rc) == 0:
+        return np.zeros((0, 2), np.int64), np.arange(len(true_rc))
+    dist = cdist(true_rc, pred_rc)
+    near_t = np.flatnonzero((dist <= radius).any(axis=1))
+    near_p = np.flatnonzero((dist <= radius).any(axis=0))
+    if len(near_t) == 0:
+        return np.zeros((0, 2), np.int64), np.arange(len(true_rc))
+    sub = dist[np.ix_(near_t, near_p)]
+    # beyond the radius every pair costs the same (more than any pair within it)
+    cost = np.where(sub <= radius, sub, radius * (len(near_t) + 1) + 1.0)
+    ti, pi = linear_sum_assignment(cost)
+    keep = sub[ti, pi] <= radius
+    pairs = np.stack([near_t[ti[keep]], near_p[pi[keep]]], axis=1).astype(np.int64)
+    return pairs, np.setdiff1d(np.arange(len(true_rc)), pairs[:, 0])
+
+
+@dataclass
+class PointCounts:
+    """Marked points found, and per-class TP / FP / FN over the labelled ones."""
+
+    marked: int = 0
+    found: int = 0
+    tp: dict[int, int] = field(default_factory=dict)
+    fp: dict[int, int] = field(default_factory=dict)
+    fn: dict[int, int] = field(default_factory=dict)
+    classes: set[int] = field(default_factory=set)
+
+    def add(self, points_rc: np.ndarray, point_types: np.ndarray, pred_rc: np.ndarray,
+            pred_types: np.ndarray, radius: float) -> None:
+        """One image: points (K, 2) (row, col) with classes (0 = none), predicted centroids
+        (N, 2) (row, col) with types, pairing radius in pixels."""
+        point_types = np.asarray(point_types, np.int64).reshape(-1)
+        pred_types = np.asarray(pred_types, np.int64).reshape(-1)
+        pred_rc = np.asarray(pred_rc, np.float64).reshape(-1, 2)
+        ok = ~np.isnan(pred_rc).any(axis=1)
+        pred_rc, pred_types = pred_rc[ok], pred_types[ok]
+        pairs, unpaired = pair_within(points_rc, pred_rc, radius)
+        self.marked += len(point_types)
+        self.found += len(pairs)
+        for c in point_types[point_types > 0]:
+            self.classes.add(int(c))
+        for t, p in zip(point_types[pairs[:, 0]], pred_types[pairs[:, 1]], strict=True):
+            if t == 0:
+                continue
+            if t == p:
+                self.tp[int(t)] = self.tp.get(int(t), 0) + 1
+            else:
+                self.fn[int(t)] = self.fn.get(int(t), 0) + 1
+                self.fp[int(p)] = self.fp.get(int(p), 0) + 1
+        for t in point_types[unpaired]:
+            if t > 0:
+                self.fn[int(t)] = self.fn.get(int(t), 0) + 1
+
+    def merge(self, other: PointCounts) -> None:
+        """Pool `other`'s counts into these."""
+        self.marked += other.marked
+        self.found += other.found
+        self.classes |= other.classes
+        for mine, theirs in ((self.tp, other.tp), (self.fp, other.fp), (self.fn, other.fn)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v
+
+    def f1(self, c: int) -> float:
+        tp = self.tp.get(c, 0)
+        den = 2 * tp + self.fp.get(c, 0) + self.fn.get(c, 0)
+        return 2 * tp / den if den else float("nan")
+
+    def scores(self) -> dict[str, float]:
+        """recall, f1_mean (over the classes the points hold) and f1_<t> per such class."""
+        per = {f"f1_{c}": self.f1(c) for c in sorted(self.classes)}
+        return {"recall": self.found / self.marked if self.marked else float("nan"),
+                "f1_mean": float(np.nanmean(list(per.values()))) if per else float("nan"),
+                **per}
+
+
+def point_score_names(class_ids: list[int] | set[int]) -> tuple[str, ...]:
+    """The keys `PointCounts.scores` gives for points of these classes."""
+    return (*POINT_KEYS, *(f"f1_{c}" for c in sorted(class_ids)))
+
+
+def centroids_rc(inst_map: np.ndarray) -> np.ndarray:
+    """(K, 2) (row, col) centroids of ids 1..K (NaN for an absent id)."""
+    n = int(inst_map.max(initial=0))
+    if n == 0:
+        return np.zeros((0, 2))
+    lab = inst_map.ravel()
+    area = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
+    rows, cols = np.indices(inst_map.shape)
+    r = np.bincount(lab, weights=rows.ravel(), minlength=n + 1)[1:]
+    c = np.bincount(lab, weights=cols.ravel(), minlength=n + 1)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([r / area, c / area], axis=1)
