@@ -391,3 +391,12 @@ def test_selection_of_a_score_validation_will_not_give_is_refused_before_trainin
     with pytest.raises(ValueError, match=f"selection: \\['{key}'\\]"):
         train(cfg, samples=_mix_data(), progress=False)
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_non_finite_loss_stops_training_without_writing_checkpoints(tmp_path):
+    from wsi_pipeline.training.loop import NonFiniteLossError
+
+    cfg = _cfg(tmp_path, epochs=1, optim={"lr": 1e30, "schedule": "constant"})
+    with pytest.raises(NonFiniteLossError, match="not finite"):
+        train(cfg, samples=([_sample(i) for i in range(6)], []), progress=False)
+    assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "last.pt").exists()

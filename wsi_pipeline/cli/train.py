@@ -23,7 +23,7 @@ from wsi_pipeline.training.config import TrainConfig
 def command(config_path: Path, out_dir: Path | None, epochs: int | None, device: str | None,
             max_steps_per_epoch: int | None, no_resume: bool) -> None:
     """Train, validate each epoch, keep best.pt and last.pt; resumes from last.pt."""
-    from wsi_pipeline.training.loop import train
+    from wsi_pipeline.training.loop import NonFiniteLossError, train
 
     overrides = {k: v for k, v in {"out_dir": out_dir and str(out_dir), "epochs": epochs,
                                     "device": device,
@@ -33,5 +33,8 @@ def command(config_path: Path, out_dir: Path | None, epochs: int | None, device:
         cfg = load_config(config_path, TrainConfig, overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    result = train(cfg, resume=not no_resume)
+    try:
+        result = train(cfg, resume=not no_resume)
+    except NonFiniteLossError as exc:
+        raise click.ClickException(f"{config_path}: {exc}") from exc
     click.echo(f"done: {result.epochs_done} epochs in {result.run_dir}; best epoch {result.best_epoch}")

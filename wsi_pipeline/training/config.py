@@ -112,6 +112,26 @@ class DataConfig(BaseModel):
     )
 
 
+class PointLabelConfig(BaseModel):
+    """How point-labelled images (`datasets.points`) become type targets: each labelled point's
+    class goes to the nucleus the network itself outlines under it (its post-processed
+    prediction, computed once per image and cached), or to a disk where none does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instances_from: Path | None = Field(
+        None, description="Checkpoint whose predicted instances the points label (default: "
+        "init_from). Segmentation only: its type branch plays no part.",
+    )
+    cache_dir: Path | None = Field(
+        None, description="Where the predicted instances are cached (default: "
+        "<out_dir>/point_instances); keyed by checkpoint, post-processing and image content.",
+    )
+    refresh: bool = Field(False, description="Recompute the cached instances.")
+    disk_um: float = Field(3.0, gt=0, description="Radius of a point no instance covers (µm).")
+    snap_um: float = Field(1.5, ge=0, description="A point this close to an instance labels it (µm).")
+
+
 class SamplingConfig(BaseModel):
     """How training crops are drawn each epoch (see `datasets.mix`)."""
 
@@ -205,6 +225,10 @@ class TrainConfig(BaseModel):
         "datasets, `pq`, `mpq`). Checked against this run's validation sets before training. "
         "None = the mean of `pq` and `mpq`.",
     )
+    validate_start: bool = Field(
+        False, description="Validate the starting weights (init_from) before the first epoch: "
+        "history.csv row epoch 0, the yardstick a fine-tune must beat.",
+    )
     max_steps_per_epoch: int | None = Field(None, ge=1, description="For smoke tests.")
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
@@ -213,6 +237,7 @@ class TrainConfig(BaseModel):
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
     data: DataConfig = DataConfig()
+    points: PointLabelConfig = PointLabelConfig()
     postproc: PostprocConfig = Field(
         default_factory=PostprocConfig,
         description="Post-processing of the validation scores (PQ, mPQ, F_d, F_c), and so of the "

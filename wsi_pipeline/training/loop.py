@@ -41,6 +41,7 @@ from wsi_pipeline.datasets.mix import (
     typed_class_names,
 )
 from wsi_pipeline.evaluation.scoring import (
+    POOLED,
     flatten_scores,
     score_by_dataset,
     score_names,
@@ -52,8 +53,14 @@ from wsi_pipeline.model.losses import cost_matrix_from_counts, multitask_loss
 from wsi_pipeline.model.predict import autocast_dtype, resolve_device
 from wsi_pipeline.postproc.config import PostprocConfig
 from wsi_pipeline.training.config import NETWORK_PARTS, TrainConfig
+from wsi_pipeline.training.point_instances import default_source, derive_point_targets
+from wsi_pipeline.training.scoring_net import scoring_network
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss: stopped before any weights of it were saved."""
 
 
 @dataclass
@@ -76,8 +83,9 @@ def class_counts(samples: list[Sample], n_types: int, mode: str) -> np.ndarray:
     for s in samples:
         if s.type_map is None:
             continue
-        if mode == "pixels":
-            counts += np.bincount(s.type_map.ravel(), minlength=n_types)[:n_types]
+        if mode == "pixels":  # IGNORE pixels (unlabelled parts of point-labelled images) left out
+            labelled = s.type_map.ravel()
+            counts += np.bincount(labelled[labelled >= 0], minlength=n_types)[:n_types]
         else:
             ids, first = np.unique(s.inst_map, return_index=True)
             types = s.type_map.ravel()[first[ids > 0]]
@@ -165,10 +173,17 @@ def _check_selection(cfg: TrainConfig, val: list[Sample]) -> None:
     if cfg.selection is None or not val:
         return
     typed: dict[str, bool] = {}
+    point_classes: dict[str, set[int]] = {}
     for s in val:
         name = s.meta.get(DATASET_KEY, "")
         typed[name] = typed.get(name, False) or s.type_map is not None
-    names = {name: dict.fromkeys(score_names(t, cfg.model.n_types), 0.0) for name, t in typed.items()}
+        if s.points is not None:
+            labelled = s.points[:, 2]
+            point_classes.setdefault(name, set()).update(int(c) for c in labelled[labelled > 0])
+    names = {name: dict.fromkeys(score_names(t, cfg.model.n_types, point_classes.get(name)), 0.0)
+             for name, t in typed.items()}
+    if point_classes:
+        names[POOLED] = {f"f1_{c}": 0.0 for c in range(1, cfg.model.n_types)}
     known = set(flatten_scores(names, prefix=""))
     unknown = [key for key in cfg.selection if key not in known]
     if unknown:
@@ -260,7 +275,8 @@ def _validate(net: torch.nn.Module, loader: DataLoader, device: torch.device, am
             n += k
     row = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
     tile, stride = validation_tiling(cfg.patch_size)
-    scores = score_by_dataset(net, samples, n_types=cfg.model.n_types, mpp=cfg.mpp, tile=tile,
+    scores = score_by_dataset(scoring_network(net, device), samples, n_types=cfg.model.n_types,
+                              mpp=cfg.mpp, tile=tile,
                               stride=stride, batch_size=cfg.batch_size, device=device,
                               postproc=cfg.postproc)
     row.update(flatten_scores(scores))
@@ -389,6 +405,7 @@ def train(
     torch.manual_seed(cfg.seed)
 
     data = _prepare_data(cfg, samples)
+    data = _point_targets(cfg, data, run_dir, device)
     _check_selection(cfg, data.val)
     w, cost_info = cost_matrix(cfg, data.train)
     log.info("cost matrix (%s):\n%s", cost_info.get("formula", cost_info["source"]), np.round(w, 3))
@@ -400,6 +417,17 @@ def train(
     log.info("training on %d patches, validating on %d (groups never shared); device %s, amp %s",
              len(data.train), len(data.val), device, amp)
 
+    if (cfg.validate_start and state.start_epoch == 0 and not state.history
+            and val_loader is not None):
+        # the starting weights' scores on the same validation, as history row "epoch 0": the
+        # yardstick of a fine-tune (never written as best.pt)
+        t0 = time.time()
+        row = {"epoch": 0, "lr": 0.0, **_validate(model.kept, val_loader, device, amp, cw, cfg,
+                                                  data.val)}
+        row["seconds"] = time.time() - t0
+        state.history.append(row)
+        _write_history(run_dir, state.history)
+        log.info("epoch 0 (starting weights): %s", {k: round(v, 4) for k, v in row.items()})
     for epoch in range(state.start_epoch, cfg.epochs):
         t0 = time.time()
         train_ds.set_epoch(epoch)
@@ -418,7 +446,8 @@ def train(
         _write_history(run_dir, state.history)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
     best_score, best_epoch = state.best
-    return TrainResult(run_dir, len(state.history), int(best_epoch), float(best_score), state.history)
+    epochs_done = sum(1 for row in state.history if row["epoch"] > 0)
+    return TrainResult(run_dir, epochs_done, int(best_epoch), float(best_score), state.history)
 
 
 def _prepare_data(cfg: TrainConfig, samples: tuple[list[Sample], list[Sample]] | None) -> _Data:
@@ -434,6 +463,24 @@ def _prepare_data(cfg: TrainConfig, samples: tuple[list[Sample], list[Sample]] |
             f"data has {len(class_names)} classes {class_names} but model.n_types={cfg.model.n_types}"
         )
     return _Data(train_samples, val_samples, tuple(class_names), typed_names is not None, stain_meta)
+
+
+def _point_targets(cfg: TrainConfig, data: _Data, run_dir: Path, device: torch.device) -> _Data:
+    """Point-labelled images get their type targets on the instances that `points.instances_from`
+    (default `init_from`) predicts (`training.point_instances`, cached)."""
+    if not any(s.points is not None for s in data.train + data.val):
+        return data
+    checkpoint = cfg.points.instances_from or cfg.init_from
+    if checkpoint is None:
+        raise ValueError("point-labelled datasets need a segmentation checkpoint to outline the "
+                         "marked nuclei: set init_from or points.instances_from")
+    source = default_source(checkpoint, cfg.postproc, cfg.mpp, cfg.patch_size)
+    cache = cfg.points.cache_dir or run_dir / "point_instances"
+    train, val = (derive_point_targets(part, source, cache, device=device, batch_size=cfg.batch_size,
+                                       refresh=cfg.points.refresh, disk_um=cfg.points.disk_um,
+                                       snap_um=cfg.points.snap_um)
+                  for part in (data.train, data.val))
+    return _Data(train, val, data.class_names, True, data.stain_meta)
 
 
 def _build_model(cfg: TrainConfig, device: torch.device) -> _Model:
@@ -518,6 +565,12 @@ def _run_epoch(cfg: TrainConfig, model: _Model, loader: DataLoader, epoch: int, 
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out = net(batch["image"])
         total, terms = multitask_loss(out, batch, cw, cfg.loss)
+        if not torch.isfinite(total):
+            bad = sorted(k for k, v in terms.items() if not math.isfinite(v))
+            raise NonFiniteLossError(
+                f"epoch {epoch + 1}, step {steps + 1}: the training loss is not finite "
+                f"({', '.join(bad) or 'total'}); lr {opt.param_groups[0]['lr']:g}. Training stopped; "
+                "no checkpoint of this epoch was written (check optim.lr and the data)")
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
