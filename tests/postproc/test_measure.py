@@ -75,3 +75,21 @@ def test_simplification_keeps_single_valid_polygons():
     a, b = (shapely.from_wkb(t.column("geometry").to_numpy(False)) for t in (kept, simple))
     assert n > 5 and all(shapely.get_type_id(b) == 3) and all(shapely.is_valid(b))
     assert shapely.get_num_coordinates(b).sum() < shapely.get_num_coordinates(a).sum()
+
+
+def test_type_probabilities_are_given_nucleus_and_sum_to_one():
+    """A nucleus NS found but NC doubted (background 0.9) reads its types renormalised over the
+    foreground classes; the background share keeps its own column."""
+    table = nucleus_table(_two_nuclei(), [1, 2], [[0.9, 0.08, 0.02], [0.2, 0.2, 0.6]],
+                          class_names=NAMES, mpp=0.5)
+    a, bc = (np.asarray(table.column(c).to_pylist()) for c in ("prob_a", "prob_b_c"))
+    assert a + bc == pytest.approx([1.0, 1.0])
+    assert table.column("type_prob").to_pylist() == pytest.approx([0.8, 0.75])
+    assert table.column("prob_bg").to_pylist() == pytest.approx([0.9, 0.2])
+
+
+def test_type_given_nucleus_without_any_type_share_is_uniform():
+    from wsi_pipeline.postproc.measure import type_given_nucleus
+
+    out = type_given_nucleus(np.array([[1.0, 0.0, 0.0, 0.0]]))
+    assert out[0, 0] == 1.0 and out[0, 1:] == pytest.approx([1 / 3] * 3)

@@ -24,6 +24,27 @@ from skimage import measure
 from wsi_pipeline.contract import BBOX_TYPE, nuclei_schema, prob_column
 
 
+def type_given_nucleus(mean_probs: np.ndarray) -> np.ndarray:
+    """Per-nucleus class probabilities as the table reports them, from the type branch's mean
+    softmax (N, C) over background (column 0) + the C-1 types.
+
+    Column 0 stays the background share (how much the type branch doubts that this is a
+    nucleus at all, which NS already decided it is); columns 1.. become the probability of
+    each type *given that it is a nucleus*: renormalised over the types, so they sum to 1. A
+    nucleus found by NS but doubted by NC (background 0.9, epithelial 0.08, others 0.02) then
+    reads epithelial 0.8, not 0.08. Rows whose types are all 0 get the uniform 1/(C-1).
+    """
+    probs = np.asarray(mean_probs, dtype=np.float64)
+    out = probs.copy()
+    if probs.shape[1] < 2:
+        return out.astype(np.float32)
+    fg = probs[:, 1:]
+    total = fg.sum(axis=1, keepdims=True)
+    uniform = np.full_like(fg, 1.0 / fg.shape[1])
+    out[:, 1:] = np.where(total > 0, fg / np.where(total > 0, total, 1.0), uniform)
+    return out.astype(np.float32)
+
+
 @dataclass(frozen=True)
 class PixelMoments:
     """Pixel count and sums of global map row and column indices per label, exact in int64,
@@ -128,7 +149,9 @@ def nucleus_table(
 ) -> pa.Table:
     """The nuclei table rows (`contract.nuclei_schema`, sorted by `nucleus_id`) of the
     instances of `inst_map`, ids 1..K, with `types` (K,) and `type_probs` (K, C) (C = 0:
-    no type maps; type_prob and the prob_* columns are then NaN).
+    no type maps; type_prob and the prob_* columns are then NaN). `type_probs` is the type
+    branch's mean softmax; the table holds `type_given_nucleus` of it: prob_<type> and type_prob
+    given that the object is a nucleus, prob_<background class> the background share.
 
     `inst_map` lies at `offset_rc` (row, col) in the map's pixels; `origin_xy`, `scale` place
     the map in level 0 and `level0_mpp` (default: `mpp / scale`) gives its µm. `moments`: the
@@ -163,6 +186,8 @@ def nucleus_table(
     probs = np.asarray(type_probs, dtype=np.float32).reshape(n, -1)
     if probs.shape[1] == 0:
         probs = np.full((n, len(class_names)), np.nan, np.float32)
+    else:
+        probs = type_given_nucleus(probs)
     cols = {
         "nucleus_id": np.arange(1, n + 1, dtype=np.int64) if nucleus_ids is None else nucleus_ids,
         "x": x,
