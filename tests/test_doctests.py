@@ -10,7 +10,8 @@ import pytest
 
 
 @pytest.mark.parametrize("module", ["wsi_pipeline", "wsi_pipeline.model.runtime",
-                                    "wsi_pipeline.model.predictors", "wsi_pipeline.export.formats"])
+                                    "wsi_pipeline.model.predictors", "wsi_pipeline.export.formats",
+                                    "wsi_pipeline.export.formats.base"])
 def test_examples_run(module):
     failed, tried = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failed == 0, module

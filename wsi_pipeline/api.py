@@ -108,7 +108,8 @@ class Segmentation:
         """
         from dataclasses import replace
 
-        from wsi_pipeline.export.formats import FORMATS, FormatError, output_format
+        from wsi_pipeline.export.formats import FORMATS, FormatError
+        from wsi_pipeline.export.formats.base import output_format
 
         path = Path(path)
         if format is None:

@@ -79,13 +79,13 @@ class ExportConfig(BaseModel):
     @field_validator("formats")
     @classmethod
     def _known_formats(cls, v: list[str]) -> list[str]:
-        from wsi_pipeline.export.formats import output_format, parse_formats
+        from wsi_pipeline.export.formats import format_class, parse_formats
 
         names = parse_formats(v)
         if "geoparquet" in names:
             raise ValueError("geoparquet: a slide's nuclei.parquet is always written in it")
         for name in names:
-            if output_format(name).needs_labels:
+            if getattr(format_class(name), "needs_labels", False):
                 raise ValueError(f"{name}: needs the label map, which only tile mode "
                                  "(predict-tiles --formats) has")
         return names

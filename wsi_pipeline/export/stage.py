@@ -33,7 +33,7 @@ from wsi_pipeline.contract import (
     MapsAttrs,
 )
 from wsi_pipeline.export.config import ExportConfig
-from wsi_pipeline.export.formats import Nuclei, output_format
+from wsi_pipeline.export.formats.base import Nuclei, output_format
 from wsi_pipeline.export.overlay import render_overlay
 from wsi_pipeline.export.qc import QCStats, describe, qc_report
 from wsi_pipeline.export.qc_sheet import SlideGeometry, render_qc_sheet

@@ -42,7 +42,7 @@ def plan_outputs(images: list[Path], output_dir: Path, *, formats: Sequence[str]
     """Output paths for every image, one per format in `formats` (names of
     `export.formats.FORMATS`) and the overlay; `protected` are files never to be written over
     (the input images and every other image in the input folder)."""
-    from wsi_pipeline.export.formats import output_format
+    from wsi_pipeline.export.formats.base import output_format
 
     suffixes = {name: output_format(name).suffix for name in formats}
     stems = Counter(p.stem.casefold() for p in images)

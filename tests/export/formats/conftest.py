@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsi_pipeline.export.formats import Nuclei
+from wsi_pipeline.export.formats.base import Nuclei
 from wsi_pipeline.postproc.measure import nucleus_table
 
 CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle")

@@ -8,7 +8,7 @@ import geopandas as gpd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wsi_pipeline.export.formats import output_format
+from wsi_pipeline.export.formats.base import output_format
 from wsi_pipeline.geoparquet import GEO_METADATA
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
-from wsi_pipeline.export.formats import FormatError, Nuclei, output_format
+from wsi_pipeline.export.formats import FormatError
+from wsi_pipeline.export.formats.base import Nuclei, output_format
 
 
 def test_mat_holds_the_label_map_types_probabilities_and_provenance(nuclei, tmp_path):

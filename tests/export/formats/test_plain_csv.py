@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from wsi_pipeline.export.formats import output_format
+from wsi_pipeline.export.formats.base import output_format
 
 
 def test_csv_has_a_row_per_nucleus_with_centroid_and_measurements(nuclei, tmp_path):

@@ -6,7 +6,7 @@ import gzip
 import json
 
 from wsi_pipeline.export.config import ExportConfig
-from wsi_pipeline.export.formats import output_format
+from wsi_pipeline.export.formats.base import output_format
 from wsi_pipeline.export.geojson import qupath_problems
 
 

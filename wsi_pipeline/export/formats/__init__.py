@@ -1,11 +1,11 @@
 """Output formats of the nuclei behind one interface, chosen by name, for slides and images alike.
 
-    fmt = output_format("csv", cfg.export)          # the class registered as "csv"
+    fmt = output_format("csv", cfg.export)          # formats.base: the class registered as "csv"
     fmt.write(nuclei, slide_dir / f"nuclei{fmt.suffix}")
 
 `FORMATS` maps a name to the module and class of its writer, imported only when asked for.
 A new format (HoVer-Net JSON, an AnnotationStore, OME-Zarr labels) is one module with an
-`OutputFormat` subclass, its line here and its test; `run --formats` and `predict-tiles
+`OutputFormat` subclass (`formats.base`), its line here and its test; `run --formats` and `predict-tiles
 --formats` then take its name.
 """
 
@@ -14,10 +14,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 
-from wsi_pipeline.export.config import ExportConfig
-from wsi_pipeline.export.formats.base import FormatError, Nuclei, OutputFormat
+# This module imports nothing of the package: the export settings check format names here, and
+# the writers (formats.base) import those settings.
+__all__ = ["FORMATS", "FormatError", "format_class", "parse_formats"]
 
-__all__ = ["FORMATS", "FormatError", "Nuclei", "OutputFormat", "output_format", "parse_formats"]
+class FormatError(ValueError):
+    """An unknown format name, or a format that cannot write these nuclei (e.g. a label-map
+    format for a whole slide)."""
+
 
 #: name -> "module:Class" of every output format
 FORMATS: dict[str, str] = {
@@ -54,15 +58,10 @@ def parse_formats(names: str | Iterable[str]) -> list[str]:
     return out
 
 
-def output_format(name: str, settings: ExportConfig | None = None) -> OutputFormat:
-    """The writer registered as `name`, with the run config's export `settings`.
-
-    Examples
-    --------
-    >>> output_format("csv").suffix
-    '.csv'
-    """
+def format_class(name: str) -> type:
+    """The `formats.base.OutputFormat` subclass registered as `name` (checked as by
+    `parse_formats`), imported now; `formats.base.output_format` makes one with settings."""
     (checked,) = parse_formats([name])
     module, _, cls = FORMATS[checked].partition(":")
-    writer: OutputFormat = getattr(importlib.import_module(module), cls)(settings)
-    return writer
+    found: type = getattr(importlib.import_module(module), cls)
+    return found

@@ -20,13 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wsi_pipeline.export.config import ExportConfig
+from wsi_pipeline.export.formats import FormatError, format_class
 
 #: reads the table in batches: (columns to read, None for all) -> record batches
 BatchReader = Callable[[Sequence[str] | None], Iterator[pa.RecordBatch]]
-
-
-class FormatError(ValueError):
-    """A format cannot write these nuclei (e.g. a label-map format for a whole slide)."""
 
 
 @dataclass(frozen=True)
@@ -120,3 +117,16 @@ class OutputFormat(ABC):
         if self.needs_labels and nuclei.labels is None:
             raise FormatError(f"the {self.name} format ({self.suffix}) needs the label map, which "
                               f"only tile mode has: not written for {nuclei.source_id}")
+
+
+def output_format(name: str, settings: ExportConfig | None = None) -> OutputFormat:
+    """The writer registered as `name` (`export.formats.FORMATS`), with the run config's
+    export `settings`.
+
+    Examples
+    --------
+    >>> output_format("csv").suffix
+    '.csv'
+    """
+    writer: OutputFormat = format_class(name)(settings)
+    return writer
