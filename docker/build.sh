@@ -48,11 +48,14 @@ if [ -z "${ENGINE}" ]; then
 fi
 command -v "${ENGINE}" >/dev/null || cannot "${ENGINE} is not installed"
 # podman in a VM or container without its own limits: explicit ones (its defaults exceed what
-# the user namespace allows there; harmless elsewhere).
+# the user namespace allows there; harmless elsewhere), and runc where installed (crun 1.8 of
+# Debian 12 failed there with "did not get container create message"). PODMAN_RUNTIME overrides.
 extra=()
+runtime=()
 if [ "${ENGINE}" = podman ]; then
   extra+=(--ulimit nofile=1024:1024 --ulimit nproc=4096:4096)
-  [ -n "${PODMAN_RUNTIME:-}" ] && extra+=(--runtime "${PODMAN_RUNTIME}")
+  rt="${PODMAN_RUNTIME:-$(command -v runc || true)}"
+  [ -n "${rt}" ] && runtime=(--runtime "${rt}")
 fi
 
 build_args=()
@@ -100,14 +103,15 @@ t0=$(date +%s)
 if [ "${ENGINE}" = podman ] && [ -r /etc/ssl/certs/ca-certificates.crt ]; then
   extra+=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
 fi
-(cd "${ROOT}" && "${ENGINE}" build "${extra[@]}" "${build_args[@]}" -f docker/Dockerfile -t "${TAG}" .)
+(cd "${ROOT}" && "${ENGINE}" "${runtime[@]}" build "${extra[@]}" "${build_args[@]}" \
+  -f docker/Dockerfile -t "${TAG}" .)
 echo "build.sh: ${TAG} built with ${ENGINE} (base: ${BASE}) in $(( $(date +%s) - t0 )) s" >&2
 
 if [ -n "${SMOKE}" ]; then
   SMOKE="$(realpath "${SMOKE}")"
   ulimits=()
   [ "${ENGINE}" = podman ] && ulimits=(--ulimit nofile=1024:1024 --ulimit nproc=4096:4096)
-  run=("${ENGINE}" run --rm "${ulimits[@]}" --user 10001:10001 -v "${SMOKE}:/data" "${TAG}")
+  run=("${ENGINE}" "${runtime[@]}" run --rm "${ulimits[@]}" --user 10001:10001 -v "${SMOKE}:/data" "${TAG}")
   "${run[@]}" --help >/dev/null
   "${run[@]}" run /data/slides -o /data/out --dry-run
   "${run[@]}" run /data/slides -o /data/out
