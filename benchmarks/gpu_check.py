@@ -288,12 +288,13 @@ def main() -> None:
     for key, value in (SMOKE if args.cpu_smoke else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.device == "cuda":
-        import torch
+    if args.device == "cuda":  # before any slide is cut: the engine's own decision, asked early
+        from wsi_pipeline.model.runtime import RuntimeUnavailable, choose_runtime
 
-        if not torch.cuda.is_available():
-            sys.exit("device cuda: torch sees no GPU here (torch "
-                     f"{torch.__version__}); --cpu-smoke runs the same path on the CPU")
+        try:
+            choose_runtime("cuda")
+        except RuntimeUnavailable as exc:
+            sys.exit(f"{exc}; --cpu-smoke runs the same path on the CPU")
     cores = os.cpu_count() or 1
     threads = args.threads or cores
     out = args.out or _default_out()
