@@ -79,3 +79,23 @@ def test_default_cohort_run_infers_on_every_core(shared_data, tmp_path):
         assert f"{slide}: inference on {cores} thread(s)" in log, log
     compiled = [line for log in logs.values() for line in log.splitlines() if "stream(s)" in line]
     assert all(f"{cores} stream(s)" in line for line in compiled), compiled  # OpenVINO back end
+
+
+def test_worker_in_the_callers_process_leaves_its_threads_alone():
+    """A LocalCluster(processes=False) worker is the caller's own process (an embedding
+    program's client, the test suite's one thread per process): nothing changes there."""
+    import torch
+    from distributed import LocalCluster
+
+    from wsi_pipeline.cohort.cluster import connect
+
+    before = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                      resources={"GPU": 1}) as lc:
+        handle = connect(lc.scheduler_address, "GPU", timeout=10, infer_threads=3)
+        try:
+            seen = handle.client.submit(_threads_in_task, resources={"GPU": 1}, pure=False).result(30)
+        finally:
+            handle.close()
+    assert seen["applied"] is None
+    assert (torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")) == before

@@ -121,8 +121,11 @@ def infer_threads_plugin(resource: str, threads: int | None,
             self.resource = resource
             self.threads = threads
             self.configured_by = configured_by
+            self.driver_pid = os.getpid()
 
         def setup(self, worker: Any) -> None:
+            if os.getpid() == self.driver_pid:  # a worker inside the caller's own process
+                return  # (LocalCluster(processes=False)): its threads are the caller's to set
             setup_inference_worker(worker, self.resource, self.threads, self.configured_by)
 
     return InferThreads()
@@ -177,9 +180,8 @@ def open_cluster(cfg: ClusterConfig, device: str, out_dir: Path, slide_paths: li
                 "distributed.scheduler.allowed-failures where that scheduler is started",
                 cfg.retries, cfg.scheduler,
             )
-        handle = connect(cfg.scheduler, cfg.infer_resource, cfg.connect_timeout_s)
+        handle = connect(cfg.scheduler, cfg.infer_resource, cfg.connect_timeout_s, cfg.infer_threads)
         try:
-            register_infer_threads(handle.client, cfg.infer_resource, cfg.infer_threads)
             if cfg.check_shared_storage:
                 check_shared_storage(handle.client, out_dir, slide_paths)
         except BaseException:
@@ -287,7 +289,11 @@ def _visible_gpus() -> int:
 
 
 # -- external scheduler ----------------------------------------------------------------------
-def connect(address: str, infer_resource: str, timeout: float = 30.0) -> ClusterHandle:
+def connect(address: str, infer_resource: str, timeout: float = 30.0,
+            infer_threads: int | None = None) -> ClusterHandle:
+    """A client of the scheduler at `address` that has at least one inference worker (one
+    offering `infer_resource`); the `InferThreads` plugin is registered on its workers, now and
+    later, with `infer_threads` (cluster.infer_threads; None = each worker's own cores)."""
     from distributed import Client
 
     _probe_scheduler(address, timeout)
@@ -307,6 +313,7 @@ def connect(address: str, infer_resource: str, timeout: float = 30.0) -> Cluster
                 f"could never run: start at least one worker with "
                 f"`dask worker {address} --resources {infer_resource}=1` (one per GPU)"
             )
+        register_infer_threads(client, infer_resource, infer_threads)
     except BaseException:
         client.close()
         raise
