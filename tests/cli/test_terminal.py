@@ -8,6 +8,7 @@ import io
 import logging
 from types import SimpleNamespace
 
+import click
 import pytest
 from click.testing import CliRunner
 from tqdm import tqdm
@@ -15,6 +16,7 @@ from tqdm import tqdm
 from tests.helpers.cohort_fixtures import tiny_checkpoint
 from wsi_pipeline.cli import ConsoleHandler, main
 from wsi_pipeline.cli.run import _print_report, _Progress
+from wsi_pipeline.cli.run import command as run_command
 from wsi_pipeline.cohort import tasks
 from wsi_pipeline.cohort.config import RunConfig
 
@@ -34,7 +36,10 @@ def test_run_help_shows_the_builtin_defaults():
     assert "Also write nuclei.geojson.gz (QuPath). [default: off]" in text
     assert "Model checkpoint. [default: the shipped weights]" in text
     assert "[default: sized to the machine" in text
-    assert text.count("[default:") == 13  # every option but --out (required) and --help
+    assert "Also write the nuclei in these formats" in text
+    assert "[default: none, nuclei.parquet alone]" in text
+    options = [p for p in run_command.params if isinstance(p, click.Option)]
+    assert text.count("[default:") == len(options) - 1  # every option but --out (required)
 
 
 def test_progress_lines_are_not_glued_onto_the_bar(capsys):
