@@ -28,7 +28,11 @@ TISSUE_JSON = "tissue.json"  #: tissue area (mm²), thumbnail pixel size, hole r
 NUCLEI = "nuclei.parquet"  #: the nucleus table (GeoParquet; post-processing → export)
 SUMMARY = "summary.json"  #: per-slide summary and QC flags (export)
 OVERLAY = "overlay.png"  #: low-resolution overlay of the nuclei (export)
-GEOJSON = "nuclei.geojson.gz"  #: optional GeoJSON of the nuclei (export --geojson)
+GEOJSON = "nuclei.geojson.gz"  #: optional GeoJSON of the nuclei (export --geojson, --formats geojson)
+CSV = "nuclei.csv"  #: optional CSV of the nuclei (export --formats csv)
+#: The file of each output format export can write beside nuclei.parquet (`export.formats`;
+#: each is nuclei + that format's suffix).
+FORMAT_FILES: dict[str, str] = {"geojson": GEOJSON, "csv": CSV}
 QC_DIR = "qc"  #: the QC sheet folder (export)
 STAGES_DIR = "stages"  #: one done-marker per finished stage (cohort)
 

@@ -291,3 +291,16 @@ def test_formats_a_slide_cannot_have_are_refused_by_name():
     with pytest.raises(ValueError, match="unknown output format 'xlsx'; known: geoparquet, geojson"):
         ExportConfig(formats=["xlsx"])
     assert "formats" not in ExportConfig().settings()  # finished exports stay valid
+
+
+def test_each_slide_format_file_is_nuclei_and_its_suffix_and_an_export_output():
+    """contract.FORMAT_FILES names what export writes per format; a rerun that redoes export
+    removes or sets aside exactly these (cohort.stages.STAGE_OUTPUTS)."""
+    from wsi_pipeline.cohort.stages import STAGE_OUTPUTS
+    from wsi_pipeline.contract import FORMAT_FILES
+    from wsi_pipeline.export.formats.base import output_format
+
+    for name, file in FORMAT_FILES.items():
+        assert file == "nuclei" + output_format(name).suffix, name
+        assert file in STAGE_OUTPUTS["export"], name
+        ExportConfig(formats=[name])  # a slide format

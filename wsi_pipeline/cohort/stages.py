@@ -25,7 +25,7 @@ from typing import Any
 from wsi_pipeline.atomic import write_text_atomic
 from wsi_pipeline.cohort import integrity
 from wsi_pipeline.contract import (
-    GEOJSON,
+    FORMAT_FILES,
     MAPS,
     MAPS_PARTIAL,
     NUCLEI,
@@ -43,7 +43,7 @@ STAGES: tuple[str, ...] = ("infer", "postproc", "export")
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "infer": (MAPS, MAPS_PARTIAL, TISSUE_PNG, TISSUE_JSON),
     "postproc": (NUCLEI,),
-    "export": (GEOJSON, SUMMARY, OVERLAY, QC_DIR),  # qc/: the QC sheet
+    "export": (*FORMAT_FILES.values(), SUMMARY, OVERLAY, QC_DIR),  # qc/: the QC sheet
 }
 #: What each stage reads from the folder (written by an earlier stage). export takes class
 #: names and colours, slide size, pixel sizes and provenance from nuclei.parquet's metadata

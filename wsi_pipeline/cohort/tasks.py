@@ -35,7 +35,7 @@ from wsi_pipeline.cohort import locks
 from wsi_pipeline.cohort.config import RunConfig
 from wsi_pipeline.cohort.layout import slide_dir, slide_lock, slide_log
 from wsi_pipeline.cohort.stages import SlideStages, StageMarker
-from wsi_pipeline.contract import GEOJSON, MAPS, MAPS_PARTIAL, NUCLEI
+from wsi_pipeline.contract import FORMAT_FILES, MAPS, MAPS_PARTIAL, NUCLEI
 from wsi_pipeline.diskfull import DISK_FULL, describe, disk_full_error
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,8 @@ def _not_written_now(job: SlideJob, stage: str) -> tuple[str, ...]:
     aside, not deleted, when the stage is redone (cohort.stages.SlideStages.begin)."""
     if stage != "export":
         return ()
-    wanted = job.cfg.export.geojson or "geojson" in getattr(job.cfg.export, "formats", ())
-    return () if wanted else (GEOJSON,)
+    wanted = job.cfg.export.file_formats()
+    return tuple(file for name, file in FORMAT_FILES.items() if name not in wanted)
 
 
 def _lock_lost(job: SlideJob, stage: str) -> Outcome:

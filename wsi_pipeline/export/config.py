@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from wsi_pipeline.contract import FORMAT_FILES
 from wsi_pipeline.export.qc import QCConfig
 
 
@@ -82,12 +83,14 @@ class ExportConfig(BaseModel):
         from wsi_pipeline.export.formats import format_class, parse_formats
 
         names = parse_formats(v)
-        if "geoparquet" in names:
-            raise ValueError("geoparquet: a slide's nuclei.parquet is always written in it")
         for name in names:
+            if name == "geoparquet":
+                raise ValueError("geoparquet: a slide's nuclei.parquet is always written in it")
             if getattr(format_class(name), "needs_labels", False):
                 raise ValueError(f"{name}: needs the label map, which only tile mode "
                                  "(predict-tiles --formats) has")
+            if name not in FORMAT_FILES:
+                raise ValueError(f"{name}: no slide file is named for it (contract.FORMAT_FILES)")
         return names
 
     def file_formats(self) -> list[str]:

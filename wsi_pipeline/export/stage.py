@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from wsi_pipeline import __version__
 from wsi_pipeline.atomic import write_text_atomic
 from wsi_pipeline.contract import (
+    FORMAT_FILES,
     NUCLEI,
     OVERLAY,
     QC_DIR,
@@ -208,7 +209,7 @@ def _write_formats(slide_dir: Path, attrs: MapsAttrs, class_names: list[str], cl
         fmt = output_format(name, cfg)
         fmt.check(nuclei)
         t0 = time.perf_counter()
-        path = slide_dir / f"{Path(NUCLEI).stem}{fmt.suffix}"  # nuclei.geojson.gz, nuclei.csv
+        path = slide_dir / FORMAT_FILES[name]  # nuclei.geojson.gz, nuclei.csv
         fmt.write(nuclei, path)
         written.timings[name] = time.perf_counter() - t0
         written.outputs.insert(k, path.name)  # after nuclei.parquet
