@@ -169,7 +169,8 @@ class Model:
             The image's pixel size in µm; None: the model's (no resampling). Another size is
             resampled for the network, and everything returned is in the image's own pixels.
         tta : bool
-            Average the network over four flips (4x the time).
+            Average the network over four flips (4x the time; `predict-tiles` does unless
+            ``--no-tta``, `run` never does).
         maps : bool
             Also return the network's maps.
         name : str
