@@ -6,8 +6,9 @@
 
 `PREDICTORS` maps a name to the module and class of its back end, imported only when asked
 for (OpenVINO is not imported by a PyTorch run). A new back end (ONNX Runtime, TensorRT) is
-one module with a `Predictor` subclass and its line here; `model.runtime.decide_runtime`
-decides which name a configuration gets.
+one module with a `Predictor` subclass, its line here and its name among the words of
+`infer.backend` (`inference.config.InferConfig`, `model.runtime.NetworkBackend`):
+`model.runtime.decide_runtime` hands a configured name to the predictor of that name.
 """
 
 from __future__ import annotations

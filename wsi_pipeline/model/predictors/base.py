@@ -7,8 +7,8 @@ compiled by OpenVINO, or the checkpoint's int8 network on OpenVINO. Batching, fl
 test-time augmentation, the output activations and the storage quantisation are the one
 PyTorch code path of `model.predict`, so every back end's maps mean the same thing.
 
-Adding a back end is one file: a subclass with a `name` and a `prepare`, and its line in
-`model.predictors.PREDICTORS`.
+Adding a back end is one file, a subclass with a `name` and a `prepare`, plus its line in
+`model.predictors.PREDICTORS` and its name as a word of `infer.backend`.
 """
 
 from __future__ import annotations
