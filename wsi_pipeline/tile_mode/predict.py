@@ -1,6 +1,8 @@
-"""Tile mode: one plain image in, HoVer-Net style instance outputs out.
+"""Tile mode: one plain image in, the network's maps and the instances out (`Model.segment` of
+the Python API and `predict-tiles` run these; the files come from `export.formats`).
 
-Images of any size go through `inference.image.predict_tiled`. An image whose pixel size differs from
+Images of any size go through `inference.image.predict_tiled`, on a predictor's prepared
+network (`model.predictors`). An image whose pixel size differs from
 the model's is resampled to the model's for the network only; the maps are resampled back,
 so instances, centroids and overlays are in the input image's own pixels. A model trained with
 stain normalisation gets each image normalised with that image's own statistics (tile-mode
