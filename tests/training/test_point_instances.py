@@ -9,6 +9,8 @@ from tests.training.test_loop import NAMES, _cfg, _sample
 from wsi_pipeline.datasets.mix import DATASET_KEY
 from wsi_pipeline.datasets.points import POINTS_ONLY
 from wsi_pipeline.datasets.sample import Sample
+from wsi_pipeline.evaluation.scoring import score_by_dataset
+from wsi_pipeline.model.checkpoint import load_checkpoint
 from wsi_pipeline.model.losses import IGNORE
 from wsi_pipeline.training.loop import class_counts, train
 from wsi_pipeline.training.point_instances import default_source, derive_point_targets
@@ -67,11 +69,17 @@ def test_a_run_with_point_labels_scores_them_and_counts_them_for_the_cost(tmp_pa
     cfg = _cfg(tmp_path, out_dir=str(tmp_path / "pts"), epochs=1, max_steps_per_epoch=2,
                init_from=str(start), val_every=1, validate_start=True,
                selection=["masks_mpq", "dots_f1_mean", "all_f1_1"],
-               optim={"lr": 3e-3, "schedule": "constant", "train_parts": ["decoders.nc"]},
+               optim={"lr": 3e-3, "schedule": "constant", "train_parts": ["decoders.nc"],
+                      "ema_decay": 0.9},
                sampling={"samples_per_epoch": 4, "rare_class_strength": 1.0})
     result = train(cfg, samples=(typed + [_points(4), _points(5)], [val_typed, _points(8)]),
                    progress=False)
     assert [row["epoch"] for row in result.history] == [0, 1] and result.epochs_done == 1
+    # epoch 0 scores the starting weights themselves (not the still-empty moving average)
+    start_scores = score_by_dataset(load_checkpoint(start).net, [val_typed], n_types=3, mpp=0.25,
+                                    tile=cfg.patch_size + 64, stride=cfg.patch_size,
+                                    batch_size=2, device="cpu", postproc=cfg.postproc)
+    assert result.history[0]["val_masks_dice"] == pytest.approx(start_scores["masks"]["dice"], abs=0.02)
     row = result.history[-1]
     for key in ("val_dots_recall", "val_dots_f1_mean", "val_all_f1_1", "val_masks_pq"):
         assert 0 <= row[key] <= 1 or np.isnan(row[key]), key

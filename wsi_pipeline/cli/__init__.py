@@ -19,6 +19,8 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict-tiles": ("wsi_pipeline.cli.predict_tiles", "Segment nuclei in plain images (tile mode)."),
     "evaluate": ("wsi_pipeline.cli.evaluate", "Score predicted instances against ground truth."),
     "train": ("wsi_pipeline.cli.train", "Train the multi-task network."),
+    "finetune-types": ("wsi_pipeline.cli.finetune_types",
+                       "A lab's own nucleus types from QuPath GeoJSON exports (type branch only)."),
     "convert": ("wsi_pipeline.cli.convert", "Convert annotated datasets to the common layout."),
     "export-model": ("wsi_pipeline.cli.export_model", "Write a lean (fp16) copy of a checkpoint."),
     "quantize-model": ("wsi_pipeline.cli.quantize_model", "Write a checkpoint's int8 network (OpenVINO)."),

@@ -16,6 +16,7 @@ from wsi_pipeline.datasets.imagej_roi import read_cryonuseg
 from wsi_pipeline.datasets.monusac import read_monusac
 from wsi_pipeline.datasets.nucls import read_nucls
 from wsi_pipeline.datasets.pannuke import read_pannuke
+from wsi_pipeline.datasets.qupath_geojson import read_qupath_geojson
 from wsi_pipeline.datasets.sample import Sample
 
 READERS: dict[str, Callable[..., list[Sample]]] = {
@@ -31,4 +32,5 @@ READERS: dict[str, Callable[..., list[Sample]]] = {
     "monuseg": read_monuseg,
     "nucls": read_nucls,
     "pannuke": read_pannuke,
+    "qupath-geojson": read_qupath_geojson,
 }

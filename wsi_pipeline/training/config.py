@@ -217,6 +217,13 @@ class TrainConfig(BaseModel):
         "new learning-rate schedule. Its architecture and classes must match model and data. "
         "Ignored when out_dir/last.pt exists (that run resumes instead).",
     )
+    classes: list[str] | None = Field(
+        None, min_length=1,
+        description="The type classes this run trains (background excluded), in the order of "
+        "the type head's outputs; None = the typed data's. Point-labelled sets map onto them "
+        "(their class_map). Classes other than init_from's replace its type head "
+        "(decoders.nc.head, freshly initialised; every other weight copied): a lab's own types.",
+    )
     val_every: int = Field(1, ge=1)
     selection: list[str] | None = Field(
         None, min_length=1,
@@ -244,6 +251,16 @@ class TrainConfig(BaseModel):
         "best-epoch choice: the `postproc:` section of a run config; recorded in the checkpoints' "
         "train_config.",
     )
+
+    @model_validator(mode="after")
+    def _classes_match_the_head(self) -> TrainConfig:
+        if self.classes is not None:
+            if len(self.classes) + 1 != self.model.n_types:
+                raise ValueError(f"classes {self.classes} need model.n_types = "
+                                 f"{len(self.classes) + 1} (background + {len(self.classes)})")
+            if len(set(self.classes)) != len(self.classes) or "background" in self.classes:
+                raise ValueError(f"classes {self.classes}: names must be unique and not 'background'")
+        return self
 
     @model_validator(mode="after")
     def _frozen_parts_need_weights(self) -> TrainConfig:

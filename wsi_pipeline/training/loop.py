@@ -59,6 +59,10 @@ from wsi_pipeline.training.scoring_net import scoring_network
 log = logging.getLogger(__name__)
 
 
+#: the type branch's last layer, which a new class list replaces
+TYPE_HEAD = "decoders.nc.head"
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss: stopped before any weights of it were saved."""
 
@@ -114,7 +118,8 @@ def cost_matrix(cfg: TrainConfig, train: list[Sample]) -> tuple[np.ndarray, dict
 
 def load_samples(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     if cfg.data.datasets:
-        return read_mix(cfg.data.datasets, cfg.mpp, cfg.data.on_error)
+        classes = None if cfg.classes is None else ("background", *cfg.classes)
+        return read_mix(cfg.data.datasets, cfg.mpp, cfg.data.on_error, classes)
     root = Path(cfg.data.root)
     if cfg.data.format == "consep_patches":
         samples = read_consep_patches(root, on_error=cfg.data.on_error)
@@ -159,10 +164,10 @@ def check_mpp(samples: list[Sample], mpp: float, tolerance: float = 0.05) -> Non
 def _selection_score(row: dict, selection: list[str] | None) -> float:
     """Best epoch = highest mean of the `selection` scores, by default validation PQ and mPQ
     (segmentation and typing count equally); without validation, lowest training loss."""
+    if selection is not None and all(f"val_{key}" in row for key in selection):
+        return float(np.nanmean([row[f"val_{key}"] for key in selection]))
     if "val_pq" not in row:
         return -row["train_loss"]
-    if selection is not None:
-        return float(np.nanmean([row[f"val_{key}"] for key in selection]))
     mpq = row.get("val_mpq", row["val_pq"])
     return float(np.nanmean([row["val_pq"], mpq]))
 
@@ -235,16 +240,27 @@ def _init_weights(net: MultiTaskNet, init_from: Path, cfg: TrainConfig, class_na
     """Copy weights from `init_from` (`cfg.init_from`); a different architecture or class list
     would make the copied heads mean something else, so both must match exactly."""
     src = load_checkpoint(init_from, map_location=device)
-    if src.config != cfg.model:
+    new_head = cfg.classes is not None and tuple(src.class_names) != tuple(class_names)
+    if src.config.model_copy(update={"n_types": cfg.model.n_types} if new_head else {}) != cfg.model:
         raise CheckpointError(
             f"{cfg.init_from}: model {src.config.model_dump()} differs from the configured "
             f"{cfg.model.model_dump()}"
         )
-    if tuple(src.class_names) != tuple(class_names):
+    if tuple(src.class_names) != tuple(class_names) and not new_head:
         raise CheckpointError(
-            f"{cfg.init_from}: classes {list(src.class_names)} differ from the data's {list(class_names)}"
+            f"{cfg.init_from}: classes {list(src.class_names)} differ from the data's "
+            f"{list(class_names)} (set `classes` to train a new type head)"
         )
-    net.load_state_dict(src.net.state_dict())
+    state = src.net.state_dict()
+    if new_head:
+        # a new class list: the type head starts afresh, every other weight is init_from's
+        state = {k: v for k, v in state.items() if not k.startswith(TYPE_HEAD + ".")}
+        missing, _ = net.load_state_dict(state, strict=False)
+        assert all(k.startswith(TYPE_HEAD + ".") for k in missing), missing
+        log.info("type head %s replaced: classes %s -> %s", TYPE_HEAD, list(src.class_names[1:]),
+                 list(class_names[1:]))
+    else:
+        net.load_state_dict(state)
     log.info("initialised weights from %s (sha256 %s)", cfg.init_from, src.sha256)
     return {"path": str(cfg.init_from), "sha256": src.sha256, "epoch": src.meta.get("epoch")}
 
@@ -420,9 +436,10 @@ def train(
     if (cfg.validate_start and state.start_epoch == 0 and not state.history
             and val_loader is not None):
         # the starting weights' scores on the same validation, as history row "epoch 0": the
-        # yardstick of a fine-tune (never written as best.pt)
+        # yardstick of a fine-tune (never written as best.pt). model.net, not model.kept: the
+        # average holds the weights of before init_from until its first update.
         t0 = time.time()
-        row = {"epoch": 0, "lr": 0.0, **_validate(model.kept, val_loader, device, amp, cw, cfg,
+        row = {"epoch": 0, "lr": 0.0, **_validate(model.net, val_loader, device, amp, cw, cfg,
                                                   data.val)}
         row["seconds"] = time.time() - t0
         state.history.append(row)

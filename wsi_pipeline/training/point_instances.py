@@ -42,9 +42,11 @@ class InstanceSource:
     tile: int
     stride: int
 
-    def key(self, sha256: str, image: np.ndarray) -> str:
+    def key(self, sha256: str, image: np.ndarray, backend: str = "") -> str:
+        """Cache key of `image`'s instances predicted by the checkpoint of `sha256` on `backend`."""
         h = hashlib.sha256()
         h.update(sha256.encode())
+        h.update(backend.encode())
         h.update(json.dumps(self.postproc.model_dump(mode="json"), sort_keys=True).encode())
         h.update(f"{self.mpp:.6f}/{self.tile}/{self.stride}/{image.shape}".encode())
         h.update(np.ascontiguousarray(image).tobytes())
@@ -62,12 +64,13 @@ def derive_point_targets(samples: list[Sample], source: InstanceSource, cache_di
         return samples
     loaded = load_checkpoint(source.checkpoint, map_location=device)
     net = scoring_network(loaded.net.to(device).eval(), torch.device(device))
+    backend = type(net).__name__ + str(getattr(net, "precision", ""))
     cache_dir.mkdir(parents=True, exist_ok=True)
     out = list(samples)
     t0, computed = time.time(), 0
     for n, i in enumerate(todo, start=1):
         s = samples[i]
-        path = cache_dir / f"{s.name}-{source.key(loaded.sha256, s.image)}.npz"
+        path = cache_dir / f"{s.name}-{source.key(loaded.sha256, s.image, backend)}.npz"
         inst = None
         if path.is_file() and not refresh:
             try:
