@@ -1,4 +1,4 @@
-"""The slide reader backend is chosen in the run config and reaches open_slide."""
+"""The slide reader is chosen in the run config and reaches open_slide."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def test_reader_key_defaults_to_auto_and_is_validated(tmp_path):
 def test_infer_task_opens_the_slide_with_the_configured_reader(tmp_path, monkeypatch, reader):
     seen = {}
 
-    def spy(path, mpp=None, *, backend="auto"):
-        seen.update(path=path, mpp=mpp, backend=backend)
+    def spy(path, mpp=None, *, reader="auto"):
+        seen.update(path=path, mpp=mpp, reader=reader)
         raise io.SlideReadError(path, "stop here")
 
     monkeypatch.setattr(io, "open_slide", spy)
@@ -34,4 +34,4 @@ def test_infer_task_opens_the_slide_with_the_configured_reader(tmp_path, monkeyp
                          mpp=0.5, mpp_source="fallback")  # as the preflight resolved it
     with pytest.raises(io.SlideReadError, match="stop here"):
         tasks._infer(job)
-    assert seen == {"path": tmp_path / "s.svs", "mpp": 0.5, "backend": reader}
+    assert seen == {"path": tmp_path / "s.svs", "mpp": 0.5, "reader": reader}
