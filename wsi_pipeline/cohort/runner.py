@@ -28,6 +28,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,7 +310,17 @@ class CohortRunner:
         """What each slide needs. With `lock`, every slide that will run is locked for this run
         first and then planned again from disk (the run that held it before may have finished
         it); without (the dry run), slides other runs hold are only reported."""
-        return [self._plan_slide(entry, self._stage_configs(entry), lock) for entry in self.entries]
+        self.slide_checks()  # every slide opened once (the preflight), before any is planned
+        threads = max(1, min(self.cfg.preflight.open_threads, len(self.entries)))
+        if threads == 1:
+            return [self._plan_slide(entry, self._stage_configs(entry), lock) for entry in self.entries]
+        # A few slides at once: verifying the outputs a pending stage reads (maps.zarr's chunk
+        # checksums) reads them whole, which is I/O-bound, like opening slides on network storage.
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="plan")
+        try:
+            return list(pool.map(lambda e: self._plan_slide(e, self._stage_configs(e), lock), self.entries))
+        finally:  # on SIGTERM: start no other slide's plan; those running finish (their locks are held)
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _plan_slide(self, entry: SlideEntry, stage_cfgs: dict[str, Any], lock: bool) -> SlidePlan:
         expected: dict[str, str] | None
