@@ -375,6 +375,7 @@ def test_markers_of_the_fingerprint_without_content_are_upgraded_not_redone(coho
         for stage in STAGES:
             marker = out / entry.slide_id / "stages" / f"{stage}.json"
             marker.write_text(json.dumps({**json.loads(marker.read_text()), "config_hash": old[stage]}))
+    assert not any(p.pending for p in CohortRunner(root / "slides", out, cfg).plan())  # the dry run
     report = run_here(root / "slides", out, ckpt)
     assert report.ok and report.ran_stages == 0
     assert run_here(root / "slides", out, ckpt).ran_stages == 0

@@ -330,7 +330,11 @@ class CohortRunner:
             legacy = stage_hashes(stage_cfgs, self.model_sha256, legacy_fingerprint(entry.path))
         except OSError:
             expected = legacy = None
-        plan = self._plan_from_disk(entry, expected, verify=not lock)
+        judge = None
+        if not lock and expected is not None and legacy is not None:  # the dry run writes nothing:
+            # markers of the fingerprint without content count as the upgrade a run makes of them
+            judge = SlideStages(slide_dir(self.out_dir, entry.slide_id)).as_upgraded(legacy, expected)
+        plan = self._plan_from_disk(entry, expected, verify=not lock, judge=judge)
         if not plan.pending:
             return plan
         if not lock:  # the dry run: report a holder that a run would not take over
@@ -369,13 +373,14 @@ class CohortRunner:
         return plan
 
     def _plan_from_disk(self, entry: SlideEntry, expected: dict[str, str] | None,
-                        verify: bool = True) -> SlidePlan:
-        """The slide's plan from its markers. With `verify`, the outputs a pending stage reads
-        are checked byte for byte first; a damaged one is one warning and is redone."""
+                        verify: bool = True, judge: dict[str, str] | None = None) -> SlidePlan:
+        """The slide's plan from its markers (judged against `judge` where given, else
+        `expected`). With `verify`, the outputs a pending stage reads are checked byte for byte
+        first; a damaged one is one warning and is redone."""
         if expected is None:
             return SlidePlan(entry, None, list(STAGES))
         stages = SlideStages(slide_dir(self.out_dir, entry.slide_id))
-        pending = stages.pending(expected, self.model_sha256, verify=verify)
+        pending = stages.pending(judge or expected, self.model_sha256, verify=verify)
         if verify:
             for problem in stages.problems:
                 log.warning("%s: %s", entry.slide_id, problem)

@@ -293,6 +293,16 @@ class SlideStages:
             marker.integrity = {name: rec for name, rec in records.items() if rec is not None}
         atomic_write_json(self.marker_path(marker.stage), asdict(marker))
 
+    def as_upgraded(self, legacy: dict[str, str], expected: dict[str, str]) -> dict[str, str]:
+        """The hashes to judge the markers by as if `upgrade_hashes` had run (the dry run,
+        which writes nothing): `legacy` for stages whose marker carries it, else `expected`."""
+        judged = dict(expected)
+        for stage in STAGES:
+            m = self.read(stage)
+            if m is not None and m.config_hash == legacy[stage]:
+                judged[stage] = legacy[stage]
+        return judged
+
     def upgrade_hashes(self, legacy: dict[str, str], expected: dict[str, str]) -> list[str]:
         """Rewrite the markers (and the failure record) that carry `legacy` hashes, those of
         a version whose fingerprint had no content sample, to `expected`: finished work is
