@@ -140,7 +140,8 @@ def test_row_cells_status_flags_counts_and_per_type_density(out):
     page = _parse(out / REPORT)
     types = list(CLASSES[1:])
     assert page.headers == ["slide", "heat map", "pictures", "status", "QC flags", "µm/px (source)",
-                            "nuclei", "tissue mm²", "nuclei / mm²", *[f"{t} / mm²" for t in types]]
+                            "nuclei", "tissue mm²", "nuclei / mm²", "type probability",
+                            *[f"{t} / mm²" for t in types]]
     col = {h: i for i, h in enumerate(page.headers)}
     s1 = page.rows["s1"]
     manifest = pd.read_parquet(out / MANIFEST).set_index("slide_id")
@@ -151,6 +152,11 @@ def test_row_cells_status_flags_counts_and_per_type_density(out):
     for t in types:
         assert s1[col[f"{t} / mm²"]] == f"{density[t]:,.0f}"
     assert page.rows[ODD_ID][col["QC flags"]] == "—"
+    # each slide's type confidence: count-weighted mean type probability, share below 0.5
+    rows = result.table[result.table.slide_id == "s1"]
+    mean_p = (rows["mean_type_prob"] * rows["count"]).sum() / rows["count"].sum()
+    low = (rows["low_type_fraction"] * rows["count"]).sum() / rows["count"].sum()
+    assert s1[col["type probability"]] == f"{mean_p:.2f} {low:.0%} low"
     # each slide's pixel size and where it came from (issue 25); a guessed one stands out
     assert s1[col["µm/px (source)"]] == "0.2527 metadata"
     assert page.rows[ODD_ID][col["µm/px (source)"]] == "0.5 fallback"

@@ -65,6 +65,10 @@ def test_counts_density_means(out):
     assert infl["count"] == 3 and infl["density_per_mm2"] == pytest.approx(6.0)
     assert infl["mean_area_um2"] == pytest.approx(20.0) and infl["mean_type_prob"] == pytest.approx(0.8)
     assert infl["fraction"] == pytest.approx(0.75)
+    # type confidence per slide and type (issue 24): share typed below the QC threshold (0.5)
+    assert infl["low_type_fraction"] == 0.0
+    assert t.loc[("s1", "epithelial"), "mean_type_prob"] == pytest.approx(0.8)
+    assert np.isnan(t.loc[("s1", "epithelial"), "mean_background_share"])  # the fixture has none
     assert t.loc[("s1", "stromal"), "count"] == 0 and np.isnan(t.loc[("s1", "stromal"), "mean_area_um2"])
     assert (t.loc["s2", "count"] == 0).all() and t.loc["s2", "density_per_mm2"].isna().all()
     back = pd.read_parquet(out / "cohort_summary.parquet")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -104,6 +105,22 @@ def _densities(table: pd.DataFrame | None) -> tuple[list[str], dict[Any, dict[An
     return order, {sid: {k: v for k, v in row.items()} for sid, row in wide.iterrows()}
 
 
+def _type_confidence(table: pd.DataFrame | None) -> dict[Any, str]:
+    """slide_id -> its nuclei's mean type probability (given nucleus) and share below the QC
+    threshold, from the cohort summary's per-type rows (count-weighted)."""
+    if table is None or table.empty or "low_type_fraction" not in table.columns:
+        return {}
+    out = {}
+    for sid, rows in table.groupby("slide_id"):
+        n = rows["count"].to_numpy(dtype=float)
+        if n.sum() <= 0:
+            continue
+        mean_p = float(np.nansum(rows["mean_type_prob"].to_numpy(dtype=float) * n) / n.sum())
+        low = float(np.nansum(rows["low_type_fraction"].to_numpy(dtype=float) * n) / n.sum())
+        out[sid] = f"{mean_p:.2f} <div class=\"small\">{low:.0%} low</div>"
+    return out
+
+
 def _colors(summaries: dict[str, dict]) -> dict[str, str]:
     """Type name -> colour of the QC sheets (the model's class colours), from any slide."""
     for s in summaries.values():
@@ -114,7 +131,7 @@ def _colors(summaries: dict[str, dict]) -> dict[str, str]:
 
 
 def _row(out_dir: Path, r: pd.Series, summary: dict, types: list[str],
-         density: dict[str, float], has_qc: bool) -> str:
+         density: dict[str, float], has_qc: bool, confidence: str = "—") -> str:
     sid = str(r["slide_id"])
     folder = slide_dir(out_dir, sid)
     status = str(r.get("status") or "")
@@ -147,6 +164,7 @@ def _row(out_dir: Path, r: pd.Series, summary: dict, types: list[str],
     cells.append(f'<td class="num">{_num(n, ",.0f")}</td>')
     cells.append(f'<td class="num">{_num(mm2, ".3f")}</td>')
     cells.append(f'<td class="num">{_num(per_mm2, ",.0f")}</td>')
+    cells.append(f'<td class="num type-confidence">{confidence}</td>')
     cells.extend(f'<td class="num">{_num(density.get(t), ",.0f")}</td>' for t in types)
     return (f'<tr class="slide {" ".join(classes)}" data-slide-id="{html.escape(sid)}">'
             + "".join(cells) + "</tr>")
@@ -182,14 +200,16 @@ def write_report(out_dir: Path, table: pd.DataFrame | None = None,
     colors = _colors(summaries)
 
     head = ["slide", "heat map", "pictures", "status"] + (["QC flags"] if has_qc else [])
-    head += ["µm/px (source)", "nuclei", "tissue mm²", "nuclei / mm²"]
+    head += ["µm/px (source)", "nuclei", "tissue mm²", "nuclei / mm²", "type probability"]
     header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     for t in types:
         swatch = (f'<span class="swatch" style="background:{html.escape(colors[t])}"></span>'
                   if t in colors else "")
         header += f"<th>{swatch}{html.escape(t)} / mm²</th>"
+    confidence = _type_confidence(table)
     rows = [_row(out_dir, r, summaries[str(r["slide_id"])], types,
-                 densities.get(str(r["slide_id"]), {}), has_qc) for _, r in manifest.iterrows()]
+                 densities.get(str(r["slide_id"]), {}), has_qc,
+                 confidence.get(str(r["slide_id"]), "—")) for _, r in manifest.iterrows()]
 
     counts = manifest["status"].value_counts()
     status_line = ", ".join(f"{int(v)} {html.escape(str(k))}" for k, v in counts.items())

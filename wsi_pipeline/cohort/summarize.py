@@ -26,6 +26,7 @@ from wsi_pipeline.cohort.integrity import quick_problem
 from wsi_pipeline.cohort.layout import slide_dir
 from wsi_pipeline.cohort.manifest import MANIFEST, read_manifest
 from wsi_pipeline.contract import NUCLEI, MapsAttrs
+from wsi_pipeline.export.qc import QCConfig
 from wsi_pipeline.export.table_meta import slide_attributes
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,11 @@ log = logging.getLogger(__name__)
 SUMMARY_TABLE = "cohort_summary.parquet"
 SUMMARY_PLOT = "cohort_composition.png"
 COLUMNS = ["slide_id", "type_id", "type_name", "count", "fraction", "density_per_mm2",
-           "mean_area_um2", "mean_type_prob", "tissue_mm2", "status", "qc"]
+           "mean_area_um2", "mean_type_prob", "low_type_fraction", "mean_background_share",
+           "tissue_mm2", "status", "qc"]
+#: a nucleus typed with `type_prob` below this counts in `low_type_fraction` (the QC sheets'
+#: `export.qc.QCConfig.low_type_prob` default)
+LOW_TYPE_PROB = QCConfig().low_type_prob
 
 
 @dataclass
@@ -111,11 +116,18 @@ def _folder(out_dir: Path, slide_id: str) -> Path:
 def _slide_table(slide_dir: Path, slide_id: str, tissue_mm2: float | None, status: str) -> pd.DataFrame:
     names = _class_names(slide_dir)
     parquet = slide_dir / NUCLEI
-    nuclei = pq.read_table(parquet, columns=["type_id", "type_name", "area_um2", "type_prob"]).to_pandas()
+    have = set(pq.read_schema(parquet).names)
+    wanted = ["type_id", "type_name", "area_um2", "type_prob", "prob_background"]
+    nuclei = pq.read_table(parquet, columns=[c for c in wanted if c in have]).to_pandas()
     if names is None:
         names = ["background", *sorted(set(nuclei["type_name"]))]
+    nuclei["low_type"] = nuclei["type_prob"] < LOW_TYPE_PROB
+    if "prob_background" not in nuclei:
+        nuclei["prob_background"] = np.nan
     grouped = nuclei.groupby("type_id").agg(count=("area_um2", "size"), mean_area_um2=("area_um2", "mean"),
-                                            mean_type_prob=("type_prob", "mean"))
+                                            mean_type_prob=("type_prob", "mean"),
+                                            low_type_fraction=("low_type", "mean"),
+                                            mean_background_share=("prob_background", "mean"))
     types = pd.DataFrame({"type_id": np.arange(1, len(names)), "type_name": names[1:]})
     table = types.merge(grouped, left_on="type_id", right_index=True, how="left")
     table["count"] = table["count"].fillna(0).astype("int64")
