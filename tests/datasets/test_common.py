@@ -40,3 +40,23 @@ def test_convert_usage_errors(tmp_path: Path) -> None:
     assert r.exit_code != 0 and "hovernet only" in r.output
     r = CliRunner().invoke(convert, ["--format", "cpm15", str(tmp_path), str(tmp_path / "o")])
     assert r.exit_code != 0 and "no image/mask pairs" in r.output
+
+
+def test_convert_brca_m2c_keeps_the_point_labels(shared_data: Path, tmp_path: Path) -> None:
+    src = shared_data / "brca_m2c"
+    root = tmp_path / "src"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    name = (src / "brca_ds_val.txt").read_text().split()[0]
+    (root / "images" / name).symlink_to(src / "images" / name)
+    label = f"{name[:-4]}_gt_class_coords.txt"
+    (root / "labels" / label).symlink_to(src / "labels" / label)
+    (root / "brca_ds_val.txt").write_text(name + "\n")
+    result = CliRunner().invoke(convert, ["--format", "brca-m2c", str(root), str(tmp_path / "dst")])
+    assert result.exit_code == 0, result.output
+    (back,) = read_common(tmp_path / "dst")
+    from wsi_pipeline.datasets import read_brca_m2c
+
+    (orig,) = read_brca_m2c(root)
+    assert np.array_equal(back.points, orig.points) and back.class_names == orig.class_names
+    assert np.array_equal(back.image, orig.image)
