@@ -64,7 +64,8 @@ def main() -> None:
 
     cfg = load_config(args.config, TrainConfig)
     postproc = load_run_config(args.postproc_config).postproc if args.postproc_config else cfg.postproc
-    _, val = read_mix(cfg.data.datasets, cfg.mpp, "fail")
+    _, val = read_mix(cfg.data.datasets, cfg.mpp, "fail",
+                      None if cfg.classes is None else ("background", *cfg.classes))
     model = load_checkpoint(args.checkpoint)
     net = load_predictor(model, choose_runtime(model.net.mean.device, args.precision, args.backend)).net
     tile, stride = validation_tiling(cfg.patch_size)
@@ -82,17 +83,20 @@ def main() -> None:
         results["degraded"] = score_by_dataset(
             net, val, transform=lambda s: scan_degrade(s.image, 2.0, quality[s.name]), **kw)
     print(f"{time.time() - t0:.0f} s")
-    keys = ("pq", "dq", "sq", "aji", "dice", "f_d", "mpq")
+    keys = ("pq", "dq", "sq", "aji", "dice", "f_d", "mpq", "recall", "f1_mean", "f1_1", "f1_2", "f1_3",
+            "f1_4")  # point-labelled sets (and "all": pooled over every typed set) have the f1_*
     print("| dataset | images | " + " | ".join(keys) + (" | PQ degraded | gap |" if args.degrade else " |"))
     counts = {}
     for s in val:
         counts[s.meta["dataset"]] = counts.get(s.meta["dataset"], 0) + 1
     for name, sc in results["original"].items():
         cells = [f"{sc[k]:.4f}" if k in sc else "–" for k in keys]
-        line = f"| {name} | {counts[name]} | " + " | ".join(cells)
-        if args.degrade:
+        line = f"| {name} | {counts.get(name, len(val))} | " + " | ".join(cells)
+        if args.degrade and "pq" in sc:
             d = results["degraded"][name]["pq"]
             line += f" | {d:.4f} | {sc['pq'] - d:+.4f}"
+        elif args.degrade:
+            line += " | – | –"
         print(line + " |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
