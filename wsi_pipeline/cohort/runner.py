@@ -229,10 +229,11 @@ def _distributed_to_run_log() -> Iterator[None]:
 
 
 @contextmanager
-def _signals_interrupt() -> Iterator[None]:
+def _signals_interrupt(on_signal: Callable[[], None] | None = None) -> Iterator[None]:
     """While the block runs in the main thread, SIGTERM and SIGINT raise RunInterrupted there
     (Python's default for SIGTERM is to die at once, skipping every `finally` that releases a
-    lock). Elsewhere (a thread of an embedding program) signals are left as they are."""
+    lock), after calling `on_signal` (the runner releases its locks then, first thing).
+    Elsewhere (a thread of an embedding program) signals are left as they are."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -241,6 +242,8 @@ def _signals_interrupt() -> Iterator[None]:
         for sig in saved:  # a second signal must not interrupt the release of the locks
             signal.signal(sig, signal.SIG_IGN)
         log.warning("received %s: stopping, releasing this run's slide locks", signal.Signals(signum).name)
+        if on_signal is not None:
+            on_signal()
         raise RunInterrupted(signum)
 
     saved: dict[int, Any] = {}
@@ -408,7 +411,8 @@ class CohortRunner:
         """Run the plan. SIGTERM and SIGINT stop it as RunInterrupted, releasing every slide
         lock it holds first (within SLURM's grace period: no slide is left locked for the
         requeued job to skip)."""
-        with log_to_file(self.out_dir / "logs" / "run.log", this_thread_only=False), _signals_interrupt():
+        with log_to_file(self.out_dir / "logs" / "run.log", this_thread_only=False), \
+                _signals_interrupt(on_signal=self._release_all):
             try:
                 return self._run()
             except OSError as exc:  # met outside the stages, which handle their own
@@ -418,8 +422,13 @@ class CohortRunner:
                 raise DiskFullError(f"{describe(full)}; the run stopped (nothing finished is lost: "
                                     "free space and rerun)") from exc
             finally:  # also on Ctrl-C and errors: a lock left behind would hold off other runs
-                for slide_id in list(self._held):
-                    self._unlock(slide_id)
+                self._release_all()
+
+    def _release_all(self) -> None:
+        """Release every slide lock this run holds (at its end, and at once on SIGTERM, before
+        the cluster is closed: SLURM's grace period may not wait for that)."""
+        for slide_id in list(self._held):
+            self._unlock(slide_id)
 
     def _run(self) -> RunReport:
         t0 = time.perf_counter()
