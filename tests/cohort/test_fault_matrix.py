@@ -117,6 +117,7 @@ FAULT_MATRIX: dict[str, str] = {
         "cohort.test_fault_matrix_second::test_a_run_that_did_nothing_because_of_locks_exits_non_zero",
     "an id once given, when a slide of the same name arrives":
         "cohort.test_fault_matrix_second::test_an_id_once_given_is_kept_when_a_slide_of_the_same_name_arrives_later",
+    "a moved cohort": "cohort.test_fault_matrix_second::test_a_moved_cohort_keeps_its_ids_and_results",
     "another scan of the same size and mtime (cp -p)":
         "cohort.test_fault_matrix_second::test_a_slide_replaced_by_another_scan_of_the_same_size_and_mtime_is_redone",
     "outputs of the fingerprint without content":

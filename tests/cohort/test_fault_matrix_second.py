@@ -621,3 +621,19 @@ def test_the_progress_bar_ends_with_the_final_lines_failed_count(cohort, tmp_pat
     assert counters, proc.stdout
     assert counters[-1] == ("2", "1")
     assert "3 slides (2 done, 1 failed)" in proc.stdout
+
+
+def test_a_moved_cohort_keeps_its_ids_and_results(cohort, tmp_path):
+    """The cohort folder moved (or mounted elsewhere) after a run: the recorded paths are gone,
+    the files get their ids back by the rules, and nothing is redone."""
+    root, ckpt = cohort
+    first, out = tmp_path / "first", tmp_path / "out"
+    shutil.copytree(root / "slides", first / "slides", copy_function=shutil.copy2)
+    assert run_here(first / "slides", out, ckpt).ok
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    report = run_here(moved / "slides", out, ckpt)
+    assert report.ok and report.ran_stages == 0
+    rows = pd.read_parquet(out / "manifest.parquet")
+    assert sorted(rows["slide_id"]) == ["cmu_a", "cmu_b"]
+    assert all(p.startswith(str(moved)) for p in rows["path"])

@@ -302,7 +302,10 @@ def _keep_known_ids(entries: list[SlideEntry], root: Path, known: Mapping[str, s
         prior = known.get(printable_path(e.path)) or real_known.get(os.path.realpath(e.path))
         if prior is not None and safe_id(prior) == prior:
             kept[e.path] = prior
-    taken = set(known.values()) | set(kept.values())
+    # An id is taken while the file it was given to is still there; a recorded path that is
+    # gone (the cohort moved, or was mounted elsewhere) leaves its id to the rules, which give
+    # the moved file the same id again (its fingerprint decides whether its results stand).
+    taken = {sid for p, sid in known.items() if os.path.lexists(p)} | set(kept.values())
     out = []
     for e in entries:
         sid = kept.get(e.path)
