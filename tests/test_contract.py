@@ -14,7 +14,8 @@ from wsi_pipeline.cohort import stages
 
 def test_stage_outputs_and_reads_are_contract_names():
     named = {contract.MAPS, contract.MAPS_PARTIAL, contract.TISSUE_PNG, contract.TISSUE_JSON,
-             contract.NUCLEI, contract.SUMMARY, contract.OVERLAY, contract.GEOJSON, contract.QC_DIR}
+             contract.NUCLEI, contract.SUMMARY, contract.OVERLAY, contract.GEOJSON, contract.CSV,
+             contract.QC_DIR}
     for table in (stages.STAGE_OUTPUTS, stages.STAGE_READS, stages.DEFAULT_PROMISES):
         for names in table.values():
             assert set(names) <= named
@@ -26,7 +27,7 @@ def test_stage_outputs_and_reads_are_contract_names():
     assert stages.STAGE_OUTPUTS == {
         "infer": ("maps.zarr", "maps.zarr.partial", "tissue.png", "tissue.json"),
         "postproc": ("nuclei.parquet",),
-        "export": ("nuclei.geojson.gz", "summary.json", "overlay.png", "qc"),
+        "export": ("nuclei.geojson.gz", "nuclei.csv", "summary.json", "overlay.png", "qc"),
     }
 
 
