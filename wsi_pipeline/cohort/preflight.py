@@ -78,23 +78,15 @@ def check_slide(entry: SlideEntry, cfg: RunConfig) -> SlideCheck:
     if entry.path.is_dir():
         return SlideCheck(entry, problem="unreadable", message=f"{entry.path}: is a folder, not a slide file",
                           error_type="IsADirectoryError")
-    grey = None
     try:
         with open_slide(entry.path, reader=cfg.discovery.reader) as slide:
             wh = slide.dimensions
             resolved = resolve_mpp(slide.native_mpp(), csv=entry.mpp, override=cfg.mpp_override,
                                    fallback=cfg.mpp, objective_power=slide.objective_power)
-            if resolved.value is not None:
-                slide.use_mpp(resolved.value, resolved.source or "given")
-                grey = greyscale_reason(slide)
     except Exception as exc:  # noqa: BLE001 - any failure to open is what this check reports
         return SlideCheck(entry, problem="unreadable", message=str(exc), error_type=type(exc).__name__,
                           traceback=traceback.format_exc())
     check = SlideCheck(entry, mpp=resolved, level0_wh=(int(wh[0]), int(wh[1])))
-    if grey is not None:
-        check.problem, check.error_type = "not_rgb", "NotRGBError"
-        check.message = f"{entry.path}: {grey}"
-        return check
     if resolved.value is None:
         check.problem = "missing_mpp"
         check.message = missing_mpp_message(entry.path, resolved.objective_power)
@@ -112,6 +104,34 @@ COLOUR_THUMB_PX = 256
 TISSUE_GREY_MAX = 215
 #: Tissue whose channels never differ by more than this (of 255) has no colour.
 GREY_SPREAD_MAX = 4
+
+
+def check_colour(checks: list[SlideCheck], cfg: RunConfig) -> None:
+    """Mark the slides of `checks` whose tissue has no colour (`greyscale_reason`) as
+    problem "not_rgb", a few at once. Run for the slides about to be inferred only: it reads a
+    thumbnail (under a second a slide), which a rerun of a finished cohort should not pay."""
+    from wsi_pipeline.io import open_slide
+
+    def one(check: SlideCheck) -> None:
+        if check.problem is not None or check.mpp is None or check.mpp.value is None:
+            return
+        try:
+            with open_slide(check.entry.path, reader=cfg.discovery.reader) as slide:
+                slide.use_mpp(check.mpp.value, check.mpp.source or "given")
+                grey = greyscale_reason(slide)
+        except Exception as exc:  # noqa: BLE001 - it opened a moment ago: what fails now is reported
+            check.problem, check.error_type = "unreadable", type(exc).__name__
+            check.message, check.traceback = str(exc), traceback.format_exc()
+            return
+        if grey is not None:
+            check.problem, check.error_type = "not_rgb", "NotRGBError"
+            check.message = f"{check.entry.path}: {grey}"
+
+    if not checks:
+        return
+    threads = max(1, min(cfg.preflight.open_threads, len(checks)))
+    with ThreadPoolExecutor(threads, thread_name_prefix="colour") as pool:
+        list(pool.map(one, checks))
 
 
 def greyscale_reason(slide: Any) -> str | None:

@@ -44,6 +44,7 @@ from wsi_pipeline.cohort.preflight import (
     PreflightError,
     SlideCheck,
     check_checkpoint,
+    check_colour,
     check_slides,
     estimate_disk,
     mpp_refusal,
@@ -702,6 +703,8 @@ class CohortRunner:
         estimated first (either may stop the run); then slides that do not open are recorded
         as failed and left out, and the others go on."""
         checks = self.slide_checks()
+        check_colour([checks[p.entry.slide_id] for p in todo
+                      if "infer" in p.pending and p.entry.slide_id in checks], self.cfg)
         unreadable = {p.entry.slide_id for p in todo if p.entry.slide_id in checks
                       and checks[p.entry.slide_id].problem in ("unreadable", "not_rgb")}
         runnable = [p for p in todo if p.entry.slide_id not in unreadable]
