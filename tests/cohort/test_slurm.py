@@ -126,6 +126,9 @@ def test_jobqueue_cohort_same_tables_as_embedded_no_job_left(slurm, cohort):
     for slide in ("cmu_a", "cmu_b"):
         log = (out / "logs" / f"{slide}.log").read_text()
         assert f"inference on {cores} thread(s) (job allocation SLURM_CPUS_PER_TASK={cores})" in log, log
+    # ... and said so once in the worker job's own log.
+    worker_logs = "".join(f.read_text() for f in (slurm / "dask-logs").glob("*.err"))
+    assert f"network on {cores} thread(s) (job allocation SLURM_CPUS_PER_TASK={cores})" in worker_logs
     assert no_jobs_left(slurm), jobs(slurm)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,7 @@ def apply_infer_threads() -> tuple[int, str] | None:
 
 
 def infer_threads_plugin(resource: str, threads: int | None,
-                         configured_by: str = "cluster.infer_threads") -> Any:
+                         configured_by: str = "cluster.infer_threads", announce: bool = True) -> Any:
     """An `InferThreads` worker plugin (distributed is imported only here, on demand)."""
     from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -121,36 +122,47 @@ def infer_threads_plugin(resource: str, threads: int | None,
             self.resource = resource
             self.threads = threads
             self.configured_by = configured_by
+            self.announce = announce
             self.driver_pid = os.getpid()
 
         def setup(self, worker: Any) -> None:
             if os.getpid() == self.driver_pid:  # a worker inside the caller's own process
                 return  # (LocalCluster(processes=False)): its threads are the caller's to set
-            setup_inference_worker(worker, self.resource, self.threads, self.configured_by)
+            setup_inference_worker(worker, self.resource, self.threads, self.configured_by,
+                                   self.announce)
 
     return InferThreads()
 
 
 def setup_inference_worker(worker: Any, resource: str, threads: int | None,
-                           configured_by: str = "cluster.infer_threads") -> tuple[int, str] | None:
+                           configured_by: str = "cluster.infer_threads",
+                           announce: bool = True) -> tuple[int, str] | None:
     """What `InferThreads` does in each worker (a module function, so that the plugin, pickled
     by value, sets this module's state and not a copy): on a worker offering `resource`, set
-    and log its thread count; None on other workers."""
+    and log its thread count, with `announce` also on the worker's stderr (its log); None on
+    other workers."""
     global _INFER_THREADS
     if not worker.state.total_resources.get(resource):
         return None
     n, source = worker_infer_threads(threads, configured_by)
     set_threads(n)
     _INFER_THREADS = (n, source)
-    log.info("inference worker %s (pid %d): network on %d thread(s) (%s)",
-             worker.name, os.getpid(), n, source)
+    line = (f"wsi-pipeline inference worker {worker.name} (pid {os.getpid()}): network on {n} "
+            f"thread(s) ({source})")
+    log.info("%s", line)
+    if announce:
+        # A `dask worker` process shows Dask's own log lines only (at the level the run sets,
+        # warning by default): its stderr is its log (a jobqueue job's .err file).
+        print(line, file=sys.stderr, flush=True)
     return _INFER_THREADS
 
 
 def register_infer_threads(client: Any, resource: str, threads: int | None,
-                           configured_by: str = "cluster.infer_threads") -> None:
-    """Register the `InferThreads` plugin on `client`'s cluster: its workers now and later."""
-    client.register_plugin(infer_threads_plugin(resource, threads, configured_by))
+                           configured_by: str = "cluster.infer_threads", announce: bool = True) -> None:
+    """Register the `InferThreads` plugin on `client`'s cluster: its workers now and later.
+    `announce`: also print the thread line on each worker's stderr (not for the embedded
+    cluster, whose workers' stderr is the run's console; its plan is in the run log)."""
+    client.register_plugin(infer_threads_plugin(resource, threads, configured_by, announce))
 
 
 @dataclass
@@ -267,7 +279,7 @@ def start_local_cluster(cfg: ClusterConfig, device: str) -> ClusterHandle:
     client.wait_for_workers(len(workers))
     register_infer_threads(client, cfg.infer_resource, plan.infer_threads,
                            "cluster.infer_threads" if cfg.infer_threads else
-                           "the embedded cluster's plan")
+                           "the embedded cluster's plan", announce=False)
     return ClusterHandle(client=client, cluster=cluster,
                          dashboard_link=client.dashboard_link if dashboard else None,
                          infer_slots=plan.infer_workers, dashboard_note=note)
