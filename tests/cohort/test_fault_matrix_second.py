@@ -471,6 +471,11 @@ def test_a_greyscale_export_is_refused_not_reported_as_no_tissue(shared_data, co
     slides.mkdir()
     _greyscale_tiff(slides / "grey.tif", cmu_crop(shared_data, *CMU_CROPS["cmu_a"]), MPP)
     shutil.copy(root / "slides" / "cmu_b.tif", slides / "cmu_b.tif")
+    cfg = load_run_config(None, {"checkpoint": str(ckpt), "cluster": {"workers": 0}})
+    from wsi_pipeline.cohort.preview import preview
+
+    flags = {it.slide_id: it.flag for it in preview(CohortRunner(slides, out, cfg, dry_run=True))}
+    assert flags["grey"] is not None and flags["grey"].startswith("not RGB") and flags["cmu_b"] is None
     proc = run_cli("run", str(slides), "-o", str(out), "--checkpoint", str(ckpt), "--workers", "0")
     assert proc.returncode == 1, proc.stdout
     rows = pd.read_parquet(out / "manifest.parquet").set_index("slide_id")

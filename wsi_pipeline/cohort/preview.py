@@ -79,6 +79,7 @@ _PROBLEM_LABEL = {"unreadable": "unreadable", "not_rgb": "not RGB", "missing_mpp
 
 
 def _inspect(item: SlidePreview, runner: CohortRunner, check: Any) -> None:
+    from wsi_pipeline.cohort.preflight import greyscale_reason
     from wsi_pipeline.inference.tissue import detect_tissue
     from wsi_pipeline.io import open_slide
 
@@ -95,8 +96,12 @@ def _inspect(item: SlidePreview, runner: CohortRunner, check: Any) -> None:
         with open_slide(item.path, mpp=item.mpp, reader=runner.cfg.discovery.reader) as slide:
             tissue = detect_tissue(slide.thumbnail_at_mpp(tissue_cfg.thumb_mpp), tissue_cfg.thumb_mpp,
                                    tissue_cfg)
+            grey = greyscale_reason(slide) if "infer" in item.todo else None
     except Exception as exc:  # noqa: BLE001 - any failure to read is what the preview reports
         item.flag = f"unreadable: {type(exc).__name__}: {exc}"
+        return
+    if grey is not None:  # the run records it as failed (NotRGBError) before any inference
+        item.flag = f"not RGB: {grey}"
         return
     item.tissue_mm2 = tissue.mm2
     if tissue.empty:
