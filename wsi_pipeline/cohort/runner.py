@@ -151,6 +151,7 @@ class RunReport:
         return bool(self.locked) and self.ran_stages == 0
 
     def blocked_line(self) -> str:
+        """The line the CLI prints when `blocked` (it then exits with status 3)."""
         return (f"nothing was run: the {len(self.locked)} slide(s) left to do are locked by other runs "
                 "(listed above); if those runs are dead, rerun with --break-locks")
 
