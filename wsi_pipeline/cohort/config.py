@@ -182,7 +182,7 @@ DEFAULT_YAML_HEADER = """\
 # Changing a key under infer/postproc/chunking/export redoes that stage and the ones after it on
 # the next run; cluster/discovery/preflight keys and infer.device/batch_size/reader_threads never do.
 # mpp is a fallback for slides whose files carry no pixel size; mpp and mpp_override redo only the
-# slides whose pixel size they change (README: "Pixel size (mpp)").
+# slides whose pixel size they change (docs/troubleshooting.md: "Pixel size (mpp)").
 """
 
 

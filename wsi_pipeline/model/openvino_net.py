@@ -5,7 +5,7 @@ addition, a concatenation or an upsampling is each a separate pass over memory, 
 full-resolution decoder layers of this network (16 channels at every input pixel, three
 branches) are bound by memory traffic, not arithmetic. OpenVINO fuses those passes into the
 convolutions and picks AMX/AVX-512 bf16 or AVX2 kernels for the CPU it runs on. Measured with
-`benchmarks/model_speed.py` (figures in the README): about 2× the PyTorch engine path per tile.
+`benchmarks/model_speed.py` (figures in docs/performance.md): about 2× the PyTorch engine path per tile.
 
 `OpenVINONet` is an `nn.Module` standing in for the network inside `model.predict`, so batching,
 flip TTA, the output activations and the storage quantisation stay the one PyTorch code path.
@@ -19,7 +19,7 @@ preempts (for the engine's tile readers or writer, on a machine with few cores) 
 independent streams stall only themselves. Measured on a 2-core AMX Xeon (bf16, 256² tiles,
 an exploratory script): 12.5 -> 11.6 ms per tile alone, 20.7 -> 14.6 ms per tile while a thread
 read slide tiles next to it; inside the engine, whose readers and writer compete for the same
-two cores, the gain on the 40k² slide was within noise (README, Performance). Each tile's
+two cores, the gain on the 40k² slide was within noise (docs/performance.md). Each tile's
 output is bitwise the same whatever the batch or the number of streams (OpenVINO's CPU
 kernels do not mix samples), so the maps do not change.
 """
