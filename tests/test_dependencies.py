@@ -138,7 +138,7 @@ def _runtime_imports(path) -> set[str]:
 
 def test_imports_point_down_the_floors():
     """No arrow from datasets/ or model/ up to training/, none from evaluation/ above it, none
-    from a stage up to the cohort, the API or the CLI (README, Architecture)."""
+    from a stage up to the cohort, the API or the CLI (docs/architecture.md)."""
     from pathlib import Path
 
     import wsi_pipeline
