@@ -4,7 +4,7 @@ confidence, background share, and the same crop of each run outlined by type, si
     wsi-pipeline run ../shared/data/slides -o /tmp/old --mpp 0.5 --workers 0
     wsi-pipeline run ../shared/data/slides -o /tmp/new --mpp 0.5 --workers 0 --config new.yaml
     python benchmarks/slide_types.py /tmp/old /tmp/new --labels shipped new \
-        --slide CMU-1-Small-Region --box 1058 1058 192 --png docs/img/cmu_types.png
+        --slide CMU-1-Small-Region --box X Y SIZE --png docs/img/cmu_types.png
 
 --box X Y SIZE is a level-0 square (the QC sheet names its crops' boxes); the PNG shows the raw
 crop and then each run's outlines coloured by type (the QC sheet's colours). The TCGA slide has

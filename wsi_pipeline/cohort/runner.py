@@ -240,7 +240,15 @@ def _signals_interrupt(on_signal: Callable[[], None] | None = None) -> Iterator[
         yield
         return
 
+    owner = os.getpid()
+
     def interrupt(signum: int, _frame: Any) -> None:
+        if os.getpid() != owner:
+            # a process forked while the block ran (the post-processing pool's workers) inherits
+            # this handler: it holds no lock, so it dies as it would have, without a traceback
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         for sig in saved:  # a second signal must not interrupt the release of the locks
             signal.signal(sig, signal.SIG_IGN)
         log.warning("received %s: stopping, releasing this run's slide locks", signal.Signals(signum).name)
