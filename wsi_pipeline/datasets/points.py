@@ -135,17 +135,14 @@ def point_targets(points: np.ndarray, pred_inst: np.ndarray, mpp: float, *,
     for o, c in zip(owner, cls, strict=True):
         if o > 0:
             claimed.setdefault(int(o), set()).add(int(c))
-    mixed = {o for o, cs in claimed.items() if len(cs) > 1}
-    next_id = 1
-    given: dict[int, int] = {}
-    for o, cs in claimed.items():
-        if o in mixed:
-            continue
-        pix = pred_inst == o
-        inst[pix] = next_id
-        typ[pix] = next(iter(cs))
-        given[o] = next_id
-        next_id += 1
+    given = {o: k for k, o in enumerate((o for o, cs in claimed.items() if len(cs) == 1), start=1)}
+    if given:  # one pass over the image: lookup tables from predicted id to target id and class
+        id_lut = np.zeros(int(pred_inst.max()) + 1, np.int32)
+        type_lut = np.full(id_lut.size, IGNORE, np.int32)
+        for o, k in given.items():
+            id_lut[o], type_lut[o] = k, next(iter(claimed[o]))
+        inst, typ = id_lut[pred_inst], type_lut[pred_inst]
+    next_id = len(given) + 1
     radius = disk_um / mpp
     rr = int(np.ceil(radius))
     dy, dx = np.mgrid[-rr:rr + 1, -rr:rr + 1]

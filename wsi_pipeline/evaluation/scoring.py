@@ -88,6 +88,7 @@ def score_maps(
     for i, s in enumerate(samples):
         groups.setdefault(s.meta.get(DATASET_KEY, ""), []).append(i)
     scores: dict[str, dict[str, float]] = {}
+    with_points = any(s.points is not None for s in samples)  # the pooled scores only then
     pooled = PointCounts()
     radius = radius_px(mpp)
     for name, idx in groups.items():
@@ -116,14 +117,14 @@ def score_maps(
                 pred_types = np.ones(len(seg.types), np.int64)
             evaluator.add(s.name, Instances(s.inst_map, true_types),
                           Instances(seg.inst_map, pred_types))
-            if s.type_map is not None:
+            if with_points and s.type_map is not None:
                 pooled_img = PointCounts()
                 pooled_img.add(centroids_rc(s.inst_map)[ids[ids > 0] - 1], true_types,
                                centroids_rc(seg.inst_map), seg.types, radius)
                 pooled.merge(pooled_img)
         summary = evaluator.summary()
         scores[name] = {k: float(summary[k]) for k in score_names(typed, n_types) if k in summary}
-    if any(s.points is not None for s in samples):
+    if with_points:
         scores[POOLED] = {k: v for k, v in pooled.scores().items() if k.startswith("f1_")}
     return scores
 

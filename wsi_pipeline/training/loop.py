@@ -493,11 +493,12 @@ def _point_targets(cfg: TrainConfig, data: _Data, run_dir: Path, device: torch.d
                          "marked nuclei: set init_from or points.instances_from")
     source = default_source(checkpoint, cfg.postproc, cfg.mpp, cfg.patch_size)
     cache = cfg.points.cache_dir or run_dir / "point_instances"
-    train, val = (derive_point_targets(part, source, cache, device=device, batch_size=cfg.batch_size,
-                                       refresh=cfg.points.refresh, disk_um=cfg.points.disk_um,
-                                       snap_um=cfg.points.snap_um)
-                  for part in (data.train, data.val))
-    return _Data(train, val, data.class_names, True, data.stain_meta)
+    # train and val in one call: the checkpoint is loaded and its network prepared once
+    both = derive_point_targets(data.train + data.val, source, cache, device=device,
+                                batch_size=cfg.batch_size, refresh=cfg.points.refresh,
+                                disk_um=cfg.points.disk_um, snap_um=cfg.points.snap_um)
+    n = len(data.train)
+    return _Data(both[:n], both[n:], data.class_names, True, data.stain_meta)
 
 
 def _build_model(cfg: TrainConfig, device: torch.device) -> _Model:
