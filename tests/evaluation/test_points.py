@@ -37,6 +37,9 @@ def test_f1_counts_misses_as_false_negatives_and_ignores_unmarked_predictions():
     pooled.merge(counts)
     pooled.merge(counts)
     assert pooled.scores() == pytest.approx(scores)
+    # rows: labelled class; columns: the paired nucleus' type, 0 = missed; class-0 points not in it
+    assert counts.confusion_matrix(3).tolist() == [[0, 0, 0], [0, 1, 1], [1, 0, 1]]
+    assert (pooled.confusion_matrix(3) == 2 * counts.confusion_matrix(3)).all()
 
 
 def test_centroids_of_labels():

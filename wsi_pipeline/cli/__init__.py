@@ -22,6 +22,8 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "finetune-types": ("wsi_pipeline.cli.finetune_types",
                        "A lab's own nucleus types from QuPath GeoJSON exports (type branch only)."),
     "convert": ("wsi_pipeline.cli.convert", "Convert annotated datasets to the common layout."),
+    "fit-type-offsets": ("wsi_pipeline.cli.fit_type_offsets",
+                         "Fit per-class type-logit offsets on a training mix's training images."),
     "export-model": ("wsi_pipeline.cli.export_model", "Write a lean (fp16) copy of a checkpoint."),
     "quantize-model": ("wsi_pipeline.cli.quantize_model", "Write a checkpoint's int8 network (OpenVINO)."),
     "summarize": ("wsi_pipeline.cli.summarize", "Cohort-level statistics from finished runs."),

@@ -60,6 +60,8 @@ class PointCounts:
     fp: dict[int, int] = field(default_factory=dict)
     fn: dict[int, int] = field(default_factory=dict)
     classes: set[int] = field(default_factory=set)
+    #: (labelled class, predicted type) -> count; predicted type 0: no nucleus paired with it
+    confusion: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def add(self, points_rc: np.ndarray, point_types: np.ndarray, pred_rc: np.ndarray,
             pred_types: np.ndarray, radius: float) -> None:
@@ -70,22 +72,33 @@ class PointCounts:
         pred_rc = np.asarray(pred_rc, np.float64).reshape(-1, 2)
         ok = ~np.isnan(pred_rc).any(axis=1)
         pred_rc, pred_types = pred_rc[ok], pred_types[ok]
-        pairs, unpaired = pair_within(points_rc, pred_rc, radius)
+        pairs, _ = pair_within(points_rc, pred_rc, radius)
+        paired_types = np.zeros(len(point_types), np.int64)
+        paired_types[pairs[:, 0]] = pred_types[pairs[:, 1]]
+        found = np.zeros(len(point_types), bool)
+        found[pairs[:, 0]] = True
+        self.add_paired(point_types, paired_types, found)
+
+    def add_paired(self, point_types: np.ndarray, paired_types: np.ndarray, found: np.ndarray
+                   ) -> None:
+        """One image's points already paired: their classes (K,) (0 = none), the type of the
+        nucleus each is paired with (K,) and whether it is paired at all (K,) bool."""
+        point_types = np.asarray(point_types, np.int64).reshape(-1)
         self.marked += len(point_types)
-        self.found += len(pairs)
-        for c in point_types[point_types > 0]:
-            self.classes.add(int(c))
-        for t, p in zip(point_types[pairs[:, 0]], pred_types[pairs[:, 1]], strict=True):
+        self.found += int(np.count_nonzero(found))
+        for t, p, hit in zip(point_types.tolist(), np.asarray(paired_types).tolist(),
+                             np.asarray(found).tolist(), strict=True):
             if t == 0:
                 continue
-            if t == p:
-                self.tp[int(t)] = self.tp.get(int(t), 0) + 1
-            else:
-                self.fn[int(t)] = self.fn.get(int(t), 0) + 1
-                self.fp[int(p)] = self.fp.get(int(p), 0) + 1
-        for t in point_types[unpaired]:
-            if t > 0:
-                self.fn[int(t)] = self.fn.get(int(t), 0) + 1
+            self.classes.add(t)
+            key = (t, p if hit else 0)
+            self.confusion[key] = self.confusion.get(key, 0) + 1
+            if hit and t == p:
+                self.tp[t] = self.tp.get(t, 0) + 1
+                continue
+            self.fn[t] = self.fn.get(t, 0) + 1
+            if hit:
+                self.fp[p] = self.fp.get(p, 0) + 1
 
     def merge(self, other: PointCounts) -> None:
         """Pool `other`'s counts into these."""
@@ -95,6 +108,16 @@ class PointCounts:
         for mine, theirs in ((self.tp, other.tp), (self.fp, other.fp), (self.fn, other.fn)):
             for k, v in theirs.items():
                 mine[k] = mine.get(k, 0) + v
+        for key, v in other.confusion.items():
+            self.confusion[key] = self.confusion.get(key, 0) + v
+
+    def confusion_matrix(self, n_types: int) -> np.ndarray:
+        """(n_types, n_types) counts: row = labelled class (row 0 unused), column = the type of
+        the nucleus paired with it (column 0: none paired, a miss)."""
+        out = np.zeros((n_types, n_types), np.int64)
+        for (t, p), v in self.confusion.items():
+            out[t, p] += v
+        return out
 
     def f1(self, c: int) -> float:
         tp = self.tp.get(c, 0)
