@@ -46,3 +46,22 @@ def test_qupath_classes_that_are_not_model_classes_need_a_map(shared_data, tmp_p
     assert result.exit_code != 0
     assert "QuPath classes ['Tumor'] are not model classes" in result.output
     assert "--class-map" in result.output and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_model_class_names_as_they_are_keep_the_head(shared_data, tmp_path):
+    """The recipe's default: a corrected nuclei.geojson.gz names the model's own classes, no map
+    and no new class list; the point set then takes the starting weights' classes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(shared_data / "slides" / "CMU-1-Small-Region.svs", data / "CMU.svs")
+    points = [_feature({"type": "Point", "coordinates": [700.0 + 37 * i, 1900.0 + 41 * (i % 7)]},
+                       ("epithelial", "spindle", "inflammatory")[i % 3]) for i in range(30)]
+    write_export(data / "CMU.geojson", points)
+    result = CliRunner().invoke(main, [
+        "finetune-types", str(data), "-o", str(tmp_path / "run"), "--epochs", "1",
+        "--samples-per-epoch", "4", "--batch-size", "2", "--max-steps-per-epoch", "2",
+        "--device", "cpu"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    tuned = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert tuned.class_names == load_checkpoint(default_checkpoint_path()).class_names

@@ -85,15 +85,18 @@ def read_dataset(spec: DatasetSpec, mpp: float, on_error: OnError) -> tuple[list
 
 
 def read_mix(specs: list[DatasetSpec], mpp: float, on_error: OnError,
-             class_names: tuple[str, ...] | None = None) -> tuple[list[Sample], list[Sample]]:
+             class_names: tuple[str, ...] | None = None,
+             default_class_names: tuple[str, ...] | None = None) -> tuple[list[Sample], list[Sample]]:
     """Concatenated (train, val) of every dataset; names must be unique. Point-labelled sets'
-    classes are mapped (their `class_map`) onto `class_names`, by default the typed mask sets'."""
+    classes are mapped (their `class_map`) onto `class_names`, by default the typed mask sets',
+    and without typed mask sets `default_class_names` (the classes of the weights a run starts
+    from)."""
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"dataset names must be unique, got {names}")
     parts = [(spec, *read_dataset(spec, mpp, on_error)) for spec in specs]
     target = class_names or typed_class_names(
-        [s for _, t, v in parts for s in t + v if s.points is None])
+        [s for _, t, v in parts for s in t + v if s.points is None]) or default_class_names
     train: list[Sample] = []
     val: list[Sample] = []
     for spec, t, v in parts:

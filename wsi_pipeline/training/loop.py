@@ -119,7 +119,9 @@ def cost_matrix(cfg: TrainConfig, train: list[Sample]) -> tuple[np.ndarray, dict
 def load_samples(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     if cfg.data.datasets:
         classes = None if cfg.classes is None else ("background", *cfg.classes)
-        return read_mix(cfg.data.datasets, cfg.mpp, cfg.data.on_error, classes)
+        # a point set with no typed mask set beside it keeps the classes of the starting weights
+        start = load_checkpoint(cfg.init_from).class_names if cfg.init_from and classes is None else None
+        return read_mix(cfg.data.datasets, cfg.mpp, cfg.data.on_error, classes, start)
     root = Path(cfg.data.root)
     if cfg.data.format == "consep_patches":
         samples = read_consep_patches(root, on_error=cfg.data.on_error)
