@@ -20,13 +20,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from wsi_pipeline.config import load_config
 from wsi_pipeline.datasets.consep_patches import CONSEP_CLASSES
 from wsi_pipeline.datasets.mix import read_mix
 from wsi_pipeline.evaluation.detection import radius_px
-from wsi_pipeline.evaluation.points import PointCounts, centroids_rc
+from wsi_pipeline.evaluation.points import PointCounts, centroids_rc, labelled_nuclei
 from wsi_pipeline.evaluation.scoring import predict_maps, validation_tiling
 from wsi_pipeline.model import load_checkpoint
 from wsi_pipeline.model.predict import cpu_flags
@@ -80,13 +78,7 @@ def main() -> None:
         if s.points is None and s.type_map is None:
             continue
         seg = segment_instances(m["ns"], m["hv"], m["nc"], mpp=cfg.mpp, config=cfg.postproc)
-        if s.points is not None:
-            true_rc, true_types = s.points[:, :2], s.points[:, 2]
-        else:
-            assert s.type_map is not None
-            ids, first = np.unique(s.inst_map, return_index=True)
-            true_rc = centroids_rc(s.inst_map)[ids[ids > 0] - 1]
-            true_types = s.type_map.ravel()[first[ids > 0]]
+        true_rc, true_types = labelled_nuclei(s.points, s.inst_map, s.type_map)
         counts = by_set.setdefault(s.meta.get("dataset", ""), PointCounts())
         counts.add(true_rc, true_types, centroids_rc(seg.inst_map), seg.types, radius)
     flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx512_bf16", "amx_bf16", "avx2"))))

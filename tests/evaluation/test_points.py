@@ -48,3 +48,19 @@ def test_centroids_of_labels():
     inst[6, 5:8] = 3
     c = centroids_rc(inst)
     assert c[0].tolist() == [2.5, 2.5] and np.isnan(c[1]).all() and c[2].tolist() == [6, 6]
+
+
+def test_labelled_nuclei_of_points_or_of_a_typed_mask():
+    from wsi_pipeline.evaluation.points import labelled_nuclei
+
+    inst = np.zeros((10, 10), np.int32)
+    inst[2:4, 2:4] = 2
+    inst[6:9, 6:9] = 5
+    typ = np.where(inst == 2, 3, np.where(inst == 5, 1, 0))
+    rc, cls = labelled_nuclei(None, inst, typ)
+    assert rc.tolist() == [[2.5, 2.5], [7.0, 7.0]] and cls.tolist() == [3, 1]
+    points = np.array([[1.0, 2.0, 4], [5.0, 6.0, 0]])
+    rc, cls = labelled_nuclei(points, inst, None)  # points win; class 0 stays (marked, no class)
+    assert rc.tolist() == [[1.0, 2.0], [5.0, 6.0]] and cls.tolist() == [4, 0]
+    with pytest.raises(ValueError, match="type map"):
+        labelled_nuclei(None, inst, None)

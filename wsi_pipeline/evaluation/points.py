@@ -149,3 +149,17 @@ def centroids_rc(inst_map: np.ndarray) -> np.ndarray:
     c = np.bincount(lab, weights=cols.ravel(), minlength=n + 1)[1:]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.stack([r / area, c / area], axis=1)
+
+
+def labelled_nuclei(points: np.ndarray | None, inst_map: np.ndarray, type_map: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """An image's labelled nuclei as (K, 2) (row, col) and their classes (K,): its points
+    (columns row, col, class) where it has them, else the centroids and types of its typed mask's
+    instances (`type_map` is then required)."""
+    if points is not None:
+        return np.asarray(points[:, :2], np.float64), np.asarray(points[:, 2], np.int64)
+    if type_map is None:
+        raise ValueError("an image without points needs a type map to have labelled nuclei")
+    ids, first = np.unique(inst_map, return_index=True)
+    keep = ids > 0
+    return centroids_rc(inst_map)[ids[keep] - 1], type_map.ravel()[first[keep]].astype(np.int64)

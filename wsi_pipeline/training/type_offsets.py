@@ -36,7 +36,7 @@ import torch
 from wsi_pipeline.datasets.mix import DATASET_KEY
 from wsi_pipeline.datasets.sample import Sample
 from wsi_pipeline.evaluation.detection import radius_px
-from wsi_pipeline.evaluation.points import PointCounts, centroids_rc, pair_within
+from wsi_pipeline.evaluation.points import PointCounts, centroids_rc, labelled_nuclei, pair_within
 from wsi_pipeline.inference.image import predict_tiled
 from wsi_pipeline.model.network import MultiTaskNet
 from wsi_pipeline.postproc import PostprocConfig, segment_instances
@@ -124,13 +124,7 @@ def collect_evidence(net: torch.nn.Module, samples: Sequence[Sample], *, n_types
             maps = predict_tiled(net, s.image, tile=tile, stride=stride, batch_size=batch_size,
                                  device=device)
         seg = segment_instances(maps["ns"], maps["hv"], maps["nc"], mpp=mpp, config=postproc)
-        if s.points is not None:
-            true_rc, true_types = s.points[:, :2], s.points[:, 2]
-        else:
-            assert s.type_map is not None
-            ids, first = np.unique(s.inst_map, return_index=True)
-            true_rc = centroids_rc(s.inst_map)[ids[ids > 0] - 1]
-            true_types = s.type_map.ravel()[first[ids > 0]]
+        true_rc, true_types = labelled_nuclei(s.points, s.inst_map, s.type_map)
         evidence.add(s.meta.get(DATASET_KEY, ""), seg.inst_map, maps["nc"], true_rc, true_types,
                      radius)
         if i % 25 == 0 or i == len(typed):
