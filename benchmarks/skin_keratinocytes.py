@@ -8,7 +8,7 @@ called them, and exports. This script plays that user on the lower part of the s
 y ≥ 1500, epidermis outlined by eye in TRAIN_EPIDERMIS) and measures the upper part (y < 1500,
 never labelled, 128 µm squares around the labels stay below y 1372): the type shares of the
 nuclei inside the held-out epidermis outline HELD_OUT_EPIDERMIS (drawn by eye on the slide's
-level-0 pixels, the QC sheet's judged crop x 1058, y 1058, 192 px inside it) before and after.
+level-0 pixels, the QC sheet's judged crop at x 1058, y 1058 inside it) before and after.
 Only reviewed nuclei are exported: the epidermis's (relabelled) and those of two dermis areas
 (their class kept).
 
