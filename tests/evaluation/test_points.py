@@ -64,3 +64,23 @@ def test_labelled_nuclei_of_points_or_of_a_typed_mask():
     assert rc.tolist() == [[1.0, 2.0], [5.0, 6.0]] and cls.tolist() == [4, 0]
     with pytest.raises(ValueError, match="type map"):
         labelled_nuclei(None, inst, None)
+
+
+def test_mean_f1_leaves_out_classes_with_too_few_labels():
+    """A class with a handful of labels swings the mean by a third per nucleus: it is reported
+    but not averaged while another class has MIN_CLASS_SUPPORT labels."""
+    from wsi_pipeline.evaluation.points import MIN_CLASS_SUPPORT
+
+    counts = PointCounts()
+    n = MIN_CLASS_SUPPORT
+    rc = np.array([[10.0 * i, 0.0] for i in range(n + 2)])
+    classes = np.array([1] * n + [2, 2])
+    pred_types = np.array([1] * n + [1, 1])  # class 1 all right; both class-2 points called 1
+    counts.add(rc, classes, rc, pred_types, radius=3.0)
+    scores = counts.scores()
+    assert counts.support(1) == n and counts.support(2) == 2
+    assert scores["f1_2"] == 0.0 and scores["f1_1"] == pytest.approx(2 * n / (2 * n + 2))
+    assert scores["f1_mean"] == scores["f1_1"]  # class 2 left out of the mean
+    few = PointCounts()  # no class has MIN_CLASS_SUPPORT labels: every class counts
+    few.add(rc[:2], np.array([1, 2]), rc[:2], np.array([1, 1]), radius=3.0)
+    assert few.scores()["f1_mean"] == pytest.approx((2 / 3 + 0.0) / 2)

@@ -57,6 +57,7 @@ def command(data_dir: Path, out_dir: Path, class_map_path: Path | None, classes:
             slide_mpp: float | None, device: str, max_steps_per_epoch: int | None) -> None:
     """Fine-tune the type branch on slides in DATA_DIR with QuPath GeoJSON exports beside them."""
     from wsi_pipeline.datasets.qupath_geojson import read_labels, slide_pairs
+    from wsi_pipeline.evaluation.points import MIN_CLASS_SUPPORT
     from wsi_pipeline.model.checkpoint import (
         CheckpointError,
         default_checkpoint_path,
@@ -124,5 +125,6 @@ def command(data_dir: Path, out_dir: Path, class_map_path: Path | None, classes:
     best = next((r for r in result.history if r["epoch"] == result.best_epoch), {})
     score = best.get("val_qupath_f1_mean")
     click.echo(f"done: {result.epochs_done} epochs in {result.run_dir}; best epoch {result.best_epoch}"
-               + (f", held-out mean F1 {score:.3f}{before}" if score is not None else "")
+               + (f", held-out mean F1 {score:.3f}{before} (over the classes with at least "
+                  f"{MIN_CLASS_SUPPORT} held-out labels)" if score is not None else "")
                + f"\nuse it: `checkpoint: {result.run_dir / 'best.pt'}` in a run config")
