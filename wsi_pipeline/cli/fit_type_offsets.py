@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help="Training config whose datasets' TRAINING images fit the offsets "
-              "(their held-out images are not read for it).")
+              "(their held-out images are not used).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The checkpoint with the offsets in its type head (never CHECKPOINT itself).")
 @click.option("--rare-class", default="other", show_default=True,
