@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from wsi_pipeline.datasets import Augmenter, read_consep_patches
+from wsi_pipeline.datasets.augment_config import AugmentConfig
 from wsi_pipeline.datasets.targets import hv_maps
-from wsi_pipeline.training.config import AugmentConfig
 
 CASES = {
     "default config": AugmentConfig(),

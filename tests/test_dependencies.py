@@ -91,7 +91,6 @@ FLOORS: tuple[tuple[str, ...], ...] = (
 #: (in the training/evaluation area, whose owner moves them); a moved one must leave this list,
 #: and no new one may join it.
 KNOWN_UPWARD = {
-    ("wsi_pipeline/datasets/augment.py", "training"),  # AugmentConfig belongs beside augment.py
     ("wsi_pipeline/evaluation/oracle.py", "datasets"),  # hv_maps (the HV targets)
     ("wsi_pipeline/evaluation/scoring.py", "datasets"),  # Sample, DATASET_KEY
 }

@@ -12,10 +12,10 @@ from wsi_pipeline.datasets.augment import (
     hed_jitter,
     warp_labels,
 )
+from wsi_pipeline.datasets.augment_config import AugmentConfig
 from wsi_pipeline.datasets.dataset import NucleusDataset
 from wsi_pipeline.datasets.sample import Sample
 from wsi_pipeline.labels import relabel
-from wsi_pipeline.training.config import AugmentConfig
 
 GEOMETRY_ONLY = {"p_hed": 0.0, "p_color": 0.0, "p_blur": 0.0, "p_scan": 0.0}
 

@@ -25,9 +25,9 @@ from PIL import Image
 from scipy import ndimage as ndi
 from skimage.color import hed_from_rgb, rgb_from_hed
 
+from wsi_pipeline.datasets.augment_config import AugmentConfig
 from wsi_pipeline.labels import relabel
 from wsi_pipeline.resample import resize_rgb, scaled_size
-from wsi_pipeline.training.config import AugmentConfig
 
 _LOG_ADJUST = np.log(1e-6)
 # log of each uint8 value as skimage's rgb2hed sees it (max(v/255, 1e-6)).

@@ -9,6 +9,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from wsi_pipeline.datasets.augment_config import AugmentConfig
 from wsi_pipeline.datasets.mix import DatasetSpec
 from wsi_pipeline.model.config import ModelConfig
 from wsi_pipeline.postproc.config import PostprocConfig
@@ -41,36 +42,6 @@ class StainNormConfig(BaseModel):
     light_intensity: float = Field(240.0, gt=0, le=255, description="Macenko I_0 (bright glass)")
     od_threshold: float = Field(0.15, gt=0, description="Macenko: pixels with any OD below are glass")
     angle_percentile: float = Field(1.0, gt=0, lt=50, description="Macenko robust extreme angle")
-
-
-
-class AugmentConfig(BaseModel):
-    """Probabilities (`p_*`) and magnitudes of each augmentation. Defaults suit 256² H&E patches."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    flip_rot90: bool = Field(True, description="random element of the dihedral group (flips, 90° turns)")
-    p_affine: float = Field(0.3, ge=0, le=1, description="probability of a small affine warp")
-    rotate_deg: float = Field(15.0, ge=0, le=45, description="affine rotation drawn from ±this")
-    scale: tuple[float, float] = Field(
-        (0.85, 1.15), description="isotropic zoom range (scanners' stated mpp differ by ~±10 %)"
-    )
-    shear_deg: float = Field(5.0, ge=0, le=20, description="shear angle drawn from ±this")
-    p_hed: float = Field(0.8, ge=0, le=1, description="probability of HED stain jitter")
-    hed_alpha: float = Field(0.05, ge=0, le=0.5, description="each stain scaled by 1 ± this")
-    hed_beta: float = Field(
-        0.005, ge=0, le=0.05,
-        description="each stain shifted by ± this, in skimage rgb2hed units (H is ~0.02 in CoNSeP)",
-    )
-    p_color: float = Field(0.8, ge=0, le=1, description="probability of brightness/contrast/saturation")
-    brightness: float = Field(0.08, ge=0, le=0.5, description="additive shift on [0,1] intensities")
-    contrast: float = Field(0.15, ge=0, le=0.9, description="contrast factor 1 ± this")
-    saturation: float = Field(0.15, ge=0, le=0.9, description="saturation factor 1 ± this")
-    p_scan: float = Field(0.3, ge=0, le=1, description="probability of 20×-scan degradation")
-    scan_factor: float = Field(2.0, ge=1, le=4, description="shrink factor (0.25 -> 0.5 µm/px)")
-    scan_jpeg_quality: tuple[int, int] = Field((30, 90), description="JPEG quality range")
-    p_blur: float = Field(0.1, ge=0, le=1, description="probability of Gaussian blur")
-    blur_sigma: tuple[float, float] = Field((0.3, 1.2), description="blur sigma range in pixels")
 
 
 
