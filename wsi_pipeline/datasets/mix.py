@@ -13,6 +13,7 @@ its `weight`; within a dataset an image is drawn in proportion to its area (a 10
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,17 +87,20 @@ def read_dataset(spec: DatasetSpec, mpp: float, on_error: OnError) -> tuple[list
 
 def read_mix(specs: list[DatasetSpec], mpp: float, on_error: OnError,
              class_names: tuple[str, ...] | None = None,
-             default_class_names: tuple[str, ...] | None = None) -> tuple[list[Sample], list[Sample]]:
+             default_class_names: Callable[[], tuple[str, ...]] | None = None
+             ) -> tuple[list[Sample], list[Sample]]:
     """Concatenated (train, val) of every dataset; names must be unique. Point-labelled sets'
     classes are mapped (their `class_map`) onto `class_names`, by default the typed mask sets',
-    and without typed mask sets `default_class_names` (the classes of the weights a run starts
-    from)."""
+    and without typed mask sets those `default_class_names()` gives (the classes of the weights a
+    run starts from; called only then)."""
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"dataset names must be unique, got {names}")
     parts = [(spec, *read_dataset(spec, mpp, on_error)) for spec in specs]
     target = class_names or typed_class_names(
-        [s for _, t, v in parts for s in t + v if s.points is None]) or default_class_names
+        [s for _, t, v in parts for s in t + v if s.points is None])
+    if target is None and default_class_names is not None:
+        target = default_class_names()
     train: list[Sample] = []
     val: list[Sample] = []
     for spec, t, v in parts:

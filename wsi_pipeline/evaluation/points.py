@@ -57,13 +57,11 @@ def pair_within(true_rc: np.ndarray, pred_rc: np.ndarray, radius: float
 
 @dataclass
 class PointCounts:
-    """Marked points found, and per-class TP / FP / FN over the labelled ones."""
+    """Marked points found, and the labelled ones counted by the type of the nucleus paired with
+    them (the confusion), from which each class's TP / FP / FN follow."""
 
     marked: int = 0
     found: int = 0
-    tp: dict[int, int] = field(default_factory=dict)
-    fp: dict[int, int] = field(default_factory=dict)
-    fn: dict[int, int] = field(default_factory=dict)
     classes: set[int] = field(default_factory=set)
     #: (labelled class, predicted type) -> count; predicted type 0: no nucleus paired with it
     confusion: dict[tuple[int, int], int] = field(default_factory=dict)
@@ -98,21 +96,12 @@ class PointCounts:
             self.classes.add(t)
             key = (t, p if hit else 0)
             self.confusion[key] = self.confusion.get(key, 0) + 1
-            if hit and t == p:
-                self.tp[t] = self.tp.get(t, 0) + 1
-                continue
-            self.fn[t] = self.fn.get(t, 0) + 1
-            if hit:
-                self.fp[p] = self.fp.get(p, 0) + 1
 
     def merge(self, other: PointCounts) -> None:
         """Pool `other`'s counts into these."""
         self.marked += other.marked
         self.found += other.found
         self.classes |= other.classes
-        for mine, theirs in ((self.tp, other.tp), (self.fp, other.fp), (self.fn, other.fn)):
-            for k, v in theirs.items():
-                mine[k] = mine.get(k, 0) + v
         for key, v in other.confusion.items():
             self.confusion[key] = self.confusion.get(key, 0) + v
 
@@ -125,13 +114,17 @@ class PointCounts:
         return out
 
     def f1(self, c: int) -> float:
-        tp = self.tp.get(c, 0)
-        den = 2 * tp + self.fp.get(c, 0) + self.fn.get(c, 0)
+        """2 TP / (2 TP + FP + FN) of class `c`: TP its points typed `c`, FN its other points
+        (typed otherwise or missed), FP the labelled points of other classes typed `c`."""
+        tp = self.confusion.get((c, c), 0)
+        fn = self.support(c) - tp
+        fp = sum(v for (t, p), v in self.confusion.items() if p == c and t != c)
+        den = 2 * tp + fp + fn
         return 2 * tp / den if den else float("nan")
 
     def support(self, c: int) -> int:
         """Labelled points of class `c` (found or not)."""
-        return self.tp.get(c, 0) + self.fn.get(c, 0)
+        return sum(v for (t, _), v in self.confusion.items() if t == c)
 
     def scores(self) -> dict[str, float]:
         """recall, f1_mean (over the classes with at least `MIN_CLASS_SUPPORT` labelled points,

@@ -120,7 +120,8 @@ def load_samples(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     if cfg.data.datasets:
         classes = None if cfg.classes is None else ("background", *cfg.classes)
         # a point set with no typed mask set beside it keeps the classes of the starting weights
-        start = load_checkpoint(cfg.init_from).class_names if cfg.init_from and classes is None else None
+        init_from = cfg.init_from
+        start = (lambda: load_checkpoint(init_from).class_names) if init_from is not None else None
         return read_mix(cfg.data.datasets, cfg.mpp, cfg.data.on_error, classes, start)
     root = Path(cfg.data.root)
     if cfg.data.format == "consep_patches":

@@ -93,6 +93,10 @@ class TypeEvidence:
                             np.concatenate(self.point_inst))
         return self._joined
 
+    def labelled_per_class(self) -> np.ndarray:
+        """(C,) labelled nuclei of each class over every image."""
+        return np.bincount(self._arrays()[3], minlength=self.n_types)
+
     def counts(self, offsets: np.ndarray) -> dict[str, PointCounts]:
         """Per dataset, the labelled nuclei's counts with the types voted on ``softmax(logit +
         offsets)`` (offsets (C,), background first)."""
@@ -156,7 +160,7 @@ def fit_offsets(evidence: TypeEvidence, rare_class: int, *, steps: Sequence[floa
     labelled class held at 0, each step size until no move gains `min_gain`; returns the
     offsets (C,) (background 0) and the trail of accepted moves."""
     offsets = np.zeros(evidence.n_types)
-    labelled = np.bincount(evidence._arrays()[3], minlength=evidence.n_types)
+    labelled = evidence.labelled_per_class()
     anchor = int(np.argmax(labelled[1:])) + 1
     free = [c for c in range(1, evidence.n_types) if c != anchor and labelled[c] > 0]
     best = offset_objective(evidence.counts(offsets), rare_class)
